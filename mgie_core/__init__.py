@@ -1,0 +1,46 @@
+"""mgie_core: Apple's MGIE (instruction-based image editing guided by a multimodal LLM), faithfully.
+
+The edit flows through three stages, one module each:
+
+    image + instruction --derive--> expressive instruction + visual tokens
+                        --imagine--> visual imagination (Q x D conditioning)
+                        --sample---> edited image (dual classifier-free guidance)
+
+``MGIEPipeline`` chains them; ``load_model`` reads Apple's folders or an MGIE bundle.
+This package never imports ComfyUI.
+"""
+
+from .config import DEFAULT_SEED, DeriveConfig, SampleConfig
+from .derive import Derivation, derive
+from .errors import CheckpointError, EditCancelled, InputError, MGIEError
+from .imagine import Imagination, imagine
+from .loader import default_model_path, load_model
+from .model import MGIEModel
+from .pipeline import EditResult, MGIEPipeline, make_generator
+from .sample import SampleOutput, sample
+from .schedulers import SCHEDULER_NAMES
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_SEED",
+    "SCHEDULER_NAMES",
+    "CheckpointError",
+    "Derivation",
+    "DeriveConfig",
+    "EditCancelled",
+    "EditResult",
+    "Imagination",
+    "InputError",
+    "MGIEError",
+    "MGIEModel",
+    "MGIEPipeline",
+    "SampleConfig",
+    "SampleOutput",
+    "default_model_path",
+    "derive",
+    "imagine",
+    "load_model",
+    "make_generator",
+    "sample",
+]

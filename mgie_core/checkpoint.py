@@ -1,0 +1,275 @@
+"""Loading Apple's released MGIE exactly as users have it on disk (MGIE.md §1).
+
+A root folder holds ``LLaVA-7B-v1/`` (sharded pickles + tokenizer), ``mgie_7b/`` (``mllm.pt``,
+``unet.pt``), ``instruct-pix2pix/`` (diffusers folder: VAE, scheduler, UNet config) and the CLIP
+folder that ``mm_vision_tower`` names. Everything is read offline; pickles with ``weights_only``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from . import keys
+from .edit_head import EditHead, EditHeadConfig
+from .errors import CheckpointError
+from .images import ClipImageConfig
+from .model import (
+    IM_END,
+    IM_PATCH,
+    IM_START,
+    MGIEModel,
+    ModelSpec,
+    MultimodalLLM,
+    clip_vision_config_from,
+    llama_config_from,
+    visual_token_names,
+)
+from .tokenizer import LegacyLlamaTokenizer
+from .weights import StateDict, load_into, read_folder_weights, read_state_dict
+
+logger = logging.getLogger(__name__)
+
+LLAVA_DIR, MGIE_DIR, IP2P_DIR = "LLaVA-7B-v1", "mgie_7b", "instruct-pix2pix"
+IP2P_HUB_ID = "timbrooks/instruct-pix2pix"
+
+
+@dataclass(frozen=True)
+class AppleLayout:
+    root: Path
+    llava: Path
+    mgie: Path
+    ip2p: Path
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"missing file: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); restore the file") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
+
+
+def is_apple_layout(root: Path) -> bool:
+    return (root / MGIE_DIR / "mllm.pt").is_file() or (root / LLAVA_DIR).is_dir()
+
+
+def find_apple_layout(root: str | Path, instruct_pix2pix: str | Path | None = None) -> AppleLayout:
+    """Locate the three MGIE folders under ``root``; the InstructPix2Pix folder may also be cached by diffusers."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CheckpointError(f"model folder not found: {root}")
+    llava, mgie = root / LLAVA_DIR, root / MGIE_DIR
+    for folder, what in ((llava, "the LLaVA-7B-v1 folder (config.json, tokenizer, pytorch_model-*.bin)"),
+                         (mgie, "the mgie_7b folder (mllm.pt, unet.pt)")):
+        if not folder.is_dir():
+            raise CheckpointError(f"{folder} not found: {root} must contain {what}, as in Apple's README")
+    for name in ("mllm.pt", "unet.pt"):
+        if not (mgie / name).is_file():
+            raise CheckpointError(f"missing {mgie / name}: copy Apple's {name} into {mgie}")
+    ip2p = _find_ip2p(root, instruct_pix2pix)
+    return AppleLayout(root=root, llava=llava, mgie=mgie, ip2p=ip2p)
+
+
+def _find_ip2p(root: Path, explicit: str | Path | None) -> Path:
+    candidates = [Path(explicit)] if explicit else [root / IP2P_DIR]
+    for folder in candidates:
+        if (folder / "vae").is_dir() and (folder / "scheduler").is_dir():
+            return folder
+    if explicit is None:
+        cached = hub_cache_snapshot(IP2P_HUB_ID)
+        if cached is not None and (cached / "vae").is_dir():
+            return cached
+    raise CheckpointError(
+        f"InstructPix2Pix folder not found: looked in {', '.join(map(str, candidates))} and the Hugging Face cache; "
+        f"put the diffusers folder of {IP2P_HUB_ID} (vae/, scheduler/, unet/config.json) at {root / IP2P_DIR}"
+    )
+
+
+def hub_cache_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of ``repo_id`` in the local Hugging Face cache, without network."""
+    if repo_id.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure means "not cached"; never fall back to the network
+        return None
+
+
+def resolve_vision_tower(name: str, root: Path, llava: Path, explicit: str | Path | None = None) -> Path:
+    """Find the CLIP folder: explicit path; ``name`` as a path; a folder named after the id; the HF cache."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"vision tower folder {path} has no config.json: pass the CLIP model folder")
+        return path
+    looked = []
+    as_path = Path(name)
+    candidates = [as_path] if as_path.is_absolute() else [root / as_path, llava / as_path, as_path]
+    last = name.rstrip("/").split("/")[-1]
+    candidates += [root / last, llava.parent / last]
+    for path in candidates:
+        looked.append(str(path))
+        if (path / "config.json").is_file():
+            return path
+    cached = hub_cache_snapshot(name)
+    if cached is not None and (cached / "config.json").is_file():
+        return cached
+    raise CheckpointError(
+        f"CLIP vision tower {name!r} not found; looked in {', '.join(dict.fromkeys(looked))} and the Hugging Face "
+        f"cache. Put the {last} folder in {root} or pass its path (--vision-tower)"
+    )
+
+
+def load_apple_checkpoint(
+    root: str | Path, vision_tower: str | Path | None = None, instruct_pix2pix: str | Path | None = None
+) -> MGIEModel:
+    """Build :class:`MGIEModel` from Apple's four folders (weights stay in their stored dtype, on CPU)."""
+    layout = find_apple_layout(root, instruct_pix2pix)
+    llava_cfg = read_json(layout.llava / "config.json")
+    if "mm_vision_tower" not in llava_cfg:
+        raise CheckpointError(f"{layout.llava / 'config.json'} has no mm_vision_tower: this is not a LLaVA config")
+    clip_dir = resolve_vision_tower(str(llava_cfg["mm_vision_tower"]), layout.root, layout.llava, vision_tower)
+    logger.info("loading MGIE from %s (vision tower %s, InstructPix2Pix %s)", layout.root, clip_dir, layout.ip2p)
+
+    mgie_state = keys.rename(read_state_dict(layout.mgie / "mllm.pt"), keys.MLLM_PT_TO_MGIE)
+    edit_state = keys.split_prefix(mgie_state, "edit_head.")
+    llm_state = keys.rename(read_folder_weights(layout.llava, ("pytorch_model", "model")), keys.LLAVA_TO_MLLM)
+    llm_state.update(keys.split_prefix(mgie_state, "mllm."))  # mllm.pt rows override LLaVA's
+
+    edit_config = EditHeadConfig.from_state_dict(edit_state)
+    tokenizer = LegacyLlamaTokenizer.from_folder(layout.llava)
+    tokenizer.add_tokens(visual_token_names(edit_config.num_visual_tokens))
+    vocab_size = _vocab_size(llm_state, tokenizer, layout)
+
+    clip_cfg = read_json(clip_dir / "config.json")
+    mllm = build_mllm(llava_cfg, clip_cfg, vocab_size)
+    llm_state.update(_vision_state(mllm, clip_dir))
+    load_into(mllm, llm_state, f"{layout.llava} + {layout.mgie / 'mllm.pt'} + {clip_dir}")
+    edit_head = build_edit_head(edit_config, edit_state, str(layout.mgie / "mllm.pt"))
+
+    unet_cfg = read_json(layout.ip2p / "unet" / "config.json")
+    unet = build_unet(unet_cfg, read_state_dict(layout.mgie / "unet.pt"), str(layout.mgie / "unet.pt"))
+    vae_cfg = read_json(layout.ip2p / "vae" / "config.json")
+    vae = build_vae(vae_cfg, read_folder_weights(layout.ip2p / "vae", ("diffusion_pytorch_model",)), str(layout.ip2p / "vae"))
+    scheduler_cfg = read_json(layout.ip2p / "scheduler" / "scheduler_config.json")
+    clip_image = _clip_image_config(clip_dir)
+
+    spec = make_spec(tokenizer, llava_cfg, mllm, edit_config)
+    check_compatible(unet, vae, edit_config, str(layout.root))
+    return MGIEModel(
+        tokenizer=tokenizer, mllm=mllm, edit_head=edit_head, unet=unet, vae=vae,
+        scheduler_config=scheduler_cfg, clip_image_config=clip_image, spec=spec, source=str(layout.root),
+        info={"format": "apple", "llava_config": llava_cfg, "clip_config": clip_cfg},
+    ).eval()
+
+
+def _vocab_size(llm_state: StateDict, tokenizer: LegacyLlamaTokenizer, layout: AppleLayout) -> int:
+    try:
+        rows = llm_state["llm.embed_tokens.weight"].shape[0]
+        head_rows = llm_state["lm_head.weight"].shape[0]
+    except KeyError as err:
+        raise CheckpointError(f"{layout.llava}: no {err.args[0]!r} in the weights; is this LLaVA-7B-v1?") from None
+    if rows != head_rows or rows != tokenizer.vocab_size:
+        raise CheckpointError(
+            f"vocabulary mismatch: embed_tokens has {rows} rows, lm_head {head_rows}, the tokenizer of "
+            f"{layout.llava} plus the [IMG] tokens has {tokenizer.vocab_size}; mllm.pt and LLaVA-7B-v1 do not belong together"
+        )
+    return rows
+
+
+def _vision_state(mllm: MultimodalLLM, clip_dir: Path) -> StateDict:
+    clip_state = read_folder_weights(clip_dir, ("model", "pytorch_model"))
+    expected = mllm.vision_tower.state_dict().keys()
+    vision = keys.clip_vision_keys(clip_state, expected)
+    return {f"vision_tower.{k}": v for k, v in vision.items()}
+
+
+def _clip_image_config(clip_dir: Path) -> ClipImageConfig:
+    path = clip_dir / "preprocessor_config.json"
+    if not path.is_file():
+        logger.warning("%s missing: using CLIP's standard preprocessing (224 px, OpenAI mean/std)", path)
+        return ClipImageConfig()
+    return ClipImageConfig.from_dict(read_json(path))
+
+
+def build_mllm(llava_cfg: dict[str, Any], clip_cfg: dict[str, Any], vocab_size: int) -> MultimodalLLM:
+    """An empty (meta-device) MultimodalLLM shaped by the LLaVA and CLIP configs."""
+    try:
+        llm_config = llama_config_from(llava_cfg, vocab_size)
+        vision_config = clip_vision_config_from(clip_cfg)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"model config is incomplete or invalid ({err})") from None
+    with init_empty_weights():
+        return MultimodalLLM(llm_config, vision_config, int(llava_cfg.get("mm_vision_select_layer", -2)))
+
+
+def build_edit_head(config: EditHeadConfig, state: StateDict, source: str) -> EditHead:
+    with init_empty_weights():
+        head = EditHead(config)
+    load_into(head, state, source)
+    return head
+
+
+def build_unet(config: dict[str, Any], state: StateDict, source: str) -> UNet2DConditionModel:
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(_public(config))
+    load_into(unet, state, source)
+    return unet
+
+
+def build_vae(config: dict[str, Any], state: StateDict, source: str) -> AutoencoderKL:
+    with init_empty_weights():
+        vae = AutoencoderKL.from_config(_public(config))
+    load_into(vae, keys.vae_keys(state), source)
+    return vae
+
+
+def _public(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def make_spec(tokenizer: LegacyLlamaTokenizer, llava_cfg: dict[str, Any], mllm: MultimodalLLM,
+              edit_config: EditHeadConfig) -> ModelSpec:
+    use_start_end = bool(llava_cfg.get("mm_use_im_start_end", True))
+    needed = [IM_PATCH] + ([IM_START, IM_END] if use_start_end else [])
+    absent = [t for t in needed if t not in tokenizer.added_tokens]
+    if absent:
+        raise CheckpointError(f"the tokenizer lacks {', '.join(absent)} (added_tokens.json of the LLaVA folder)")
+    vision = mllm.vision_tower.config
+    return ModelSpec(
+        im_patch_token_id=tokenizer.added_tokens[IM_PATCH],
+        im_start_token_id=tokenizer.added_tokens[IM_START] if use_start_end else None,
+        im_end_token_id=tokenizer.added_tokens[IM_END] if use_start_end else None,
+        visual_token_ids=tuple(tokenizer.added_tokens[t] for t in visual_token_names(edit_config.num_visual_tokens)),
+        eos_token_id=tokenizer.eos_token_id,
+        num_image_patches=(vision.image_size // vision.patch_size) ** 2,
+        max_position_embeddings=mllm.llm.config.max_position_embeddings,
+    )
+
+
+def check_compatible(unet: UNet2DConditionModel, vae: AutoencoderKL, edit_config: EditHeadConfig, source: str) -> None:
+    latent = vae.config.latent_channels
+    if unet.config.in_channels != 2 * latent:
+        raise CheckpointError(
+            f"{source}: the UNet takes {unet.config.in_channels} input channels, an InstructPix2Pix UNet needs "
+            f"{2 * latent} (noisy latent + image latent)"
+        )
+    if unet.config.cross_attention_dim != edit_config.output_size:
+        raise CheckpointError(
+            f"{source}: the edit head writes {edit_config.output_size}-wide conditioning, the UNet reads "
+            f"{unet.config.cross_attention_dim}"
+        )
+

@@ -1,0 +1,60 @@
+"""Frozen configuration of each stage. Defaults reproduce the paper and Apple's demo.
+
+Validation names the bad field, so the CLI and the nodes can show the message as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InputError
+from .schedulers import SCHEDULERS
+
+DEFAULT_SEED = 13331  # the seed of Apple's demo notebook
+
+
+@dataclass(frozen=True)
+class DeriveConfig:
+    """Greedy derivation of the expressive instruction (MGIE.md §2.5)."""
+
+    max_new_tokens: int = 96
+    no_repeat_ngram_size: int = 3  # applied over prompt + answer, as transformers' generate did
+
+    def __post_init__(self) -> None:
+        _check_int("max_new_tokens", self.max_new_tokens, 1, 4096)
+        _check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, 64)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Dual-guidance denoising (MGIE.md §2.9), the knobs of diffusers' InstructPix2Pix pipeline."""
+
+    num_inference_steps: int = 100
+    guidance_scale: float = 7.5  # pushes the edit towards the visual imagination
+    image_guidance_scale: float = 1.5  # keeps the result close to the input image
+    scheduler: str = "euler_ancestral"
+    max_side: int = 1024  # longer image sides are scaled down to this before encoding; 0 = no limit
+
+    def __post_init__(self) -> None:
+        _check_int("num_inference_steps", self.num_inference_steps, 1, 1000)
+        _check_float("guidance_scale", self.guidance_scale, 0.0, 100.0)
+        _check_float("image_guidance_scale", self.image_guidance_scale, 0.0, 100.0)
+        if self.scheduler not in SCHEDULERS:
+            raise InputError(f"scheduler {self.scheduler!r} is unknown; choose one of {', '.join(SCHEDULERS)}")
+        if self.max_side != 0:
+            _check_int("max_side", self.max_side, 8, 16384)
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        # The same condition as diffusers' pipeline: otherwise only the imagination branch runs.
+        return self.guidance_scale > 1.0 and self.image_guidance_scale >= 1.0
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InputError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
+def _check_float(name: str, value: object, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= float(value) <= high:
+        raise InputError(f"{name} must be a number from {low} to {high}, got {value!r}")

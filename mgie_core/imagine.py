@@ -1,0 +1,35 @@
+"""Stage 2, imagine: visual tokens -> visual imagination and null imagination (MGIE.md §2.8)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .derive import Derivation
+from .edit_head import EditHead
+
+
+@dataclass(frozen=True)
+class Imagination:
+    """Conditioning for the sampler.
+
+    imagination: (B, Q, D) the visual imagination, the UNet's positive cross-attention input.
+    null_imagination: (B, Q, D) the edit head on all-zero visual tokens, the negative input.
+    """
+
+    imagination: torch.Tensor
+    null_imagination: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.imagination.shape[0]
+
+
+@torch.no_grad()
+def imagine(edit_head: EditHead, derivation: Derivation) -> Imagination:
+    """Run the edit head on the derived visual tokens (on the head's device and dtype)."""
+    weight = edit_head.llm2hid.weight
+    visual = derivation.visual_tokens.to(weight.device, weight.dtype)  # (B, K, H)
+    imagination = edit_head(visual)  # (B, Q, D)
+    null = edit_head.null_imagination().expand_as(imagination)  # (B, Q, D)
+    return Imagination(imagination=imagination, null_imagination=null.contiguous())

@@ -1,0 +1,133 @@
+"""The whole edit in one call: derive -> imagine -> sample, for scripts, the CLI and tests."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .config import DEFAULT_SEED, DeriveConfig, SampleConfig
+from .derive import Derivation, derive
+from .errors import InputError
+from .images import ImageLike, fit_for_vae, tensor_to_pil
+from .imagine import Imagination, imagine
+from .loader import load_model
+from .model import MGIEModel
+from .progress import ProgressCallback, offset
+from .sample import SampleOutput, sample
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """images: B edited PIL images; the intermediate values of each stage ride along."""
+
+    images: list[Image.Image]
+    derivation: Derivation
+    imagination: Imagination
+    output: SampleOutput
+
+    @property
+    def expressive_instructions(self) -> tuple[str, ...]:
+        return self.derivation.expressive_instructions
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` means fp16 on CUDA and fp32 elsewhere."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise InputError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator: the same seed gives the same noise on every device."""
+    generator = torch.Generator("cpu")
+    generator.manual_seed(DEFAULT_SEED if seed is None else int(seed))
+    return generator
+
+
+class MGIEPipeline:
+    """Chains the three stages on one device and dtype."""
+
+    def __init__(self, model: MGIEModel, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None):
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = model.to(self.device, self.dtype).eval()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
+                        dtype: str | torch.dtype | None = None, vision_tower: str | Path | None = None) -> MGIEPipeline:
+        return cls(load_model(path, vision_tower=vision_tower), device=device, dtype=dtype)
+
+    def derive(self, images: Sequence[ImageLike], instructions: Sequence[str], config: DeriveConfig = DeriveConfig(),
+               expressive: Sequence[str | None] | None = None, callback: ProgressCallback | None = None) -> Derivation:
+        return derive(self.model, images, instructions, config, expressive, callback)
+
+    def imagine(self, derivation: Derivation) -> Imagination:
+        return imagine(self.model.edit_head, derivation)
+
+    def sample(self, images: ImageLike | Sequence[Image.Image], imagination: Imagination,
+               config: SampleConfig = SampleConfig(), seed: int | None = None,
+               callback: ProgressCallback | None = None) -> SampleOutput:
+        pixels = fit_for_vae(images, self.model.vae_scale_factor, config.max_side)
+        m = self.model
+        return sample(m.unet, m.vae, m.scheduler_config, pixels, imagination, config, make_generator(seed), callback)
+
+    def __call__(
+        self,
+        images: ImageLike | Sequence[Image.Image],
+        instructions: str | Sequence[str],
+        derive_config: DeriveConfig = DeriveConfig(),
+        sample_config: SampleConfig = SampleConfig(),
+        seed: int | None = None,
+        expressive: str | Sequence[str | None] | None = None,
+        callback: ProgressCallback | None = None,
+    ) -> EditResult:
+        """Edit images by instructions (one instruction for all images, or one per image)."""
+        image_list = as_image_list(images)
+        instructions = broadcast(instructions, len(image_list), "instructions")
+        overrides = broadcast(expressive, len(image_list), "expressive instructions") if expressive is not None else None
+        total = len(image_list) * derive_config.max_new_tokens + sample_config.num_inference_steps
+        derivation = self.derive(image_list, instructions, derive_config, overrides, offset(callback, 0, total))
+        for text in derivation.expressive_instructions:
+            logger.info("expressive instruction: %s", text)
+        imagination = self.imagine(derivation)
+        start = len(image_list) * derive_config.max_new_tokens
+        pixels = torch.stack(image_list) if isinstance(images, torch.Tensor) else image_list
+        out = self.sample(pixels, imagination, sample_config, seed, offset(callback, start, total))
+        return EditResult(tensor_to_pil(out.images), derivation, imagination, out)
+
+
+def as_image_list(images: ImageLike | Sequence[Image.Image]) -> list[ImageLike]:
+    if isinstance(images, Image.Image):
+        return [images]
+    if isinstance(images, torch.Tensor):
+        if images.ndim == 3:
+            images = images.unsqueeze(0)
+        return list(images)
+    images = list(images)
+    if not images:
+        raise InputError("no images given")
+    return images
+
+
+def broadcast(values: str | Sequence[str | None] | None, count: int, what: str) -> list:
+    if values is None or isinstance(values, str):
+        return [values] * count
+    values = list(values)
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise InputError(f"got {len(values)} {what} for {count} images; give one, or one per image")
+    return values

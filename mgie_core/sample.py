@@ -1,0 +1,113 @@
+"""Stage 3, sample: dual-guidance denoising of the input image's latent (MGIE.md §2.9).
+
+The same computation as diffusers' ``StableDiffusionInstructPix2PixPipeline`` given
+``prompt_embeds=imagination, negative_prompt_embeds=null_imagination`` and the same generator:
+three branches per step — (imagination, image), (null, image), (null, no image) — combined as
+``e_null0 + s_text * (e_text - e_img) + s_img * (e_img - e_null0)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
+
+from .config import SampleConfig
+from .errors import InputError
+from .imagine import Imagination
+from .progress import ProgressCallback, report
+from .schedulers import make_scheduler
+
+
+@dataclass(frozen=True)
+class SampleOutput:
+    """images: (B, 3, H, W) float32 in [0, 1]; latents: (B, C, H/f, W/f) raw VAE latents (unscaled)."""
+
+    images: torch.Tensor
+    latents: torch.Tensor
+
+
+@torch.no_grad()
+def sample(
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    scheduler_config: Mapping[str, Any],
+    pixels: torch.Tensor,
+    imagination: Imagination,
+    config: SampleConfig = SampleConfig(),
+    generator: torch.Generator | None = None,
+    callback: ProgressCallback | None = None,
+) -> SampleOutput:
+    """Edit ``pixels`` (B, 3, H, W) in [0, 1], H and W multiples of the VAE factor, under ``imagination``.
+
+    ``generator`` may live on the CPU whatever the device: noise is then drawn on the CPU and moved,
+    so a seed gives the same picture everywhere.
+    """
+    device, dtype = unet.device, unet.dtype
+    _check(pixels, imagination, vae)
+    cfg = config.do_classifier_free_guidance
+
+    # 1. conditioning: [imagination, null, null], the pipeline's order
+    cond = imagination.imagination.to(device, dtype)  # (B, Q, D)
+    if cfg:
+        null = imagination.null_imagination.to(device, dtype)
+        cond = torch.cat([cond, null, null])  # (3B, Q, D)
+
+    # 2. timesteps of a fresh scheduler
+    scheduler = make_scheduler(config.scheduler, scheduler_config)
+    scheduler.set_timesteps(config.num_inference_steps, device=device)
+
+    # 3. image latents: the VAE mode, unscaled (as InstructPix2Pix was trained); zeros for the third branch
+    image = (pixels * 2.0 - 1.0).to(vae.device, vae.dtype)  # (B, 3, H, W) in [-1, 1]
+    image_latents = vae.encode(image).latent_dist.mode().to(device, dtype)  # (B, C, h, w)
+    if cfg:
+        image_latents = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])  # (3B, C, h, w)
+
+    # 4. initial noise
+    shape = (pixels.shape[0], vae.config.latent_channels, *image_latents.shape[-2:])
+    latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype) * scheduler.init_noise_sigma
+    step_kwargs = _step_kwargs(scheduler, generator)
+
+    # 5. denoising loop
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps):
+        model_input = torch.cat([latents] * 3) if cfg else latents
+        model_input = torch.cat([scheduler.scale_model_input(model_input, t), image_latents], dim=1)  # (3B, 2C, h, w)
+        noise = unet(model_input, t, encoder_hidden_states=cond, return_dict=False)[0]
+        if cfg:
+            e_text, e_image, e_null = noise.chunk(3)
+            noise = e_null + config.guidance_scale * (e_text - e_image) + config.image_guidance_scale * (e_image - e_null)
+        latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+        report(callback, i + 1, len(timesteps))
+
+    # 6. decode
+    raw = latents / vae.config.scaling_factor
+    decoded = vae.decode(raw.to(vae.device, vae.dtype), return_dict=False)[0]
+    images = (decoded.float() / 2 + 0.5).clamp(0, 1)
+    return SampleOutput(images=images, latents=raw.float())
+
+
+def _check(pixels: torch.Tensor, imagination: Imagination, vae: AutoencoderKL) -> None:
+    if pixels.ndim != 4 or pixels.shape[1] != 3:
+        raise InputError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if pixels.shape[-1] % factor or pixels.shape[-2] % factor:
+        raise InputError(f"image size {pixels.shape[-1]}x{pixels.shape[-2]} is not a multiple of {factor}")
+    if pixels.shape[0] != len(imagination):
+        raise InputError(f"{pixels.shape[0]} images but {len(imagination)} imaginations; give one per image")
+
+
+def _step_kwargs(scheduler: Any, generator: torch.Generator | None) -> dict[str, Any]:
+    # Only some schedulers take ``generator`` (ancestral noise) or ``eta`` (DDIM); pass what each accepts.
+    params = inspect.signature(scheduler.step).parameters
+    kwargs: dict[str, Any] = {}
+    if "generator" in params:
+        kwargs["generator"] = generator
+    if "eta" in params:
+        kwargs["eta"] = 0.0
+    return kwargs

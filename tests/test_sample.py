@@ -1,0 +1,136 @@
+"""Stage 3: the sampler equals diffusers' InstructPix2Pix pipeline; seeds, cancellation, precision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionInstructPix2PixPipeline
+
+from mgie_core import EditCancelled, InputError, SampleConfig, make_generator, sample
+from mgie_core.images import pil_to_tensor
+from mgie_core.imagine import Imagination
+from mgie_core.schedulers import SCHEDULER_NAMES, make_scheduler
+
+from conftest import make_image
+
+STEPS = 8
+
+
+def conditioning(batch=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Imagination(torch.randn(batch, 77, 32, generator=g), torch.randn(1, 77, 32, generator=g).expand(batch, -1, -1))
+
+
+def run_diffusers(model, images, cond, config, seed):
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=model.vae, text_encoder=None, tokenizer=None, unet=model.unet,
+        scheduler=make_scheduler(config.scheduler, model.scheduler_config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(image=images, prompt_embeds=cond.imagination, negative_prompt_embeds=cond.null_imagination,
+               num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+               image_guidance_scale=config.image_guidance_scale, generator=torch.Generator().manual_seed(seed),
+               output_type="np")
+    return out.images  # (B, H, W, 3) float in [0, 1]
+
+
+def run_ours(model, images, cond, config, seed, callback=None):
+    out = sample(model.unet, model.vae, model.scheduler_config, pil_to_tensor(images), cond, config,
+                 make_generator(seed), callback)
+    return out.images.permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize("scheduler", ["euler_ancestral", "ddim", "dpmpp_2m", "unipc"])
+def test_equals_diffusers_pipeline(tiny_model, scheduler):
+    images = [make_image(48, 32, seed=1)]
+    config = SampleConfig(num_inference_steps=STEPS, scheduler=scheduler)
+    ours = run_ours(tiny_model, images, conditioning(), config, 7)
+    theirs = run_diffusers(tiny_model, images, conditioning(), config, 7)
+    assert np.abs(ours - theirs).max() <= 2 / 255
+    assert np.abs(ours - np.asarray(images[0]) / 255).mean() > 0.01  # it really edited something
+
+
+def test_equals_diffusers_for_a_batch_and_other_scales(tiny_model):
+    images = [make_image(32, 32, seed=1), make_image(32, 32, seed=2)]
+    config = SampleConfig(num_inference_steps=STEPS, guidance_scale=3.0, image_guidance_scale=1.2)
+    assert np.abs(run_ours(tiny_model, images, conditioning(2), config, 3)
+                  - run_diffusers(tiny_model, images, conditioning(2), config, 3)).max() <= 2 / 255
+
+
+def test_without_guidance_equals_diffusers(tiny_model):
+    config = SampleConfig(num_inference_steps=STEPS, guidance_scale=1.0)
+    assert not config.do_classifier_free_guidance
+    images = [make_image(32, 24, seed=4)]
+    assert np.abs(run_ours(tiny_model, images, conditioning(), config, 1)
+                  - run_diffusers(tiny_model, images, conditioning(), config, 1)).max() <= 2 / 255
+
+
+def test_every_scheduler_runs(tiny_model):
+    images = [make_image(16, 16)]
+    for name in SCHEDULER_NAMES:
+        out = run_ours(tiny_model, images, conditioning(), SampleConfig(num_inference_steps=3, scheduler=name), 0)
+        assert np.isfinite(out).all(), name
+
+
+def test_seed_determinism(tiny_model):
+    images, config = [make_image(24, 24)], SampleConfig(num_inference_steps=4)
+    a = run_ours(tiny_model, images, conditioning(), config, 11)
+    b = run_ours(tiny_model, images, conditioning(), config, 11)
+    c = run_ours(tiny_model, images, conditioning(), config, 12)
+    assert np.array_equal(a, b)
+    assert np.abs(a - c).max() > 1 / 255
+
+
+def test_cancellation_stops_within_one_step(tiny_model):
+    calls = []
+    original = tiny_model.unet.forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    tiny_model.unet.forward = counting
+    with pytest.raises(EditCancelled):
+        run_ours(tiny_model, [make_image(16, 16)], conditioning(), SampleConfig(num_inference_steps=20), 0,
+                 callback=lambda step, total: step >= 2)
+    assert len(calls) == 2
+
+
+def test_callback_exception_propagates(tiny_model):
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(step, total):
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_ours(tiny_model, [make_image(16, 16)], conditioning(), SampleConfig(num_inference_steps=5), 0, interrupt)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_sampling_runs(tiny_model, dtype):
+    tiny_model.to(dtype=dtype)
+    out = sample(tiny_model.unet, tiny_model.vae, tiny_model.scheduler_config, pil_to_tensor([make_image(16, 16)]),
+                 conditioning(), SampleConfig(num_inference_steps=3), make_generator(0))
+    assert out.images.dtype == torch.float32 and torch.isfinite(out.images).all()
+
+
+def test_latents_decode_back_to_the_images(tiny_model):
+    out = sample(tiny_model.unet, tiny_model.vae, tiny_model.scheduler_config, pil_to_tensor([make_image(16, 16)]),
+                 conditioning(), SampleConfig(num_inference_steps=3), make_generator(0))
+    with torch.no_grad():
+        decoded = (tiny_model.vae.decode(out.latents).sample / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(decoded, out.images)
+
+
+def test_bad_inputs(tiny_model):
+    with pytest.raises(InputError, match="not a multiple of 2"):
+        sample(tiny_model.unet, tiny_model.vae, tiny_model.scheduler_config, torch.rand(1, 3, 15, 16), conditioning())
+    with pytest.raises(InputError, match="2 images but 1 imaginations"):
+        sample(tiny_model.unet, tiny_model.vae, tiny_model.scheduler_config, torch.rand(2, 3, 16, 16), conditioning())
+    with pytest.raises(InputError, match="scheduler 'nope' is unknown"):
+        SampleConfig(scheduler="nope")
+    with pytest.raises(InputError, match="num_inference_steps must be an integer from 1 to 1000"):
+        SampleConfig(num_inference_steps=0)
