@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from .aligned import save_aligned
 from .checkpoint import build_edit_head, build_mllm, build_unet, build_vae, check_compatible, make_spec
 from .edit_head import EditHeadConfig
 from .errors import CheckpointError
@@ -88,25 +86,13 @@ def save_bundle(model: MGIEModel, out: str | Path, dtype: str = "fp16") -> Path:
     parts = bundle_tensors(model, DTYPES[dtype])
     if out.suffix == ".safetensors":
         merged = {k: v for part in parts.values() for k, v in part.items()}
-        _save_atomic(merged, out, metadata)
+        save_aligned(merged, out, metadata)
     else:
         out.mkdir(parents=True, exist_ok=True)
         for name, tensors in parts.items():
-            _save_atomic(tensors, out / f"{name}.safetensors", metadata)
+            save_aligned(tensors, out / f"{name}.safetensors", metadata)
     logger.info("wrote MGIE bundle %s (%s)", out, dtype)
     return out
-
-
-def _save_atomic(tensors: StateDict, path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- reading ---------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def resolve_vision_tower(name: str, root: Path, llava: Path, explicit: str | Pat
     as_path = Path(name)
     candidates = [as_path] if as_path.is_absolute() else [root / as_path, llava / as_path, as_path]
     last = name.rstrip("/").split("/")[-1]
-    candidates += [root / last, llava.parent / last]
+    candidates += [root / last, llava.parent / last, llava.resolve().parent / last]
     for path in candidates:
         looked.append(str(path))
         if (path / "config.json").is_file():

@@ -9,6 +9,7 @@ cannot be, and is 4 in Apple's release.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -69,16 +70,18 @@ class EditHead(nn.Module):
         self.config = config
         self.llm2hid = nn.Linear(config.llm_hidden_size, config.hidden_size)
         self.query = nn.Parameter(torch.randn(1, config.num_queries, config.hidden_size))
-        self.mapper = nn.Transformer(
-            d_model=config.hidden_size,
-            nhead=config.num_heads,
-            num_encoder_layers=config.num_encoder_layers,
-            num_decoder_layers=config.num_decoder_layers,
-            dim_feedforward=config.feedforward_size,
-            dropout=0.0,
-            batch_first=True,
-            norm_first=True,
-        )
+        with warnings.catch_warnings():  # "enable_nested_tensor ... norm_first": expected, nothing to act on
+            warnings.simplefilter("ignore", UserWarning)
+            self.mapper = nn.Transformer(
+                d_model=config.hidden_size,
+                nhead=config.num_heads,
+                num_encoder_layers=config.num_encoder_layers,
+                num_decoder_layers=config.num_decoder_layers,
+                dim_feedforward=config.feedforward_size,
+                dropout=0.0,
+                batch_first=True,
+                norm_first=True,
+            )
         self.hid2feat = nn.Linear(config.hidden_size, config.output_size)
         self.emb = nn.Parameter(torch.zeros(1, config.num_visual_tokens, config.llm_hidden_size))
 

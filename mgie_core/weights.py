@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from .aligned import strip_padding
 from .errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def read_state_dict(path: str | Path) -> StateDict:
 
 def _read_safetensors(path: Path) -> StateDict:
     try:
-        return load_file(str(path), device="cpu")
+        return strip_padding(load_file(str(path), device="cpu"))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(
             f"{path} is not a readable safetensors file ({err}); it is probably truncated or corrupt: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_image
 from transformers import CLIPImageProcessor, LlamaForCausalLM
 
 from mgie_core import DeriveConfig, InputError, derive
@@ -12,8 +13,6 @@ from mgie_core.derive import select_visual_tokens
 from mgie_core.errors import EditCancelled
 from mgie_core.images import clip_pixel_values
 from mgie_core.prompt import build_prompt, clean_expressive
-
-from conftest import make_image
 
 SHORT = DeriveConfig(max_new_tokens=40)  # answers of the tiny LM are 14-36 tokens; the story is longer
 

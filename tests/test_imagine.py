@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
+from conftest import make_image
 
 from mgie_core import DeriveConfig, derive, imagine
 from mgie_core.edit_head import EditHeadConfig
-
-from conftest import make_image
 
 
 def test_sizes_come_from_the_weights(tiny_model):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_image
 from diffusers import StableDiffusionInstructPix2PixPipeline
 
 from mgie_core import EditCancelled, InputError, SampleConfig, make_generator, sample
 from mgie_core.images import pil_to_tensor
 from mgie_core.imagine import Imagination
 from mgie_core.schedulers import SCHEDULER_NAMES, make_scheduler
-
-from conftest import make_image
 
 STEPS = 8
 

@@ -136,7 +136,8 @@ def _sequence_loss(llm, head, ids, prompt_len, spec, patch_feature):
 def tiny_clip_config() -> CLIPConfig:
     return CLIPConfig(
         text_config={"vocab_size": 99, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 16},
+                     "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0,
+                     "eos_token_id": 2, "pad_token_id": 1},
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
                        "image_size": CLIP_IMAGE, "patch_size": CLIP_PATCH},
         projection_dim=16,
@@ -252,13 +253,13 @@ def build_tiny_checkpoint(root: str | Path, train_steps: int = 400) -> Path:
 
     unet = tiny_unet()
     torch.save({k: v.half() for k, v in unet.state_dict().items()}, mgie / "unet.pt")
-    _write_json(ip2p / "unet" / "config.json", dict(unet.config))
+    unet.save_config(ip2p / "unet")
     vae = tiny_vae()
-    _write_json(ip2p / "vae" / "config.json", dict(vae.config))
+    vae.save_config(ip2p / "vae")
     torch.save(_old_vae_names(vae.state_dict()), ip2p / "vae" / "diffusion_pytorch_model.bin")
     scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                                 steps_offset=1)
-    _write_json(ip2p / "scheduler" / "scheduler_config.json", dict(scheduler.config))
+    scheduler.save_config(ip2p / "scheduler")
     _write_json(ip2p / "model_index.json", {
         "_class_name": "StableDiffusionInstructPix2PixPipeline", "_diffusers_version": "0.12.0.dev0",
         "feature_extractor": ["transformers", "CLIPFeatureExtractor"], "safety_checker": ["stable_diffusion",

@@ -1,0 +1,160 @@
+"""``python -m mgie_core edit``: end to end, intermediates, and one-line errors without partial files."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_image
+from PIL import Image
+
+from mgie_core.cli import main
+from mgie_core.images import load_image
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--steps", "3", "--max-new-tokens", "40", "--quiet"]
+
+
+def run(tiny_root, tmp_path, image_path, *extra, instruction="make the sky blue", out="out.png"):
+    args = ["edit", "--model", str(tiny_root), "--image", str(image_path), "--instruction", instruction,
+            "--out", str(tmp_path / out), *FAST, *extra]
+    return main(args)
+
+
+@pytest.fixture()
+def image_path(tmp_path) -> Path:
+    path = tmp_path / "in.png"
+    make_image(64, 48).save(path)
+    return path
+
+
+def test_edit_writes_image_intermediates_and_prints_instruction(tiny_root, tmp_path, image_path, capsys):
+    npz = tmp_path / "steps.npz"
+    assert run(tiny_root, tmp_path, image_path, "--save-intermediates", str(npz), "--seed", "5") == 0
+    assert capsys.readouterr().out.strip() == "paint the whole sky a deep blue.keep the rest as it is."
+    out = Image.open(tmp_path / "out.png")
+    assert out.size == (64, 48) and out.mode == "RGB"
+    data = np.load(npz)
+    assert data["token_ids"].ndim == 1 and data["token_ids"][0] == 1  # the full sequence, from <s>
+    assert data["visual_tokens"].shape == (8, 64)
+    assert data["imagination"].shape == (77, 32) and data["null_imagination"].shape == (77, 32)
+    assert str(data["expressive_instruction"]) == "paint the whole sky a deep blue.keep the rest as it is."
+    # same seed, same picture; the override changes the imagination
+    assert run(tiny_root, tmp_path, image_path, "--seed", "5", out="again.png") == 0
+    assert np.array_equal(np.asarray(out), np.asarray(Image.open(tmp_path / "again.png")))
+    npz2 = tmp_path / "override.npz"
+    assert run(tiny_root, tmp_path, image_path, "--expressive", "turn the apple red.",
+               "--save-intermediates", str(npz2)) == 0
+    assert capsys.readouterr().out.strip().endswith("turn the apple red.")
+    assert not np.allclose(np.load(npz2)["imagination"], data["imagination"])
+
+
+def test_module_entry_point(tiny_root, tmp_path, image_path):
+    cmd = [sys.executable, "-m", "mgie_core", "edit", "--model", str(tiny_root), "--image", str(image_path),
+           "--instruction", "make it red", "--out", str(tmp_path / "o.webp"), *FAST, "--scheduler", "ddim"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "turn the apple red."
+    assert Image.open(tmp_path / "o.webp").size == (64, 48)
+
+
+def _png16(path: Path, rgb: np.ndarray) -> None:
+    """A 48-bit RGB PNG (PIL cannot write one)."""
+    height, width, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_unusual_images_are_converted(tmp_path):
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (20, 10), (200, 100, 50, 0)).save(rgba)
+    assert np.asarray(load_image(rgba))[0, 0].tolist() == [200, 100, 50]  # alpha dropped, like convert("RGB")
+    gray = tmp_path / "gray.png"
+    Image.new("L", (12, 12), 77).save(gray)
+    assert np.asarray(load_image(gray))[0, 0].tolist() == [77, 77, 77]
+    gray16 = tmp_path / "gray16.png"
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(gray16)
+    assert np.asarray(load_image(gray16))[0, 0].tolist() == [255, 255, 255]  # scaled, not clipped
+    Image.fromarray(np.full((8, 8), 32896, np.uint16)).save(gray16)
+    assert np.asarray(load_image(gray16))[0, 0].tolist() == [128, 128, 128]
+    rgb16 = tmp_path / "rgb16.png"
+    _png16(rgb16, np.stack([np.full((4, 4), v, np.uint16) for v in (65535, 32768, 0)], -1))
+    assert np.asarray(load_image(rgb16))[0, 0].tolist() == [255, 128, 0]
+    palette = tmp_path / "p.gif"
+    Image.new("P", (9, 9), 3).save(palette)
+    assert load_image(palette).mode == "RGB"
+
+
+@pytest.mark.parametrize("kind", ["rgba", "gray", "gray16"])
+def test_unusual_images_edit_end_to_end(tiny_root, tmp_path, kind):
+    path = tmp_path / f"{kind}.png"
+    base = make_image(32, 32)
+    {"rgba": lambda: base.convert("RGBA"), "gray": lambda: base.convert("L"),
+     "gray16": lambda: Image.fromarray(np.asarray(base.convert("L"), np.uint16) * 257)}[kind]().save(path)
+    assert run(tiny_root, tmp_path, path) == 0
+    assert Image.open(tmp_path / "out.png").size == (32, 32)
+
+
+def test_very_large_image_is_scaled_to_max_side(tiny_root, tmp_path):
+    path = tmp_path / "big.png"
+    make_image(3000, 2000).save(path)
+    assert run(tiny_root, tmp_path, path, "--max-side", "96") == 0
+    assert Image.open(tmp_path / "out.png").size == (96, 64)
+
+
+def test_odd_sizes_are_rounded_down(tiny_root, tmp_path):
+    path = tmp_path / "odd.png"
+    make_image(33, 27).save(path)
+    assert run(tiny_root, tmp_path, path) == 0
+    assert Image.open(tmp_path / "out.png").size == (32, 26)  # multiples of the tiny VAE's factor 2
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1]
+
+
+@pytest.mark.parametrize(
+    "setup, extra, message",
+    [
+        (lambda p: p.write_bytes(b"not an image"), [], r"error: cannot read image .*bad.png .*use a PNG, JPEG"),
+        (lambda p: None, [], r"error: image not found: .*bad.png"),
+        (lambda p: Image.new("RGB", (1, 1)).save(p), [], r"error: image of 1x1 pixels is too small: .* upscale it first"),
+        (lambda p: make_image().save(p), ["--instruction", "   "], r"error: --instruction is empty"),
+        (lambda p: make_image().save(p), ["--instruction", "go " * 500], r"error: instruction is too long: .* shorten"),
+        (lambda p: make_image().save(p), ["--model", "/nonexistent/mgie"], r"error: model not found: /nonexistent/mgie"),
+        (lambda p: make_image().save(p), ["--steps", "0"], r"error: num_inference_steps must be an integer from 1"),
+        (lambda p: make_image().save(p), ["--out", "x.txt"], r"error: --out .*x.txt: unknown image extension"),
+        (lambda p: make_image().save(p), ["--expressive", "a <im_end> b"],
+         r"error: expressive instruction contains the control token"),
+        (lambda p: make_image().save(p), ["--device", "nope"], r"error: --device 'nope' is not a torch device"),
+    ],
+)
+def test_bad_input_one_line_error_and_no_output(tiny_root, tmp_path, capsys, setup, extra, message):
+    path = tmp_path / "bad.png"
+    setup(path)
+    args = ["edit", "--model", str(tiny_root), "--image", str(path), "--instruction", "make it red",
+            "--out", str(tmp_path / "out.png"), "--save-intermediates", str(tmp_path / "i.npz"), *FAST, *extra]
+    assert main(args) == 2
+    line = _error(capsys)
+    assert __import__("re").match(message, line), line
+    assert not (tmp_path / "out.png").exists() and not (tmp_path / "i.npz").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_no_model_and_no_default_is_a_clear_error(tmp_path, image_path, capsys, monkeypatch):
+    import mgie_core.loader as loader
+
+    monkeypatch.setattr(loader, "default_model_path", lambda: tmp_path / "missing.safetensors")
+    assert main(["edit", "--image", str(image_path), "--instruction", "x", "--out", str(tmp_path / "o.png")]) == 2
+    assert "no model given and the embedded default model is missing" in _error(capsys)
