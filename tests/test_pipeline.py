@@ -1,0 +1,53 @@
+"""The chained pipeline: batches, tensor inputs, progress over both stages."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mgie_core import DeriveConfig, EditCancelled, InputError, MGIEPipeline, SampleConfig
+from mgie_core.images import pil_to_tensor
+
+from conftest import make_image
+
+DERIVE, SAMPLE = DeriveConfig(max_new_tokens=40), SampleConfig(num_inference_steps=3)
+
+
+@pytest.fixture()
+def pipe(tiny_model):
+    return MGIEPipeline(tiny_model, "cpu", "fp32")
+
+
+def test_batch_of_images_and_instructions_equals_single_edits(pipe):
+    images = [make_image(32, 32, seed=1), make_image(32, 32, seed=2)]
+    batch = pipe(images, ["make the sky blue", "make it red"], DERIVE, SAMPLE, seed=4)
+    assert batch.expressive_instructions == ("paint the whole sky a deep blue.keep the rest as it is.", "turn the apple red.")
+    for i, instruction in enumerate(["make the sky blue", "make it red"]):
+        single = pipe.derive([images[i]], [instruction], DERIVE)
+        torch.testing.assert_close(batch.derivation.visual_tokens[i], single.visual_tokens[0])
+    assert len(batch.images) == 2 and batch.images[0].size == (32, 32)
+
+
+def test_one_instruction_for_a_tensor_batch(pipe):
+    pixels = pil_to_tensor([make_image(16, 16, seed=s) for s in range(3)])  # (3, 3, 16, 16), as from ComfyUI
+    result = pipe(pixels, "make it red", DERIVE, SAMPLE, seed=0)
+    assert result.output.images.shape == (3, 3, 16, 16)
+    assert len(set(result.expressive_instructions)) == 1
+    with pytest.raises(InputError, match="got 2 instructions for 3 images"):
+        pipe(pixels, ["a", "b"], DERIVE, SAMPLE)
+
+
+def test_progress_spans_both_stages_and_cancel_works(pipe):
+    seen = []
+    pipe(make_image(16, 16), "make it red", DERIVE, SAMPLE, callback=lambda s, t: seen.append((s, t)))
+    total = DERIVE.max_new_tokens + SAMPLE.num_inference_steps
+    assert all(t == total for _, t in seen) and seen[-1] == (total, total)
+    assert [s for s, _ in seen] == sorted(s for s, _ in seen)
+    with pytest.raises(EditCancelled):
+        pipe(make_image(16, 16), "make it red", DERIVE, SAMPLE, callback=lambda s, t: s > DERIVE.max_new_tokens)
+
+
+def test_dtype_names(tiny_model):
+    assert MGIEPipeline(tiny_model, "cpu", "bf16").model.unet.dtype == torch.bfloat16
+    with pytest.raises(InputError, match="dtype 'fp8' is not one of"):
+        MGIEPipeline(tiny_model, "cpu", "fp8")
