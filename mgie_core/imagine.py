@@ -8,6 +8,7 @@ import torch
 
 from .derive import Derivation
 from .edit_head import EditHead
+from .errors import InputError
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,14 @@ class Imagination:
 
     def __len__(self) -> int:
         return self.imagination.shape[0]
+
+    def expand(self, batch: int) -> Imagination:
+        """The same conditioning for ``batch`` images (a batch of one is repeated)."""
+        if len(self) == batch:
+            return self
+        if len(self) != 1:
+            raise InputError(f"{len(self)} imaginations cannot condition {batch} images; give one, or one per image")
+        return Imagination(self.imagination.expand(batch, -1, -1), self.null_imagination[:1].expand(batch, -1, -1))
 
 
 @torch.no_grad()

@@ -49,7 +49,8 @@ def sample(
     so a seed gives the same picture everywhere.
     """
     device, dtype = unet.device, unet.dtype
-    _check(pixels, imagination, vae)
+    _check(pixels, vae)
+    imagination = imagination.expand(pixels.shape[0])
     cfg = config.do_classifier_free_guidance
 
     # 1. conditioning: [imagination, null, null], the pipeline's order
@@ -92,14 +93,12 @@ def sample(
     return SampleOutput(images=images, latents=raw.float())
 
 
-def _check(pixels: torch.Tensor, imagination: Imagination, vae: AutoencoderKL) -> None:
+def _check(pixels: torch.Tensor, vae: AutoencoderKL) -> None:
     if pixels.ndim != 4 or pixels.shape[1] != 3:
         raise InputError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if pixels.shape[-1] % factor or pixels.shape[-2] % factor:
         raise InputError(f"image size {pixels.shape[-1]}x{pixels.shape[-2]} is not a multiple of {factor}")
-    if pixels.shape[0] != len(imagination):
-        raise InputError(f"{pixels.shape[0]} images but {len(imagination)} imaginations; give one per image")
 
 
 def _step_kwargs(scheduler: Any, generator: torch.Generator | None) -> dict[str, Any]:

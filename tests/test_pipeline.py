@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_image
 
 from mgie_core import DeriveConfig, EditCancelled, InputError, MGIEPipeline, SampleConfig
 from mgie_core.images import pil_to_tensor
-
-from conftest import make_image
 
 DERIVE, SAMPLE = DeriveConfig(max_new_tokens=40), SampleConfig(num_inference_steps=3)
 

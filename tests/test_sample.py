@@ -73,6 +73,13 @@ def test_every_scheduler_runs(tiny_model):
         assert np.isfinite(out).all(), name
 
 
+def test_one_imagination_conditions_a_batch(tiny_model):
+    images, config = [make_image(16, 16, seed=1), make_image(16, 16, seed=2)], SampleConfig(num_inference_steps=3)
+    one = run_ours(tiny_model, images, conditioning(1), config, 0)
+    two = Imagination(*(t.expand(2, -1, -1) for t in (conditioning(1).imagination, conditioning(1).null_imagination)))
+    assert np.array_equal(one, run_ours(tiny_model, images, two, config, 0))
+
+
 def test_seed_determinism(tiny_model):
     images, config = [make_image(24, 24)], SampleConfig(num_inference_steps=4)
     a = run_ours(tiny_model, images, conditioning(), config, 11)
@@ -127,8 +134,8 @@ def test_latents_decode_back_to_the_images(tiny_model):
 def test_bad_inputs(tiny_model):
     with pytest.raises(InputError, match="not a multiple of 2"):
         sample(tiny_model.unet, tiny_model.vae, tiny_model.scheduler_config, torch.rand(1, 3, 15, 16), conditioning())
-    with pytest.raises(InputError, match="2 images but 1 imaginations"):
-        sample(tiny_model.unet, tiny_model.vae, tiny_model.scheduler_config, torch.rand(2, 3, 16, 16), conditioning())
+    with pytest.raises(InputError, match="2 imaginations cannot condition 3 images"):
+        sample(tiny_model.unet, tiny_model.vae, tiny_model.scheduler_config, torch.rand(3, 3, 16, 16), conditioning(2))
     with pytest.raises(InputError, match="scheduler 'nope' is unknown"):
         SampleConfig(scheduler="nope")
     with pytest.raises(InputError, match="num_inference_steps must be an integer from 1 to 1000"):

@@ -1,0 +1,42 @@
+"""Load MGIE: a model from ComfyUI/models/mgie (Apple's folders or a bundle) or the embedded default."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..mgie_core import InputError
+from .runtime import NONE_FOUND, list_models, make_handle
+from .types import MGIEModel
+
+PRECISIONS = ["auto", "fp16", "bf16", "fp32"]
+RESIDENCY = ["auto", "sequential"]
+
+
+class MGIELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MGIELoader",
+            display_name="Load MGIE",
+            category="MGIE",
+            description="Loads MGIE from ComfyUI/models/mgie: Apple's folder (LLaVA-7B-v1/, mgie_7b/, "
+                        "instruct-pix2pix/, clip-vit-large-patch14/) or a .safetensors bundle.",
+            inputs=[
+                io.Combo.Input("model", options=list_models(),
+                               tooltip="Folders and .safetensors bundles found in ComfyUI/models/mgie."),
+                io.Combo.Input("precision", options=PRECISIONS, default="auto",
+                               tooltip="auto: fp16 on a GPU (as Apple's demo), fp32 on the CPU."),
+                io.Combo.Input("residency", options=RESIDENCY, default="auto",
+                               tooltip="auto: ComfyUI keeps parts on the GPU while memory allows. sequential: the "
+                                       "LLM leaves the GPU before denoising (low VRAM cards)."),
+            ],
+            outputs=[MGIEModel.Output(display_name="mgie_model")],
+        )
+
+    @classmethod
+    def execute(cls, model: str, precision: str = "auto", residency: str = "auto") -> io.NodeOutput:
+        if model == NONE_FOUND:
+            raise InputError("no MGIE model found: put Apple's MGIE folder or a .safetensors bundle in ComfyUI/models/mgie")
+        if precision not in PRECISIONS or residency not in RESIDENCY:
+            raise InputError(f"precision must be one of {PRECISIONS} and residency one of {RESIDENCY}")
+        return io.NodeOutput(make_handle(model, precision, sequential=residency == "sequential"))

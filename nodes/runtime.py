@@ -1,0 +1,162 @@
+"""Everything the nodes need from ComfyUI: model folders, devices, model management, progress.
+
+The nodes themselves only translate values; mgie_core never sees any of this.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+import torch
+from torch import nn
+
+from ..mgie_core import CheckpointError, MGIEModel, load_model
+from ..mgie_core.checkpoint import is_apple_layout
+from ..mgie_core.loader import default_model_path
+
+logger = logging.getLogger(__name__)
+
+FOLDER = "mgie"
+EMBEDDED = "mgie-mini (embedded)"
+NONE_FOUND = "(no MGIE model found in models/mgie)"
+PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def register_model_folder() -> None:
+    """``ComfyUI/models/mgie`` (extra_model_paths.yaml may add more ``mgie:`` folders first)."""
+    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
+
+
+def model_folders() -> list[Path]:
+    try:
+        return [Path(p) for p in folder_paths.get_folder_paths(FOLDER)]
+    except KeyError:
+        return []
+
+
+def list_models() -> list[str]:
+    """Apple-layout folders, bundle files and bundle folders under every ``mgie`` folder."""
+    names: list[str] = []
+    for base in model_folders():
+        if not base.is_dir():
+            continue
+        for entry in sorted(base.iterdir()):
+            if entry.is_dir() and (is_apple_layout(entry) or any(entry.glob("*.safetensors"))):
+                names.append(entry.name)
+            elif entry.suffix == ".safetensors":
+                names.append(entry.name)
+    if default_model_path().is_file():
+        names.append(EMBEDDED)
+    return list(dict.fromkeys(names)) or [NONE_FOUND]
+
+
+def resolve_model(name: str) -> Path | None:
+    """The path of a listed model (None for the embedded default)."""
+    if name == EMBEDDED:
+        return None
+    for base in model_folders():
+        path = base / name
+        if path.exists():
+            return path
+    looked = ", ".join(str(p) for p in model_folders()) or "(no mgie folder registered)"
+    raise CheckpointError(
+        f"MGIE model {name!r} not found; looked in {looked}. Put Apple's MGIE folder (LLaVA-7B-v1/, mgie_7b/, "
+        "instruct-pix2pix/, clip-vit-large-patch14/) or a converted .safetensors bundle there"
+    )
+
+
+# -- devices and model management --------------------------------------------------------------
+def resolve_precision(precision: str) -> torch.dtype:
+    if precision in PRECISIONS:
+        return PRECISIONS[precision]
+    device = mm.get_torch_device()
+    if device.type == "cuda" and mm.should_use_fp16(device):
+        return torch.float16  # what Apple's demo runs
+    return torch.float32
+
+
+class Resident(nn.Module):
+    """A plain container ComfyUI's ModelPatcher can move (it sets ``.device``; HF modules forbid that)."""
+
+    def __init__(self, **parts: nn.Module):
+        super().__init__()
+        for name, part in parts.items():
+            self.add_module(name, part)
+
+    def get_dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
+@dataclass
+class MGIEHandle:
+    """What travels on an MGIE_MODEL link: the model and one ModelPatcher per stage."""
+
+    model: MGIEModel
+    name: str
+    dtype: torch.dtype
+    sequential: bool
+    mllm: comfy.model_patcher.ModelPatcher
+    edit_head: comfy.model_patcher.ModelPatcher
+    diffusion: comfy.model_patcher.ModelPatcher
+
+    def use(self, stage: str) -> None:
+        """Put the modules of ``stage`` on the GPU; in sequential mode the other big part leaves first."""
+        wanted = {"derive": self.mllm, "imagine": self.edit_head, "sample": self.diffusion}[stage]
+        if self.sequential:
+            other = {"derive": self.diffusion, "sample": self.mllm}.get(stage)
+            if other is not None:
+                unload(other)
+        mm.load_models_gpu([wanted], force_full_load=True)
+
+
+def make_handle(name: str, precision: str, sequential: bool) -> MGIEHandle:
+    dtype = resolve_precision(precision)
+    model = load_model(resolve_model(name)).to("cpu", dtype).eval()
+    load, offload = mm.get_torch_device(), mm.unet_offload_device()
+
+    def patcher(**parts: nn.Module):
+        return comfy.model_patcher.ModelPatcher(Resident(**parts), load_device=load, offload_device=offload)
+
+    return MGIEHandle(model=model, name=name, dtype=dtype, sequential=sequential, mllm=patcher(mllm=model.mllm),
+                      edit_head=patcher(edit_head=model.edit_head), diffusion=patcher(unet=model.unet, vae=model.vae))
+
+
+def unload(patcher: comfy.model_patcher.ModelPatcher) -> None:
+    """Take ``patcher`` off the GPU now, the way ``free_memory`` does for models it evicts."""
+    for index, loaded in enumerate(list(mm.current_loaded_models)):
+        if loaded.model is patcher:
+            mm.current_loaded_models.pop(index).model_unload()
+            mm.soft_empty_cache()
+            return
+
+
+def progress(total: int):
+    """A core callback driving ComfyUI's progress bar and honouring Cancel between steps."""
+    bar = comfy.utils.ProgressBar(total)
+
+    def callback(step: int, steps: int) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        bar.update_absolute(step, steps)
+
+    return callback
+
+
+def intermediate(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(mm.intermediate_device())
+
+
+def image_to_core(image: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE (B, H, W, C) -> core pixels (B, 3, H, W), both float in [0, 1]."""
+    return image[..., :3].permute(0, 3, 1, 2).float().contiguous()
+
+
+def image_from_core(pixels: torch.Tensor) -> torch.Tensor:
+    """Core pixels (B, 3, H, W) -> ComfyUI IMAGE (B, H, W, 3) on the intermediate device."""
+    return intermediate(pixels.permute(0, 2, 3, 1).contiguous())

@@ -1,0 +1,64 @@
+"""Each MGIE stage as the nodes run it: GPU residency, progress/cancel, ComfyUI tensors in and out."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..mgie_core import DeriveConfig, Imagination, InputError, SampleConfig, derive, imagine, make_generator, sample
+from ..mgie_core.images import fit_for_vae
+from ..mgie_core.progress import ProgressCallback, offset
+from .runtime import MGIEHandle, image_from_core, image_to_core, intermediate, progress
+from .types import DerivationLink
+
+
+def run_derive(handle: MGIEHandle, image: torch.Tensor, instruction: str, override: str = "",
+               max_new_tokens: int = DeriveConfig.max_new_tokens, callback: ProgressCallback | None = None) -> DerivationLink:
+    """One instruction (and optional artist-edited expressive instruction) for every image of the batch."""
+    config = DeriveConfig(max_new_tokens=max_new_tokens)
+    pixels = image_to_core(image)  # (B, 3, H, W)
+    count = pixels.shape[0]
+    handle.use("derive")
+    overrides = [override] * count if override and override.strip() else None
+    callback = callback or progress(count * max_new_tokens)
+    d = derive(handle.model, list(pixels), [instruction] * count, config, overrides, callback)
+    return DerivationLink(handle, dataclasses.replace(d, visual_tokens=intermediate(d.visual_tokens)))
+
+
+def expressive_text(link: DerivationLink) -> str:
+    texts = list(dict.fromkeys(link.derivation.expressive_instructions))
+    return texts[0] if len(texts) == 1 else "\n".join(f"{i}: {t}" for i, t in enumerate(link.derivation.expressive_instructions))
+
+
+def run_imagine(link: DerivationLink) -> Imagination:
+    link.handle.use("imagine")
+    out = imagine(link.handle.model.edit_head, link.derivation)
+    return Imagination(intermediate(out.imagination), intermediate(out.null_imagination))
+
+
+def to_conditioning(tensor: torch.Tensor) -> list:
+    return [[tensor, {}]]
+
+
+def from_conditioning(conditioning: list, what: str) -> torch.Tensor:
+    if not conditioning:
+        raise InputError(f"{what} conditioning is empty: connect the Visual Imagination node's {what} output")
+    return conditioning[0][0]
+
+
+def run_sample(handle: MGIEHandle, image: torch.Tensor, imagination: Imagination, seed: int,
+               config: SampleConfig, callback: ProgressCallback | None = None) -> tuple[torch.Tensor, dict]:
+    handle.use("sample")
+    pixels = fit_for_vae(image_to_core(image), handle.model.vae_scale_factor, config.max_side)
+    m = handle.model
+    out = sample(m.unet, m.vae, m.scheduler_config, pixels, imagination, config, make_generator(seed),
+                 callback or progress(config.num_inference_steps))
+    return image_from_core(out.images), {"samples": intermediate(out.latents)}
+
+
+def edit_progress(image: torch.Tensor, max_new_tokens: int, steps: int) -> tuple[ProgressCallback, ProgressCallback]:
+    """One progress bar over both stages of a one-node edit: (derive callback, sample callback)."""
+    tokens = image.shape[0] * max_new_tokens
+    bar = progress(tokens + steps)
+    return offset(bar, 0, tokens + steps), offset(bar, tokens, tokens + steps)

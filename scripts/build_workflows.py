@@ -1,0 +1,169 @@
+"""Write the example workflows of workflows/ in the UI format ComfyUI's frontend saves (version 0.4).
+
+    python scripts/build_workflows.py          # rewrites workflows/*.json
+
+Widget values are listed in the order ComfyUI lays the widgets out (required inputs as declared,
+then optional ones; a seed is followed by its control_after_generate value). tests/test_workflows.py
+checks every file against the node schemas, so a node change that breaks a workflow fails CI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "workflows"
+MODEL = "mgie-mini (embedded)"
+SAMPLING = [13331, "fixed", 100, 7.5, 1.5, "euler_ancestral", 1024]  # seed, control, steps, scales, scheduler, max_side
+
+# node type -> (socket inputs [(name, type, optional)], outputs [(name, type)], size)
+NODE_IO = {
+    "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")], (320, 330)),
+    "SaveImage": ([("images", "IMAGE", False)], [], (320, 340)),
+    "PreviewImage": ([("images", "IMAGE", False)], [], (320, 300)),
+    "PreviewAny": ([("source", "*", False)], [], (320, 160)),
+    "ImageScaleBy": ([("image", "IMAGE", False)], [("IMAGE", "IMAGE")], (300, 90)),
+    "MGIELoader": ([], [("mgie_model", "MGIE_MODEL")], (320, 110)),
+    "MGIEDeriveInstruction": ([("mgie_model", "MGIE_MODEL", False), ("image", "IMAGE", False)],
+                              [("derivation", "MGIE_DERIVATION"), ("expressive_instruction", "STRING")], (360, 260)),
+    "MGIEVisualImagination": ([("derivation", "MGIE_DERIVATION", False)],
+                              [("positive", "CONDITIONING"), ("negative", "CONDITIONING")], (280, 60)),
+    "MGIESampler": ([("mgie_model", "MGIE_MODEL", False), ("image", "IMAGE", False),
+                     ("positive", "CONDITIONING", False), ("negative", "CONDITIONING", False)],
+                    [("image", "IMAGE"), ("latent", "LATENT")], (330, 260)),
+    "MGIEEdit": ([("mgie_model", "MGIE_MODEL", False), ("image", "IMAGE", False)],
+                 [("image", "IMAGE"), ("expressive_instruction", "STRING")], (360, 420)),
+}
+
+
+class Graph:
+    def __init__(self) -> None:
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+
+    def add(self, node_type: str, pos: tuple[int, int], widgets: list | None = None, title: str | None = None) -> int:
+        inputs, outputs, size = NODE_IO[node_type]
+        node = {
+            "id": len(self.nodes) + 1, "type": node_type, "pos": list(pos), "size": list(size), "flags": {},
+            "order": len(self.nodes), "mode": 0,
+            "inputs": [{"name": n, "type": t, "link": None, **({"shape": 7} if opt else {})} for n, t, opt in inputs],
+            "outputs": [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outputs)],
+            "properties": {"Node name for S&R": node_type},
+        }
+        if widgets is not None:
+            node["widgets_values"] = widgets
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return node["id"]
+
+    def link(self, src: int, src_slot: int, dst: int, dst_input: str) -> None:
+        link_id = len(self.links) + 1
+        source, target = self.nodes[src - 1], self.nodes[dst - 1]
+        slot = next(i for i, inp in enumerate(target["inputs"]) if inp["name"] == dst_input)
+        link_type = source["outputs"][src_slot]["type"]
+        source["outputs"][src_slot]["links"].append(link_id)
+        target["inputs"][slot]["link"] = link_id
+        self.links.append([link_id, src, src_slot, dst, slot, link_type])
+
+    def to_json(self) -> dict:
+        for node in self.nodes:
+            for out in node["outputs"]:
+                out["links"] = out["links"] or None
+        return {
+            "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes, "links": self.links,
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}}, "version": 0.4,
+        }
+
+
+def basic_edit() -> Graph:
+    g = Graph()
+    image = g.add("LoadImage", (0, 0), ["example.png", "image"])
+    model = g.add("MGIELoader", (0, 380), [MODEL, "auto", "auto"])
+    derive = g.add("MGIEDeriveInstruction", (380, 0), ["make the biggest shape red", 96, ""])
+    imagine = g.add("MGIEVisualImagination", (380, 320))
+    sampler = g.add("MGIESampler", (780, 0), SAMPLING)
+    text = g.add("PreviewAny", (780, 320), title="Expressive instruction")
+    save = g.add("SaveImage", (1150, 0), ["mgie/edit"])
+    g.link(model, 0, derive, "mgie_model")
+    g.link(image, 0, derive, "image")
+    g.link(derive, 0, imagine, "derivation")
+    g.link(derive, 1, text, "source")
+    g.link(model, 0, sampler, "mgie_model")
+    g.link(image, 0, sampler, "image")
+    g.link(imagine, 0, sampler, "positive")
+    g.link(imagine, 1, sampler, "negative")
+    g.link(sampler, 0, save, "images")
+    return g
+
+
+def quick_edit() -> Graph:
+    g = Graph()
+    image = g.add("LoadImage", (0, 0), ["example.png", "image"])
+    model = g.add("MGIELoader", (0, 380), [MODEL, "auto", "auto"])
+    edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, ""])
+    text = g.add("PreviewAny", (380, 460), title="Expressive instruction")
+    save = g.add("SaveImage", (780, 0), ["mgie/quick"])
+    g.link(model, 0, edit, "mgie_model")
+    g.link(image, 0, edit, "image")
+    g.link(edit, 0, save, "images")
+    g.link(edit, 1, text, "source")
+    return g
+
+
+def edit_then_upscale() -> Graph:
+    g = Graph()
+    image = g.add("LoadImage", (0, 0), ["example.png", "image"])
+    model = g.add("MGIELoader", (0, 380), [MODEL, "auto", "auto"])
+    edit = g.add("MGIEEdit", (380, 0), ["make it look like sunset", *SAMPLING, ""])
+    upscale = g.add("ImageScaleBy", (780, 0), ["lanczos", 2.0], title="Upscale x2")
+    text = g.add("PreviewAny", (380, 460), title="Expressive instruction")
+    save = g.add("SaveImage", (1120, 0), ["mgie/upscaled"])
+    g.link(model, 0, edit, "mgie_model")
+    g.link(image, 0, edit, "image")
+    g.link(edit, 0, upscale, "image")
+    g.link(edit, 1, text, "source")
+    g.link(upscale, 0, save, "images")
+    return g
+
+
+def multi_turn() -> Graph:
+    g = Graph()
+    image = g.add("LoadImage", (0, 0), ["example.png", "image"])
+    model = g.add("MGIELoader", (0, 380), [MODEL, "auto", "auto"])
+    first = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, ""], title="Turn 1")
+    second = g.add("MGIEEdit", (780, 0), ["make it night", *SAMPLING, ""], title="Turn 2")
+    preview = g.add("PreviewImage", (780, 460), title="After turn 1")
+    text1 = g.add("PreviewAny", (380, 460), title="Turn 1: expressive instruction")
+    text2 = g.add("PreviewAny", (1180, 460), title="Turn 2: expressive instruction")
+    save = g.add("SaveImage", (1180, 0), ["mgie/two_turns"])
+    g.link(model, 0, first, "mgie_model")
+    g.link(image, 0, first, "image")
+    g.link(first, 0, preview, "images")
+    g.link(first, 1, text1, "source")
+    g.link(model, 0, second, "mgie_model")
+    g.link(first, 0, second, "image")
+    g.link(second, 1, text2, "source")
+    g.link(second, 0, save, "images")
+    return g
+
+
+WORKFLOWS = {
+    "mgie_basic_edit.json": basic_edit,
+    "mgie_quick_edit.json": quick_edit,
+    "mgie_edit_then_upscale.json": edit_then_upscale,
+    "mgie_multi_turn.json": multi_turn,
+}
+
+
+def main() -> int:
+    OUT.mkdir(exist_ok=True)
+    for name, build in WORKFLOWS.items():
+        (OUT / name).write_text(json.dumps(build().to_json(), indent=1) + "\n")
+        print(OUT / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

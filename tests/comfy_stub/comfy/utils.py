@@ -1,0 +1,22 @@
+"""Stub of ``comfy.utils.ProgressBar``; every update is recorded, and the server hook's interruption check runs."""
+
+from __future__ import annotations
+
+from . import model_management
+
+updates: list[tuple[int, int]] = []
+
+
+class ProgressBar:
+    def __init__(self, total, node_id=None):
+        self.total, self.current = total, 0
+
+    def update_absolute(self, value, total=None, preview=None):
+        if total is not None:
+            self.total = total
+        self.current = value
+        model_management.throw_exception_if_processing_interrupted()  # what the server's hook does first
+        updates.append((value, self.total))
+
+    def update(self, value):
+        self.update_absolute(self.current + value, self.total)

@@ -1,0 +1,206 @@
+"""The ComfyUI nodes, loaded the way ComfyUI loads the pack, on stubbed ComfyUI modules.
+
+The pack imports its own copy of mgie_core (as ``ComfyUI-MGIE.mgie_core``), so its InputError is
+matched here through the base class it shares with every input error, ValueError.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import comfy_harness as harness
+import pytest
+import torch
+from conftest import make_image
+
+from mgie_core import DeriveConfig, MGIEPipeline, SampleConfig, load_model
+from mgie_core.images import pil_to_tensor
+
+IDS = {
+    "MGIELoader": "Load MGIE",
+    "MGIEDeriveInstruction": "Derive Expressive Instruction",
+    "MGIEVisualImagination": "Visual Imagination",
+    "MGIESampler": "MGIE Sampler",
+    "MGIEEdit": "MGIE Edit",
+}
+
+
+@pytest.fixture()
+def comfy(tmp_path, tiny_root):
+    harness.install_stub(tmp_path)
+    import folder_paths
+
+    models = tmp_path / "models" / "mgie"
+    models.mkdir(parents=True)
+    (models / "tiny").symlink_to(tiny_root, target_is_directory=True)
+    extra = tmp_path / "extra"  # as extra_model_paths.yaml would add before the pack is imported
+    extra.mkdir()
+    folder_paths.add_model_folder_path("mgie", str(extra))
+    nodes = harness.load_pack(tmp_path / "custom_nodes")
+    import comfy.model_management as mm
+    import comfy.utils
+
+    yield nodes, mm, comfy.utils, folder_paths, tmp_path
+    harness.remove_stub()
+
+
+def comfy_image(*sizes, seed=0):
+    return torch.cat([pil_to_tensor(make_image(w, h, seed=seed + i)).permute(0, 2, 3, 1) for i, (w, h) in enumerate(sizes)])
+
+
+def load(nodes, name="tiny", precision="fp32", residency="auto"):
+    return nodes["MGIELoader"].execute(model=name, precision=precision, residency=residency).values[0]
+
+
+def test_pack_imports_without_comfyui(tmp_path):
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('ComfyUI-MGIE', {str(harness.ROOT / '__init__.py')!r})\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules['ComfyUI-MGIE'] = m; spec.loader.exec_module(m)\n"
+        "assert callable(m.comfy_entrypoint)\n"
+        "assert not [k for k in sys.modules if k.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths')]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+def test_schemas(comfy):
+    nodes = comfy[0]
+    assert set(nodes) == set(IDS)
+    defaults = SampleConfig()
+    for node_id, cls in nodes.items():
+        schema = cls.define_schema()
+        schema.validate()
+        assert schema.display_name == IDS[node_id] and schema.category == "MGIE" and schema.description
+        assert all(w.tooltip for w in schema.widget_order()), node_id
+    sampler = {i.id: i for i in nodes["MGIESampler"].define_schema().inputs}
+    assert sampler["seed"].default == 13331 and sampler["seed"].extra["control_after_generate"]
+    assert (sampler["steps"].default, sampler["guidance_scale"].default, sampler["image_guidance_scale"].default) == (
+        defaults.num_inference_steps, defaults.guidance_scale, defaults.image_guidance_scale)
+    assert sampler["scheduler"].default == "euler_ancestral" and "dpmpp_2m" in sampler["scheduler"].extra["options"]
+    assert [o.io_type for o in nodes["MGIESampler"].define_schema().outputs] == ["IMAGE", "LATENT"]
+    assert [o.io_type for o in nodes["MGIEVisualImagination"].define_schema().outputs] == ["CONDITIONING"] * 2
+    derive = nodes["MGIEDeriveInstruction"].define_schema()
+    assert [o.io_type for o in derive.outputs] == ["MGIE_DERIVATION", "STRING"]
+    instruction = next(i for i in derive.inputs if i.id == "instruction")
+    assert instruction.extra["multiline"] and next(i for i in derive.inputs if i.id == "expressive_override").optional
+
+
+def test_loader_lists_models(comfy, tiny_root):
+    nodes, _, _, folder_paths, tmp_path = comfy
+    from mgie_core.bundle import save_bundle
+
+    save_bundle(load_model(tiny_root), tmp_path / "extra" / "tiny-bundle.safetensors")
+    options = next(i for i in nodes["MGIELoader"].define_schema().inputs if i.id == "model").extra["options"]
+    assert "tiny" in options and "tiny-bundle.safetensors" in options
+    assert str(tmp_path / "models" / "mgie") in folder_paths.get_folder_paths("mgie")
+    handle = load(nodes, "tiny-bundle.safetensors", precision="fp16")
+    assert handle.model.unet.dtype == torch.float16
+
+
+def test_loader_errors(comfy):
+    nodes = comfy[0]
+    with pytest.raises(Exception, match=r"MGIE model 'gone' not found; looked in .*models/mgie"):
+        load(nodes, "gone")
+    with pytest.raises(ValueError, match="no MGIE model found"):
+        load(nodes, "(no MGIE model found in models/mgie)")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load(nodes, precision="fp8")
+
+
+def test_every_node_on_the_tiny_checkpoint(comfy, tiny_root):
+    nodes, mm, utils, _, _ = comfy
+    handle = load(nodes)
+    image = comfy_image((40, 32))
+    out = nodes["MGIEDeriveInstruction"].execute(mgie_model=handle, image=image, instruction="make the sky blue",
+                                                 max_new_tokens=40)
+    link, text = out.values
+    assert text == "paint the whole sky a deep blue.keep the rest as it is." and out.ui["text"] == (text,)
+    assert utils.updates[-1] == (40, 40)
+    positive, negative = nodes["MGIEVisualImagination"].execute(derivation=link).values
+    assert positive[0][0].shape == (1, 77, 32) and negative[0][0].shape == (1, 77, 32) and positive[0][1] == {}
+    images, latent = nodes["MGIESampler"].execute(
+        mgie_model=handle, image=image, positive=positive, negative=negative, seed=5, steps=4, guidance_scale=7.5,
+        image_guidance_scale=1.5, scheduler="euler_ancestral", max_side=1024).values
+    assert images.shape == (1, 32, 40, 3) and images.device.type == "cpu" and 0 <= images.min() <= images.max() <= 1
+    assert latent["samples"].shape == (1, 4, 16, 20)
+    # the nodes are thin: the same numbers as the library's pipeline
+    pipe = MGIEPipeline(load_model(tiny_root), "cpu", "fp32")
+    ref = pipe(image.permute(0, 3, 1, 2), "make the sky blue", DeriveConfig(max_new_tokens=40),
+               SampleConfig(num_inference_steps=4), seed=5)
+    torch.testing.assert_close(images, ref.output.images.permute(0, 2, 3, 1))
+
+
+def test_edit_node_batch_and_override(comfy):
+    nodes, _, utils, _, _ = comfy
+    handle = load(nodes)
+    batch = comfy_image((32, 32), (32, 32), (32, 32))
+    args = dict(mgie_model=handle, image=batch, instruction="make it red", seed=1, steps=3, guidance_scale=7.5,
+                image_guidance_scale=1.5, scheduler="ddim", max_side=1024)
+    images, text = nodes["MGIEEdit"].execute(**args).values
+    assert images.shape == (3, 32, 32, 3) and text == "turn the apple red."
+    assert utils.updates[-1] == (3 * 96 + 3, 3 * 96 + 3)  # one bar over derivation and denoising
+    images2, text2 = nodes["MGIEEdit"].execute(**args, expressive_override="paint the whole sky a deep blue.").values
+    assert text2 == "paint the whole sky a deep blue." and not torch.allclose(images, images2)
+
+
+def test_sequential_residency_unloads_the_llm_before_denoising(comfy):
+    nodes, mm, _, _, _ = comfy
+    handle = load(nodes, residency="sequential")
+    nodes["MGIEEdit"].execute(mgie_model=handle, image=comfy_image((16, 16)), instruction="make it red", seed=0,
+                              steps=2, guidance_scale=7.5, image_guidance_scale=1.5, scheduler="euler", max_side=0)
+    order = [(kind, p) for kind, p in mm.events if p in (handle.mllm, handle.diffusion)]
+    assert order.index(("unload", handle.mllm)) < order.index(("load", handle.diffusion))
+    assert not any(loaded.model is handle.mllm for loaded in mm.current_loaded_models)
+
+
+def test_cancel_stops_within_a_step_and_the_next_run_is_normal(comfy):
+    nodes, mm, utils, _, _ = comfy
+    handle = load(nodes)
+    calls = []
+    original = handle.model.unet.forward
+
+    def unet(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            mm.interrupt_current_processing()  # the user presses Cancel during step 3
+        return original(*args, **kwargs)
+
+    handle.model.unet.forward = unet
+    args = dict(mgie_model=handle, image=comfy_image((16, 16)), instruction="make it red", seed=0, steps=20,
+                guidance_scale=7.5, image_guidance_scale=1.5, scheduler="euler_ancestral", max_side=1024)
+    with pytest.raises(mm.InterruptProcessingException):
+        nodes["MGIEEdit"].execute(**args)
+    assert len(calls) == 3  # stopped right after the step that saw the request
+    images, _ = nodes["MGIEEdit"].execute(**args).values  # the flag was cleared; the next prompt runs
+    assert images.shape == (1, 16, 16, 3) and len(calls) == 23
+
+
+def test_errors_a_user_can_act_on(comfy):
+    nodes = comfy[0]
+    handle = load(nodes)
+    image = comfy_image((16, 16))
+    with pytest.raises(ValueError, match="instruction is empty"):
+        nodes["MGIEDeriveInstruction"].execute(mgie_model=handle, image=image, instruction="  ")
+    with pytest.raises(ValueError, match="scheduler 'bogus' is unknown"):
+        nodes["MGIESampler"].execute(mgie_model=handle, image=image, positive=[[torch.zeros(1, 77, 32), {}]],
+                                     negative=[[torch.zeros(1, 77, 32), {}]], seed=0, steps=2, guidance_scale=7.5,
+                                     image_guidance_scale=1.5, scheduler="bogus", max_side=0)
+    with pytest.raises(ValueError, match="positive conditioning is empty"):
+        nodes["MGIESampler"].execute(mgie_model=handle, image=image, positive=[], negative=[], seed=0, steps=2,
+                                     guidance_scale=7.5, image_guidance_scale=1.5, scheduler="euler", max_side=0)
+    with pytest.raises(ValueError, match="too small"):
+        nodes["MGIEEdit"].execute(mgie_model=handle, image=comfy_image((1, 1)), instruction="x", seed=0, steps=2,
+                                  guidance_scale=7.5, image_guidance_scale=1.5, scheduler="euler", max_side=0)
+
+
+def test_conditioning_from_other_nodes_is_accepted(comfy):
+    """An averaged or hand-made CONDITIONING (one entry, batch 1) conditions a whole image batch."""
+    nodes = comfy[0]
+    handle = load(nodes)
+    cond = [[torch.randn(1, 77, 32), {"pooled_output": None}]]
+    images, _ = nodes["MGIESampler"].execute(mgie_model=handle, image=comfy_image((16, 16), (16, 16)), positive=cond,
+                                             negative=cond, seed=0, steps=2, guidance_scale=3.0,
+                                             image_guidance_scale=1.5, scheduler="euler", max_side=0).values
+    assert images.shape == (2, 16, 16, 3)
