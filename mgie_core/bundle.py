@@ -56,6 +56,7 @@ def bundle_metadata(model: MGIEModel, dtype_name: str) -> dict[str, str]:
             "add_bos_token": tok.add_bos_token,
         },
         "extra": model.info.get("extra", {}),
+        "fingerprint": model.fingerprint(),
     }
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
@@ -159,7 +160,7 @@ def load_bundle(path: str | Path) -> MGIEModel:
         scheduler_config=meta["scheduler_config"], clip_image_config=ClipImageConfig.from_dict(meta["clip_image_config"]),
         spec=make_spec(tokenizer, llava_cfg, mllm, edit_config), source=str(path),
         info={"format": "bundle", "llava_config": llava_cfg, "clip_config": meta["clip_config"],
-              "extra": meta.get("extra", {})},
+              "extra": meta.get("extra", {}), **({"fingerprint": meta["fingerprint"]} if "fingerprint" in meta else {})},
     ).eval()
 
 
@@ -178,6 +179,7 @@ def _metadata(files: list[Path]) -> dict[str, Any]:
         if read_metadata(other) != raw:
             raise CheckpointError(f"{other} belongs to another bundle than {files[0]}; keep one bundle per folder")
     try:
-        return {k: (v if k in ("format", "format_version", "dtype") else json.loads(v)) for k, v in raw.items()}
+        return {k: (v if k in ("format", "format_version", "dtype", "fingerprint") else json.loads(v))
+                for k, v in raw.items()}
     except ValueError as err:
         raise CheckpointError(f"{files[0]}: bundle metadata is not valid JSON ({err}); convert again") from None

@@ -169,11 +169,13 @@ def load_apple_checkpoint(
 
     spec = make_spec(tokenizer, llava_cfg, mllm, edit_config)
     check_compatible(unet, vae, edit_config, str(layout.root))
-    return MGIEModel(
+    model = MGIEModel(
         tokenizer=tokenizer, mllm=mllm, edit_head=edit_head, unet=unet, vae=vae,
         scheduler_config=scheduler_cfg, clip_image_config=clip_image, spec=spec, source=str(layout.root),
         info={"format": "apple", "llava_config": llava_cfg, "clip_config": clip_cfg},
     ).eval()
+    model.fingerprint()  # of the weights exactly as stored
+    return model
 
 
 def _vocab_size(llm_state: StateDict, tokenizer: LegacyLlamaTokenizer, layout: AppleLayout) -> int:

@@ -57,10 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, help="FILE.safetensors, or a folder for one file per part")
     convert.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
     convert.add_argument("--vision-tower", help="CLIP folder, if not found from the LLaVA config")
+
+    merge = sub.add_parser("merge", help="merge LoRA files into a model and write a bundle")
+    merge.add_argument("--model", help="Apple's MGIE root folder or a bundle (default: the embedded mgie-mini)")
+    merge.add_argument("--lora", action="append", required=True, metavar="FILE[:STRENGTH]")
+    merge.add_argument("--out", required=True, help="FILE.safetensors, or a folder for one file per part")
+    merge.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    merge.add_argument("--vision-tower", help="CLIP folder, if not found from the LLaVA config")
     return parser
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                        help="apply a LoRA made by train/finetune.py (repeatable; strength defaults to 1)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps ... (default: cuda if available)")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: fp16 on CUDA, fp32 otherwise")
     parser.add_argument("--vision-tower", help="CLIP folder, if not found from the LLaVA config")
@@ -96,7 +105,7 @@ def run_edit(args: argparse.Namespace) -> int:
                                  max_side=args.max_side)
     device = resolve_device(args.device)
 
-    pipe = MGIEPipeline.from_pretrained(args.model, device=device, dtype=args.dtype, vision_tower=args.vision_tower)
+    pipe = MGIEPipeline(load_with_loras(args.model, args.lora, args.vision_tower), device=device, dtype=args.dtype)
     progress = None if args.quiet else _progress_printer()
     result = pipe(image, args.instruction, derive_config, sample_config, seed=args.seed,
                   expressive=args.expressive, callback=progress)
@@ -108,11 +117,22 @@ def run_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_with_loras(model: str | None, loras: Sequence[str], vision_tower: str | None = None):
+    """Load a model and merge ``FILE[:STRENGTH]`` LoRAs into it (each delta computed in fp32, rounded once)."""
+    from .loader import load_model
+    from .lora import apply_lora, parse_lora_arg
+
+    loaded = load_model(model, vision_tower=vision_tower)
+    for spec in loras:
+        path, strength = parse_lora_arg(spec)
+        apply_lora(loaded, path, strength)
+    return loaded
+
+
 def run_convert(args: argparse.Namespace) -> int:
     from .bundle import save_bundle
-    from .loader import load_model
 
-    model = load_model(args.model, vision_tower=args.vision_tower)
+    model = load_with_loras(args.model, getattr(args, "lora", []), args.vision_tower)
     path = save_bundle(model, args.out, dtype=args.dtype)
     print(path)
     return 0
@@ -161,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="[mgie] %(message)s")
     try:
-        return run_edit(args) if args.command == "edit" else run_convert(args)
+        return run_edit(args) if args.command == "edit" else run_convert(args)  # merge = convert with LoRAs
     except MGIEError as err:
         sys.stderr.write(f"\nerror: {err}\n")
         return 2

@@ -56,6 +56,7 @@ class MultimodalLLM(nn.Module):
     def __init__(self, llm_config: LlamaConfig, vision_config: CLIPVisionConfig, vision_select_layer: int = -2):
         super().__init__()
         self.vision_select_layer = vision_select_layer
+        self.train_vision_tower = False
         self.vision_tower = CLIPVisionModel(vision_config)
         self.mm_projector = nn.Linear(vision_config.hidden_size, llm_config.hidden_size)
         self.llm = LlamaModel(llm_config)
@@ -71,7 +72,8 @@ class MultimodalLLM(nn.Module):
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) CLIP pixels -> (B, N, H) projected patch features (CLS dropped, MGIE.md §2.4)."""
-        with torch.no_grad():  # the vision tower is frozen in MGIE, as in LLaVA
+        # The vision tower is frozen in MGIE, as in LLaVA; only a model trained from scratch trains it.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_vision_tower):
             out = self.vision_tower(pixel_values.to(self.device, self.vision_tower.dtype), output_hidden_states=True)
             patches = out.hidden_states[self.vision_select_layer][:, 1:]  # (B, N, C)
         return self.mm_projector(patches.to(self.mm_projector.weight.dtype))  # (B, N, H)
@@ -117,16 +119,28 @@ class MGIEModel:
         return self
 
     def fingerprint(self) -> str:
-        """A short hash of the base weights' shapes and a few values, to tie LoRA files to their base."""
-        digest = hashlib.sha256()
-        for name, module in sorted(self.modules().items()):
-            for key, tensor in sorted(module.state_dict().items()):
-                if "lora_" in key:
-                    continue
-                digest.update(f"{name}.{key}:{tuple(tensor.shape)}".encode())
-            probe = next(iter(module.state_dict().values()))
-            digest.update(probe.detach().flatten()[:64].float().cpu().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        """A short id of the base weights, to tie LoRA files to the model they were trained on.
+
+        Computed once from the weights as loaded (shapes, tokenizer, a few tensors rounded to fp16,
+        so fp16 and fp32 copies agree) and carried by bundles in their metadata, so a conversion to
+        any dtype keeps the id of its source.
+        """
+        if "fingerprint" not in self.info:
+            self.info["fingerprint"] = compute_fingerprint(self)
+        return self.info["fingerprint"]
+
+
+def compute_fingerprint(model: MGIEModel) -> str:
+    digest = hashlib.sha256(model.tokenizer.sp_model_proto)
+    for name, module in sorted(model.modules().items()):
+        state = module.state_dict()
+        for key in sorted(k for k in state if "lora_" not in k):
+            digest.update(f"{name}.{key}:{tuple(state[key].shape)}".encode())
+        for key in sorted(state)[:: max(1, len(state) // 8)]:
+            probe = state[key].detach().flatten()[:256]
+            if probe.is_floating_point():
+                digest.update(probe.to("cpu", torch.float16).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def move(module: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:

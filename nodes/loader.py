@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..mgie_core import InputError
-from .runtime import NONE_FOUND, list_models, make_handle
+from .runtime import NO_LORA, NONE_FOUND, list_loras, list_models, make_handle
 from .types import MGIEModel
 
 PRECISIONS = ["auto", "fp16", "bf16", "fp32"]
@@ -29,14 +29,20 @@ class MGIELoader(io.ComfyNode):
                 io.Combo.Input("residency", options=RESIDENCY, default="auto",
                                tooltip="auto: ComfyUI keeps parts on the GPU while memory allows. sequential: the "
                                        "LLM leaves the GPU before denoising (low VRAM cards)."),
+                io.Combo.Input("lora", options=list_loras(), default=NO_LORA, optional=True,
+                               tooltip="A LoRA made by train/finetune.py, from ComfyUI/models/mgie_loras."),
+                io.Float.Input("lora_strength", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
+                               tooltip="0 leaves the model unchanged, 1 applies the LoRA as trained."),
             ],
             outputs=[MGIEModel.Output(display_name="mgie_model")],
         )
 
     @classmethod
-    def execute(cls, model: str, precision: str = "auto", residency: str = "auto") -> io.NodeOutput:
+    def execute(cls, model: str, precision: str = "auto", residency: str = "auto", lora: str = NO_LORA,
+                lora_strength: float = 1.0) -> io.NodeOutput:
         if model == NONE_FOUND:
             raise InputError("no MGIE model found: put Apple's MGIE folder or a .safetensors bundle in ComfyUI/models/mgie")
         if precision not in PRECISIONS or residency not in RESIDENCY:
             raise InputError(f"precision must be one of {PRECISIONS} and residency one of {RESIDENCY}")
-        return io.NodeOutput(make_handle(model, precision, sequential=residency == "sequential"))
+        handle = make_handle(model, precision, residency == "sequential", lora, lora_strength)
+        return io.NodeOutput(handle)

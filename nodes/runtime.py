@@ -20,25 +20,43 @@ from torch import nn
 from ..mgie_core import CheckpointError, MGIEModel, load_model
 from ..mgie_core.checkpoint import is_apple_layout
 from ..mgie_core.loader import default_model_path
+from ..mgie_core.lora import apply_lora
 
 logger = logging.getLogger(__name__)
 
 FOLDER = "mgie"
+LORA_FOLDER = "mgie_loras"
+NO_LORA = "none"
 EMBEDDED = "mgie-mini (embedded)"
 NONE_FOUND = "(no MGIE model found in models/mgie)"
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def register_model_folder() -> None:
-    """``ComfyUI/models/mgie`` (extra_model_paths.yaml may add more ``mgie:`` folders first)."""
-    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
+    """``ComfyUI/models/mgie`` and ``models/mgie_loras`` (extra_model_paths.yaml may add more first)."""
+    for key in (FOLDER, LORA_FOLDER):
+        folder_paths.add_model_folder_path(key, os.path.join(folder_paths.models_dir, key))
 
 
-def model_folders() -> list[Path]:
+def model_folders(key: str = FOLDER) -> list[Path]:
     try:
-        return [Path(p) for p in folder_paths.get_folder_paths(FOLDER)]
+        return [Path(p) for p in folder_paths.get_folder_paths(key)]
     except KeyError:
         return []
+
+
+def list_loras() -> list[str]:
+    names = [p.name for base in model_folders(LORA_FOLDER) if base.is_dir() for p in sorted(base.glob("*.safetensors"))]
+    return [NO_LORA, *dict.fromkeys(names)]
+
+
+def resolve_lora(name: str) -> Path:
+    for base in model_folders(LORA_FOLDER):
+        if (base / name).is_file():
+            return base / name
+    looked = ", ".join(str(p) for p in model_folders(LORA_FOLDER)) or "(no mgie_loras folder registered)"
+    raise CheckpointError(f"MGIE LoRA {name!r} not found; looked in {looked}. Put the lora.safetensors from "
+                          "train/finetune.py there")
 
 
 def list_models() -> list[str]:
@@ -116,9 +134,12 @@ class MGIEHandle:
         mm.load_models_gpu([wanted], force_full_load=True)
 
 
-def make_handle(name: str, precision: str, sequential: bool) -> MGIEHandle:
+def make_handle(name: str, precision: str, sequential: bool, lora: str = NO_LORA, strength: float = 1.0) -> MGIEHandle:
     dtype = resolve_precision(precision)
-    model = load_model(resolve_model(name)).to("cpu", dtype).eval()
+    model = load_model(resolve_model(name))
+    if lora != NO_LORA:
+        apply_lora(model, resolve_lora(lora), strength)
+    model = model.to("cpu", dtype).eval()
     load, offload = mm.get_torch_device(), mm.unet_offload_device()
 
     def patcher(**parts: nn.Module):

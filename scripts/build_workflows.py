@@ -15,6 +15,7 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "workflows"
 MODEL = "mgie-mini (embedded)"
+LOADER = [MODEL, "auto", "auto", "none", 1.0]  # model, precision, residency, lora, lora_strength
 SAMPLING = [13331, "fixed", 100, 7.5, 1.5, "euler_ancestral", 1024]  # seed, control, steps, scales, scheduler, max_side
 
 # node type -> (socket inputs [(name, type, optional)], outputs [(name, type)], size)
@@ -80,7 +81,7 @@ class Graph:
 def basic_edit() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["example.png", "image"])
-    model = g.add("MGIELoader", (0, 380), [MODEL, "auto", "auto"])
+    model = g.add("MGIELoader", (0, 380), LOADER)
     derive = g.add("MGIEDeriveInstruction", (380, 0), ["make the biggest shape red", 96, ""])
     imagine = g.add("MGIEVisualImagination", (380, 320))
     sampler = g.add("MGIESampler", (780, 0), SAMPLING)
@@ -101,7 +102,7 @@ def basic_edit() -> Graph:
 def quick_edit() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["example.png", "image"])
-    model = g.add("MGIELoader", (0, 380), [MODEL, "auto", "auto"])
+    model = g.add("MGIELoader", (0, 380), LOADER)
     edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, ""])
     text = g.add("PreviewAny", (380, 460), title="Expressive instruction")
     save = g.add("SaveImage", (780, 0), ["mgie/quick"])
@@ -115,7 +116,7 @@ def quick_edit() -> Graph:
 def edit_then_upscale() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["example.png", "image"])
-    model = g.add("MGIELoader", (0, 380), [MODEL, "auto", "auto"])
+    model = g.add("MGIELoader", (0, 380), LOADER)
     edit = g.add("MGIEEdit", (380, 0), ["make it look like sunset", *SAMPLING, ""])
     upscale = g.add("ImageScaleBy", (780, 0), ["lanczos", 2.0], title="Upscale x2")
     text = g.add("PreviewAny", (380, 460), title="Expressive instruction")
@@ -131,7 +132,7 @@ def edit_then_upscale() -> Graph:
 def multi_turn() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["example.png", "image"])
-    model = g.add("MGIELoader", (0, 380), [MODEL, "auto", "auto"])
+    model = g.add("MGIELoader", (0, 380), LOADER)
     first = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, ""], title="Turn 1")
     second = g.add("MGIEEdit", (780, 0), ["make it night", *SAMPLING, ""], title="Turn 2")
     preview = g.add("PreviewImage", (780, 460), title="After turn 1")

@@ -1,0 +1,152 @@
+"""Training triplets: (input image, brief instruction, target image) and an optional expressive instruction.
+
+Two formats:
+
+* a JSONL manifest, one object per line: ``{"input": "a.png", "target": "a_edit.png",
+  "instruction": "make it snowy", "expressive": "cover the ground with snow"}`` (paths relative
+  to the manifest; ``expressive`` optional);
+* a folder an artist can make by hand::
+
+      my_edits/
+        input/NAME.png           the picture before
+        target/NAME.png          the picture after (same NAME, any image extension)
+        NAME.txt                 the brief instruction
+        NAME.expressive.txt      optional: the expressive instruction
+
+Bad samples (unreadable image, missing pair, empty instruction) are reported by file name;
+with ``strict`` the first one is fatal, otherwise they are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mgie_core.errors import InputError
+from mgie_core.images import load_image
+
+logger = logging.getLogger("mgie.train")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Triplet:
+    name: str
+    input: Path
+    target: Path
+    instruction: str
+    expressive: str | None = None
+
+
+@dataclass(frozen=True)
+class DataReport:
+    triplets: list[Triplet]
+    skipped: list[str]  # one line per skipped sample: "NAME: what is wrong"
+
+
+def read_triplets(path: str | Path, strict: bool = False) -> DataReport:
+    """Read and check every triplet (images are opened once to catch unreadable files early)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".jsonl":
+        candidates, problems = _from_manifest(path)
+    elif path.is_dir():
+        candidates, problems = _from_folder(path)
+    else:
+        raise InputError(f"--data {path}: expected a .jsonl manifest or a folder with input/ and target/")
+    triplets = []
+    for triplet in candidates:
+        problem = _check(triplet)
+        if problem:
+            problems.append(f"{triplet.name}: {problem}")
+        else:
+            triplets.append(triplet)
+    for problem in problems:
+        if strict:
+            raise InputError(f"bad training sample ({problem}); fix it or run without --strict to skip it")
+        logger.warning("skipping %s", problem)
+    if not triplets:
+        raise InputError(f"no usable training samples in {path} ({len(problems)} skipped)")
+    logger.info("%d training samples, %d skipped", len(triplets), len(problems))
+    return DataReport(triplets, problems)
+
+
+def _from_manifest(path: Path) -> tuple[list[Triplet], list[str]]:
+    triplets, problems = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path.name}:{number}"
+        try:
+            item = json.loads(line)
+            triplets.append(Triplet(
+                name=where, input=path.parent / item["input"], target=path.parent / item["target"],
+                instruction=str(item.get("instruction", "")), expressive=item.get("expressive") or None))
+        except (ValueError, KeyError, TypeError) as err:
+            problems.append(f"{where}: not a valid sample ({type(err).__name__}: {err}); "
+                            'expected {"input": ..., "target": ..., "instruction": ...}')
+    return triplets, problems
+
+
+def _from_folder(path: Path) -> tuple[list[Triplet], list[str]]:
+    inputs, targets = _images(path / "input"), _images(path / "target")
+    if not inputs:
+        raise InputError(f"--data {path}: no images in {path / 'input'} (expected input/NAME.png, target/NAME.png, NAME.txt)")
+    triplets, problems = [], []
+    for name in sorted(set(inputs) | set(targets)):
+        if name not in targets:
+            problems.append(f"{inputs[name]}: no target/{name}.* to pair it with")
+            continue
+        if name not in inputs:
+            problems.append(f"{targets[name]}: no input/{name}.* to pair it with")
+            continue
+        text, expressive = path / f"{name}.txt", path / f"{name}.expressive.txt"
+        if not text.is_file():
+            problems.append(f"{name}: instruction file {text} is missing")
+            continue
+        triplets.append(Triplet(name=name, input=inputs[name], target=targets[name],
+                                instruction=text.read_text(encoding="utf-8").strip(),
+                                expressive=expressive.read_text(encoding="utf-8").strip() if expressive.is_file() else None))
+    return triplets, problems
+
+
+def _images(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def _check(triplet: Triplet) -> str | None:
+    if not triplet.instruction.strip():
+        return "the instruction is empty"
+    for role, image in (("input", triplet.input), ("target", triplet.target)):
+        try:
+            load_image(image)
+        except InputError as err:
+            return f"{role} image: {err}"
+    return None
+
+
+# -- image transforms (as the reference: center crop to a square, then resize) ---------------------
+def center_square(image: Image.Image) -> Image.Image:
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def diffusion_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
+    """(3, R, R) in [-1, 1]."""
+    square = center_square(image).resize((resolution, resolution), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(square, np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
+def clip_image(image: Image.Image, size: int) -> Image.Image:
+    """The square picture the CLIP processor then sees (the reference resizes the crop to 512 first)."""
+    return center_square(image).resize((size, size), Image.Resampling.BICUBIC)

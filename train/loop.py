@@ -1,0 +1,194 @@
+"""The fine-tuning loop: accelerate for device, mixed precision and gradient accumulation; peft for LoRA."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers import DDPMScheduler
+from PIL import Image
+
+from mgie_core import DeriveConfig, SampleConfig, derive, imagine, load_model, make_generator, sample
+from mgie_core.errors import InputError
+from mgie_core.images import fit_for_vae, load_image, save_image_atomic, tensor_to_pil
+from mgie_core.lora import save_lora
+from mgie_core.model import MGIEModel
+
+from .adapters import Trainable
+from .config import TrainConfig
+from .data import Triplet, center_square, read_triplets
+from .objective import Sample, collate, mgie_loss
+from .state import find_checkpoint, load_checkpoint, save_checkpoint
+
+logger = logging.getLogger("mgie.train")
+BASE_DTYPE = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def micro_batch_indices(index: int, batch_size: int, count: int, seed: int) -> list[int]:
+    """Sample indices of micro-batch ``index``: consecutive slices of a seeded permutation per epoch."""
+    out = []
+    for position in range(index * batch_size, (index + 1) * batch_size):
+        epoch, offset = divmod(position, count)
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        out.append(int(order[offset]))
+    return out
+
+
+def step_generator(seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63))
+
+
+def derive_missing_expressive(model: MGIEModel, triplets: list[Triplet], cache_path: Path,
+                              max_new_tokens: int) -> list[str]:
+    """Expressive instructions: given ones, else derived once by the current model and cached."""
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    missing = [t for t in triplets if not t.expressive and f"{t.input}|{t.instruction}" not in cache]
+    if missing:
+        logger.info("deriving the expressive instruction of %d samples with the base model (cached in %s)",
+                    len(missing), cache_path)
+        for t in missing:
+            d = derive(model, [load_image(t.input)], [t.instruction], DeriveConfig(max_new_tokens=max_new_tokens))
+            cache[f"{t.input}|{t.instruction}"] = d.expressive_instructions[0]
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        cache_path.write_text(json.dumps(cache, indent=1))
+    return [t.expressive or cache[f"{t.input}|{t.instruction}"] for t in triplets]
+
+
+def sync_rows(trainable: Trainable) -> None:
+    """Write the trained [IMG] rows into the model's tables (unused by training) so inference sees them."""
+    model, ids = trainable.model, list(trainable.model.spec.visual_token_ids)
+    with torch.no_grad():
+        model.mllm.llm.embed_tokens.weight[ids] = trainable.rows.embed_tokens.to(model.mllm.dtype)
+        model.mllm.lm_head.weight[ids] = trainable.rows.lm_head.to(model.mllm.dtype)
+
+
+@torch.no_grad()
+def sample_edit(trainable: Trainable, example: Sample, config: TrainConfig, path: Path) -> str:
+    """Edit the first training input with the current weights; save input | edit | target side by side."""
+    model = trainable.model
+    sync_rows(trainable)
+    model.eval()
+    d = derive(model, [example.source], [example.instruction], DeriveConfig(max_new_tokens=config.max_new_tokens))
+    size = (config.resolution, config.resolution)
+    pixels = fit_for_vae([center_square(example.source).resize(size)], model.vae_scale_factor, 0)
+    out = sample(model.unet, model.vae, model.scheduler_config, pixels, imagine(model.edit_head, d),
+                 SampleConfig(num_inference_steps=config.sample_steps), make_generator(config.seed))
+    panels = [center_square(example.source).resize(size), tensor_to_pil(out.images)[0],
+              center_square(example.target).resize(size)]
+    grid = Image.new("RGB", (3 * size[0], size[1]))
+    for i, panel in enumerate(panels):
+        grid.paste(panel, (i * size[0], 0))
+    save_image_atomic(grid, path)
+    return d.expressive_instructions[0]
+
+
+def train(config: TrainConfig) -> Path:
+    """Fine-tune; return the path of the written LoRA file."""
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu",
+                              gradient_accumulation_steps=config.gradient_accumulation)
+    if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise InputError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
+
+    report = read_triplets(config.data, strict=config.strict)
+    base = load_model(config.model).to(accelerator.device, BASE_DTYPE[config.mixed_precision]).eval()
+    expressive = derive_missing_expressive(base, report.triplets, output / "expressive_cache.json", config.max_new_tokens)
+    samples = [Sample(load_image(t.input), load_image(t.target), t.instruction, e)
+               for t, e in zip(report.triplets, expressive)]
+
+    base.fingerprint()  # of the base, before adapters change its state dict
+    torch.manual_seed(config.seed)  # the adapters' initial A matrices
+    trainable = Trainable(base, config).to(accelerator.device)
+    if config.gradient_checkpointing:
+        _checkpoint_activations(base.mllm.llm)
+        base.unet.enable_gradient_checkpointing()
+    params = list(trainable.named_trainables().values())
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = max(1, config.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    start = _resume(config, output, trainable, optimizer, scheduler)
+    ddpm = DDPMScheduler.from_config(base.scheduler_config)
+
+    logger.info("training %d steps from step %d: %s trainable parameters", config.max_steps, start,
+                f"{sum(p.numel() for p in params):,}")
+    bar = _progress(config.max_steps, start)
+    began = time.time()
+    for step in range(start, config.max_steps):
+        base.unet.train(), base.mllm.llm.train(), base.edit_head.train()
+        ins = edit = 0.0
+        for micro in range(config.gradient_accumulation):
+            index = step * config.gradient_accumulation + micro
+            picked = [samples[i] for i in micro_batch_indices(index, config.batch_size, len(samples), config.seed)]
+            batch = collate(picked, base, config.resolution, config.clip_resolution).to(accelerator.device)
+            with accelerator.accumulate(trainable), accelerator.autocast():
+                losses = mgie_loss(base, batch, ddpm, step_generator(config.seed, index), config.edit_loss_weight,
+                                   config.condition_dropout, trainable.rows)
+                accelerator.backward(losses.total)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            ins += losses.instruction.item() / config.gradient_accumulation
+            edit += losses.edit.item() / config.gradient_accumulation
+        done = step + 1
+        bar.update(1)
+        rate = (done - start) / (time.time() - began)
+        bar.set_postfix(loss_ins=f"{ins:.3f}", loss_edit=f"{edit:.4f}", steps_per_s=f"{rate:.2f}")
+        _log_losses(output, done, ins, edit)
+        if done % config.save_every == 0 or done == config.max_steps:
+            save_checkpoint(output, done, trainable.trainable_state(), optimizer.state_dict(), scheduler.state_dict(),
+                            config.to_dict())
+        if done % config.sample_every == 0 or done == config.max_steps:
+            text = sample_edit(trainable, samples[0], config, output / "samples" / f"step-{done:06d}.png")
+            logger.info("step %d sample: %s", done, text)
+    bar.close()
+    return write_lora(trainable, config, output / "lora.safetensors")
+
+
+def _checkpoint_activations(llm: torch.nn.Module) -> None:
+    # non-reentrant, so adapters get gradients though the frozen embeddings need none (transformers 4.x and 5.x names)
+    if hasattr(llm, "activation_checkpointing_enable"):
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def write_lora(trainable: Trainable, config: TrainConfig, path: Path) -> Path:
+    model = trainable.model
+    meta = {"rank": config.lora_rank, "alpha": config.lora_alpha, "base_fingerprint": model.fingerprint(),
+            "base_source": model.source, "training_config": config.to_dict(),
+            "visual_token_ids": list(model.spec.visual_token_ids)}
+    save_lora(path, trainable.export_lora(), meta)
+    logger.info("wrote %s", path)
+    return path
+
+
+def _resume(config: TrainConfig, output: Path, trainable: Trainable, optimizer, scheduler) -> int:
+    if not config.resume:
+        return 0
+    path = find_checkpoint(output, config.resume)
+    step, state, optimizer_state, scheduler_state = load_checkpoint(path)
+    trainable.load_trainable_state(state)
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    logger.info("resumed from %s (step %d)", path, step)
+    return step
+
+
+def _progress(total: int, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="[mgie] train", unit="step")
+
+
+def _log_losses(output: Path, step: int, ins: float, edit: float) -> None:
+    with open(output / "losses.jsonl", "a") as handle:
+        handle.write(json.dumps({"step": step, "loss_ins": ins, "loss_edit": edit}) + "\n")

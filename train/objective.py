@@ -1,0 +1,178 @@
+"""MGIE's training objective (MGIE.md §3), one graph: L = L_ins + 0.5 * L_edit.
+
+L_ins: cross-entropy on the assistant turn ``"{expressive} [IMG0] ... [IMG7]</s>"`` (teacher forcing).
+L_edit: the InstructPix2Pix denoising loss, conditioned on the edit head's output for the hidden
+states that predict the ``[IMG]`` tokens, so its gradient reaches the LLM through the visual tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from torch import nn
+
+from mgie_core.images import clip_pixel_values
+from mgie_core.model import MGIEModel
+from mgie_core.prompt import build_conversation, build_prompt
+
+from .data import clip_image, diffusion_pixels
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T), right-padded
+    attention_mask: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B, T), IGNORE on the prompt and padding
+    clip_pixels: torch.Tensor  # (B, 3, S, S)
+    source: torch.Tensor  # (B, 3, R, R) in [-1, 1]
+    target: torch.Tensor  # (B, 3, R, R) in [-1, 1]
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(**{k: v.to(device) for k, v in vars(self).items()})
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One loaded training example."""
+
+    source: object  # PIL image
+    target: object
+    instruction: str
+    expressive: str
+
+
+def collate(samples: list[Sample], model: MGIEModel, resolution: int, clip_resolution: int) -> Batch:
+    tok, spec = model.tokenizer, model.spec
+    ids, labels = [], []
+    for s in samples:
+        full = tok.encode(build_conversation(s.instruction, s.expressive, spec, tok.eos_token))
+        prompt = len(tok.encode(build_prompt(s.instruction, spec)))
+        ids.append(full)
+        labels.append([IGNORE] * prompt + full[prompt:])
+    length = max(map(len, ids))
+    pad = lambda rows, value: torch.tensor([r + [value] * (length - len(r)) for r in rows])  # noqa: E731
+    mask = pad([[1] * len(r) for r in ids], 0)
+    return Batch(
+        input_ids=pad(ids, 0), attention_mask=mask, labels=pad(labels, IGNORE),
+        clip_pixels=torch.stack([clip_pixel_values(clip_image(s.source, clip_resolution), model.clip_image_config)
+                                 for s in samples]),
+        source=torch.stack([diffusion_pixels(s.source, resolution) for s in samples]),
+        target=torch.stack([diffusion_pixels(s.target, resolution) for s in samples]),
+    )
+
+
+class VisualRows(nn.Module):
+    """Trainable copies of the ``[IMG]`` rows of the embedding table and the LM head.
+
+    Fine-tuning trains these K rows without a gradient for the whole (vocab x hidden) tables.
+    """
+
+    def __init__(self, model: MGIEModel):
+        super().__init__()
+        ids = torch.tensor(model.spec.visual_token_ids)
+        self.register_buffer("ids", ids, persistent=False)
+        self.embed_tokens = nn.Parameter(model.mllm.llm.embed_tokens.weight.detach()[ids].float().clone())
+        self.lm_head = nn.Parameter(model.mllm.lm_head.weight.detach()[ids].float().clone())
+
+
+def _embed(model: MGIEModel, ids: torch.Tensor, rows: VisualRows | None) -> torch.Tensor:
+    embeds = model.mllm.llm.embed_tokens(ids)  # (B, T, H)
+    if rows is None:
+        return embeds
+    position = (ids[..., None] == rows.ids).float()  # (B, T, K): which [IMG] token sits where
+    is_visual = position.sum(-1, keepdim=True)  # (B, T, 1)
+    return embeds * (1 - is_visual) + (position @ rows.embed_tokens).to(embeds.dtype)
+
+
+def _logits(model: MGIEModel, hidden: torch.Tensor, rows: VisualRows | None) -> torch.Tensor:
+    logits = model.mllm.lm_head(hidden)  # (B, T, V)
+    if rows is None:
+        return logits
+    visual = hidden @ rows.lm_head.to(hidden.dtype).T  # (B, T, K)
+    return logits.index_copy(-1, rows.ids, visual)
+
+
+def visual_emb(model: MGIEModel, rows: VisualRows | None, tie_to_rows: bool) -> torch.Tensor:
+    """The ``[IMG]`` embeddings the edit head adds to the visual tokens, (1, K, H).
+
+    Apple's training used the live ``[IMG]`` rows of the embedding table (``tie_to_rows``, used when
+    training from scratch); its inference uses the separately stored ``emb``. Fine-tuning a released
+    model trains that stored ``emb`` with the edit head, so training and inference see the same
+    tensor and an untrained LoRA changes nothing.
+    """
+    if not tie_to_rows:
+        return model.edit_head.emb
+    table = rows.embed_tokens if rows is not None else model.mllm.llm.embed_tokens.weight[list(model.spec.visual_token_ids)]
+    return table[None]
+
+
+def select_from_labels(hidden: torch.Tensor, labels: torch.Tensor, first_visual_id: int, count: int) -> torch.Tensor:
+    """Visual tokens (B, K, H): per sample, the states before ``[IMG0]`` in the labels (reference rule)."""
+    out = []
+    for states, row in zip(hidden, labels.tolist()):
+        p = row.index(first_visual_id) - 1 if first_visual_id in row else len(row) - (count + 1)
+        p = min(len(states) - (count + 1), p)
+        out.append(states[p : p + count])
+    return torch.stack(out)
+
+
+@dataclass
+class Losses:
+    total: torch.Tensor
+    instruction: torch.Tensor
+    edit: torch.Tensor
+
+
+def dropout_masks(batch: int, p: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(null conditioning, keep image latent): prob < 2p drops the text; p <= prob < 3p drops the image."""
+    prob = torch.rand(batch, generator=generator)
+    return prob < 2 * p, ~((prob >= p) & (prob < 3 * p))
+
+
+def mgie_loss(model: MGIEModel, batch: Batch, ddpm: DDPMScheduler, generator: torch.Generator,
+              edit_weight: float = 0.5, dropout: float = 0.05, rows: VisualRows | None = None,
+              tie_emb_to_rows: bool = False) -> Losses:
+    """The full MGIE loss for one batch; randomness comes only from ``generator`` (CPU)."""
+    device = model.mllm.device
+    spec, mllm = model.spec, model.mllm
+
+    # 1. the multimodal LLM, teacher-forced on prompt + expressive instruction + [IMG] tokens
+    features = mllm.image_features(batch.clip_pixels)  # (B, N, H), vision tower frozen
+    embeds = _embed(model, batch.input_ids, rows)
+    embeds = embeds.masked_scatter((batch.input_ids == spec.im_patch_token_id)[..., None], features.to(embeds.dtype))
+    hidden = mllm.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state  # (B, T, H)
+    logits = _logits(model, hidden, rows)
+    loss_ins = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), ignore_index=IGNORE)
+
+    # 2. visual tokens -> visual imagination (and the null imagination for dropout)
+    visual = select_from_labels(hidden, batch.labels, spec.visual_token_ids[0], spec.num_visual_tokens)
+    emb = visual_emb(model, rows, tie_emb_to_rows).to(visual.dtype)
+    imagination = model.edit_head(visual, emb)  # (B, Q, D)
+    null = model.edit_head(torch.zeros_like(visual), emb)
+
+    # 3. the diffusion side: target latent (sampled, scaled), input latent (mode, unscaled)
+    with torch.no_grad():
+        vae, sf = model.vae, model.vae.config.scaling_factor
+        target_dist = vae.encode(batch.target.to(vae.dtype)).latent_dist
+        eps = torch.randn(target_dist.mean.shape, generator=generator).to(device, target_dist.mean.dtype)
+        target = (target_dist.mean + target_dist.std * eps) * sf  # latent_dist.sample(), CPU noise
+        source = vae.encode(batch.source.to(vae.dtype)).latent_dist.mode()
+    noise = torch.randn(target.shape, generator=generator).to(device, target.dtype)
+    t = torch.randint(0, ddpm.config.num_train_timesteps, (target.shape[0],), generator=generator).to(device)
+    noisy = ddpm.add_noise(target, noise, t)
+
+    # 4. conditioning dropout (classifier-free guidance on both text and image)
+    drop_text, keep_image = (m.to(device) for m in dropout_masks(target.shape[0], dropout, generator))
+    cond = torch.where(drop_text[:, None, None], null, imagination)
+    source = source * keep_image[:, None, None, None].to(source.dtype)
+
+    unet = model.unet
+    pred = unet(torch.cat([noisy, source], dim=1).to(unet.dtype), t, cond.to(unet.dtype)).sample
+    goal = ddpm.get_velocity(target, noise, t) if ddpm.config.prediction_type == "v_prediction" else noise
+    loss_edit = F.mse_loss(pred.float(), goal.float())
+    return Losses(loss_ins + edit_weight * loss_edit, loss_ins.detach(), loss_edit.detach())

@@ -1,0 +1,93 @@
+"""Training checkpoints that ``--resume`` continues from exactly, all in safetensors + JSON.
+
+``OUTPUT/checkpoints/step-000100/``: ``trainable.safetensors`` (adapters, edit head, [IMG] rows),
+``optimizer.safetensors`` (AdamW moments; param groups and the LR scheduler in its header) and
+``config.json``. Each checkpoint is written to a temporary folder and renamed into place.
+Randomness needs no saved state: every micro-batch draws from a generator seeded by its index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from mgie_core.aligned import save_aligned
+from mgie_core.errors import InputError
+from mgie_core.weights import read_state_dict
+
+
+def checkpoint_dir(output: Path, step: int) -> Path:
+    return output / "checkpoints" / f"step-{step:06d}"
+
+
+def save_checkpoint(output: Path, step: int, trainable: dict[str, torch.Tensor], optimizer_state: dict,
+                    scheduler_state: dict, config: dict[str, Any]) -> Path:
+    final = checkpoint_dir(output, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        save_aligned(trainable, tmp / "trainable.safetensors", {"step": str(step)})
+        tensors, meta = _flatten_optimizer(optimizer_state)
+        meta.update({"step": str(step), "scheduler": json.dumps(scheduler_state)})
+        save_aligned(tensors, tmp / "optimizer.safetensors", meta)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors, scalars = {}, {}
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": json.dumps(state["param_groups"]), "scalars": json.dumps(scalars)}
+
+
+def find_checkpoint(output: Path, resume: str) -> Path:
+    """``resume`` is a checkpoint folder or ``latest`` (the newest under OUTPUT/checkpoints)."""
+    if resume == "latest":
+        found = sorted((output / "checkpoints").glob("step-*"))
+        if not found:
+            raise InputError(f"--resume latest: no checkpoint in {output / 'checkpoints'}")
+        return found[-1]
+    path = Path(resume)
+    if not (path / "trainable.safetensors").is_file():
+        raise InputError(f"--resume {path}: not a checkpoint folder (no trainable.safetensors)")
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict, dict]:
+    """(step, trainable tensors, optimizer state dict, scheduler state dict)."""
+    trainable = read_state_dict(path / "trainable.safetensors")
+    with safe_open(str(path / "optimizer.safetensors"), framework="pt") as handle:
+        meta = dict(handle.metadata())
+    flat = read_state_dict(path / "optimizer.safetensors") if _has_tensors(path) else {}
+    state: dict[int, dict] = {}
+    for key, value in flat.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for key, value in json.loads(meta["scalars"]).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer = {"state": state, "param_groups": json.loads(meta["param_groups"])}
+    return int(meta["step"]), trainable, optimizer, json.loads(meta["scheduler"])
+
+
+def _has_tensors(path: Path) -> bool:
+    with safe_open(str(path / "optimizer.safetensors"), framework="pt") as handle:
+        return any(not k.startswith("__pad__") for k in handle.keys())
