@@ -1,0 +1,306 @@
+"""Speed and memory of our pipeline against the reference stack, stage by stage, in one run.
+
+    python -m mgie_core.bench --preset full --device cuda          # MGIE-7B-sized, random weights
+    python -m mgie_core.bench --preset tiny --device cpu           # the same code at CPU scale
+
+The model is built with random weights (no download), so timings cannot depend on the weights and
+answers are forced to a fixed length (``--answer-tokens`` + the [IMG] tokens). The reference stack is
+transformers' default ``generate`` (as Apple's demo calls it) plus diffusers'
+``StableDiffusionInstructPix2PixPipeline`` with default settings, fed the same embeddings.
+Results are printed as a markdown table and, with ``--out``, appended to a file (bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sentencepiece as spm
+import torch
+from diffusers import AutoencoderKL, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+from PIL import Image
+
+from .config import DeriveConfig, SampleConfig
+from .derive import greedy_generate
+from .edit_head import EditHead, EditHeadConfig
+from .images import ClipImageConfig, clip_pixel_values, pil_to_tensor
+from .imagine import imagine
+from .model import (
+    IM_END,
+    IM_PATCH,
+    IM_START,
+    MGIEModel,
+    ModelSpec,
+    MultimodalLLM,
+    clip_vision_config_from,
+    llama_config_from,
+    visual_token_names,
+)
+from .prompt import SYSTEM, build_prompt
+from .sample import sample
+from .schedulers import make_scheduler
+from .tokenizer import LegacyLlamaTokenizer
+
+SD_UNET = dict(sample_size=64, in_channels=8, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+               down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+               up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8)
+SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
+SD_SCHEDULER = dict(_class_name="EulerAncestralDiscreteScheduler", beta_start=0.00085, beta_end=0.012,
+                    beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1, prediction_type="epsilon")
+
+
+@dataclass(frozen=True)
+class Preset:
+    llm: dict
+    vision: dict
+    edit_head: dict
+    unet: dict
+    vae: dict
+    size: int  # image side
+    steps: int
+
+
+PRESETS = {
+    # MGIE-7B: LLaMA-7B (vocab 32011), CLIP ViT-L/14 at 224, the real edit head, SD1.5 UNet (8 ch.) and VAE
+    "full": Preset(
+        llm=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                 vocab_size=32011, max_position_embeddings=2048, rms_norm_eps=1e-6, mm_vision_select_layer=-2),
+        vision=dict(model_type="clip_vision_model", image_size=224, patch_size=14, hidden_size=1024,
+                    intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+        edit_head=dict(hidden_size=512, num_queries=77, output_size=768, num_encoder_layers=4, num_decoder_layers=4,
+                       feedforward_size=2048),
+        unet=SD_UNET, vae=SD_VAE, size=512, steps=100),
+    # the same code paths at a size a laptop CPU runs in seconds (256 image patches, as the real one)
+    "tiny": Preset(
+        llm=dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8, vocab_size=32011,
+                 max_position_embeddings=2048, rms_norm_eps=1e-6, mm_vision_select_layer=-2),
+        vision=dict(model_type="clip_vision_model", image_size=224, patch_size=14, hidden_size=128, intermediate_size=256,
+                    num_hidden_layers=2, num_attention_heads=4),
+        edit_head=dict(hidden_size=128, num_queries=77, output_size=128, num_encoder_layers=2, num_decoder_layers=2,
+                       feedforward_size=256),
+        unet=dict(SD_UNET, block_out_channels=(32, 64, 64, 64), cross_attention_dim=128, layers_per_block=1),
+        vae=dict(SD_VAE, block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=16),
+        size=128, steps=20),
+}
+
+
+def bench_tokenizer() -> LegacyLlamaTokenizer:
+    model = io.BytesIO()
+    corpus = [SYSTEM, "USER: what will this image be like if ASSISTANT: make it look like winter"] * 50
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=model, vocab_size=400, model_type="bpe",
+                                   byte_fallback=True, add_dummy_prefix=True, remove_extra_whitespaces=False,
+                                   normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   hard_vocab_limit=False, minloglevel=2)
+    proto = model.getvalue()
+    base = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
+    tok = LegacyLlamaTokenizer(proto, {IM_PATCH: base, IM_START: base + 1, IM_END: base + 2})
+    tok.add_tokens(visual_token_names(8))
+    return tok
+
+
+def build_random_model(preset: Preset, device: torch.device, dtype: torch.dtype) -> MGIEModel:
+    """Random weights, created directly on ``device`` in ``dtype`` (7B fits no CPU-side fp32 copy)."""
+    tok = bench_tokenizer()
+    llava = {**preset.llm, "mm_hidden_size": preset.vision["hidden_size"], "mm_use_im_start_end": True}
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            mllm = MultimodalLLM(llama_config_from(llava, preset.llm["vocab_size"]), clip_vision_config_from(preset.vision), -2)
+            head = EditHead(EditHeadConfig(llm_hidden_size=preset.llm["hidden_size"], num_visual_tokens=8, **preset.edit_head))
+            unet, vae = UNet2DConditionModel(**preset.unet), AutoencoderKL(**preset.vae)
+    finally:
+        torch.set_default_dtype(previous)
+    spec = ModelSpec(im_patch_token_id=tok.added_tokens[IM_PATCH], im_start_token_id=tok.added_tokens[IM_START],
+                     im_end_token_id=tok.added_tokens[IM_END],
+                     visual_token_ids=tuple(tok.added_tokens[t] for t in visual_token_names(8)),
+                     eos_token_id=-1,  # never generated: every answer has the forced length
+                     num_image_patches=(preset.vision["image_size"] // preset.vision["patch_size"]) ** 2,
+                     max_position_embeddings=preset.llm["max_position_embeddings"])
+    size = preset.vision["image_size"]
+    return MGIEModel(tokenizer=tok, mllm=mllm, edit_head=head, unet=unet, vae=vae, scheduler_config=dict(SD_SCHEDULER),
+                     clip_image_config=ClipImageConfig(shortest_edge=size, crop_height=size, crop_width=size),
+                     spec=spec, source="random").eval()
+
+
+# -- timing helpers ------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, fn: Callable, repeat: int = 1):
+    """(result, seconds per call, peak bytes) of ``fn`` (peak on CUDA; RSS growth on the CPU)."""
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        result = fn()
+    _sync(device)
+    seconds = (time.perf_counter() - start) / repeat
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss_bytes()
+    return result, seconds, peak
+
+
+def rss_bytes() -> int:
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+# -- our pipeline, stage by stage ------------------------------------------------------------------
+def run_ours(model: MGIEModel, images: list[Image.Image], instruction: str, tokens: int, steps: int,
+             device: torch.device) -> dict[str, float]:
+    spec = model.spec
+    config = DeriveConfig(max_new_tokens=tokens + spec.num_visual_tokens)
+    ids = torch.tensor([model.tokenizer.encode(build_prompt(instruction, spec))], device=device)
+    out: dict[str, float] = {}
+    pixels = torch.stack([clip_pixel_values(im, model.clip_image_config) for im in images])
+
+    def prefill():
+        with torch.no_grad():
+            features = model.mllm.image_features(pixels)
+            embeds = model.mllm.embed(ids.expand(len(images), -1), features, spec.im_patch_token_id)
+            return model.mllm.llm(inputs_embeds=embeds).last_hidden_state
+
+    _, out["vision + prefill"], _ = timed(device, prefill)
+    results = []
+
+    def generate():
+        results.clear()
+        with torch.no_grad():
+            for i in range(len(images)):
+                features = model.mllm.image_features(pixels[i : i + 1])
+                embeds = model.mllm.embed(ids, features, spec.im_patch_token_id)
+                results.append(greedy_generate(model, ids, embeds, config))
+
+    _, seconds, out["peak LLM"] = timed(device, generate)
+    out["derive (all tokens)"] = seconds
+    out["decode per token"] = max(0.0, seconds - out["vision + prefill"]) / config.max_new_tokens
+    states = torch.stack([s[-(spec.num_visual_tokens + 1):-1] for _, s in results])
+    derivation = _fake_derivation(states, [r[0] for r in results])
+    imagination, out["edit head"], _ = timed(device, lambda: imagine(model.edit_head, derivation))
+    pix = pil_to_tensor(images)
+    with torch.no_grad():
+        _, out["VAE encode"], _ = timed(device, lambda: model.vae.encode((pix * 2 - 1).to(device, model.vae.dtype)))
+    cfg, m = SampleConfig(num_inference_steps=steps), model
+    res, out["denoise total (incl. VAE)"], out["peak diffusion"] = timed(
+        device, lambda: sample(m.unet, m.vae, m.scheduler_config, pix, imagination, cfg, torch.Generator().manual_seed(0)))
+    out["denoise per step"] = out["denoise total (incl. VAE)"] / steps
+    latents = res.latents.to(device, model.vae.dtype)
+    with torch.no_grad():
+        _, out["VAE decode"], _ = timed(device, lambda: model.vae.decode(latents))
+    out["end to end"] = out["derive (all tokens)"] + out["edit head"] + out["denoise total (incl. VAE)"]
+    return out
+
+
+def _fake_derivation(states: torch.Tensor, ids: list[torch.Tensor]):
+    from .derive import Derivation
+
+    return Derivation(tuple(ids), tuple(0 for _ in ids), states, tuple("" for _ in ids), tuple(False for _ in ids))
+
+
+# -- the reference stack -------------------------------------------------------------------------
+def run_reference(model: MGIEModel, images: list[Image.Image], instruction: str, tokens: int, steps: int,
+                  device: torch.device) -> dict[str, float]:
+    from transformers import LlamaForCausalLM
+
+    spec, out = model.spec, {}
+    lm = LlamaForCausalLM(model.mllm.llm.config)
+    lm.model, lm.lm_head = model.mllm.llm, model.mllm.lm_head
+    ids = torch.tensor([model.tokenizer.encode(build_prompt(instruction, spec))], device=device)
+    pixels = torch.stack([clip_pixel_values(im, model.clip_image_config) for im in images])
+    new = tokens + spec.num_visual_tokens
+    hidden = []
+
+    def generate():
+        hidden.clear()
+        with torch.no_grad():
+            for i in range(len(images)):
+                embeds = model.mllm.embed(ids, model.mllm.image_features(pixels[i : i + 1]), spec.im_patch_token_id)
+                g = lm.generate(input_ids=ids, inputs_embeds=embeds, do_sample=False, num_beams=1, max_new_tokens=new,
+                                min_new_tokens=new, no_repeat_ngram_size=3, return_dict_in_generate=True,
+                                output_hidden_states=True, pad_token_id=0, eos_token_id=2)
+                hidden.append(torch.cat([h[-1] for h in g.hidden_states], dim=1)[0, -(spec.num_visual_tokens + 1):-1])
+
+    _, out["derive (all tokens)"], out["peak LLM"] = timed(device, generate)
+    imagination = imagine(model.edit_head, _fake_derivation(torch.stack(hidden), [ids[0]] * len(images)))
+    pipe = StableDiffusionInstructPix2PixPipeline(vae=model.vae, text_encoder=None, tokenizer=None, unet=model.unet,
+                                                  scheduler=make_scheduler("euler_ancestral", model.scheduler_config),
+                                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    emb = imagination.imagination.to(model.unet.dtype)
+    null = imagination.null_imagination.to(model.unet.dtype)
+    _, out["denoise total (incl. VAE)"], out["peak diffusion"] = timed(
+        device, lambda: pipe(image=images, prompt_embeds=emb, negative_prompt_embeds=null, num_inference_steps=steps,
+                             generator=torch.Generator(device=device).manual_seed(0), output_type="pt"))
+    out["denoise per step"] = out["denoise total (incl. VAE)"] / steps
+    out["end to end"] = out["derive (all tokens)"] + out["denoise total (incl. VAE)"]
+    return out
+
+
+def format_results(rows: dict[int, tuple[dict, dict | None]], header: str) -> str:
+    lines = [header, "", "| batch | stage | ours | reference | ratio (ref / ours) |", "|---|---|---|---|---|"]
+    for batch, (ours, ref) in rows.items():
+        for stage, value in ours.items():
+            is_mem = stage.startswith("peak")
+            fmt = (lambda v: f"{v / 2**30:.2f} GiB") if is_mem else (lambda v: f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s")
+            other = ref.get(stage) if ref else None
+            ratio = f"{other / value:.2f}x" if other is not None and value > 0 and not is_mem else ""
+            lines.append(f"| {batch} | {stage} | {fmt(value)} | {fmt(other) if other is not None else ''} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=list(PRESETS), default="tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None)
+    parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--steps", type=int, help="denoising steps (preset default: 100 full, 20 tiny)")
+    parser.add_argument("--size", type=int, help="image side (preset default: 512 full, 128 tiny)")
+    parser.add_argument("--answer-tokens", type=int, default=32)
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--out", help="append the table to this markdown file")
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    device = torch.device(args.device)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[
+        args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
+    steps, size = args.steps or preset.steps, args.size or preset.size
+    torch.manual_seed(0)
+    model = build_random_model(preset, device, dtype)
+    image = Image.new("RGB", (size, size), (120, 90, 60))
+    rows = {}
+    for batch in (int(b) for b in args.batch.split(",")):
+        images = [image] * batch
+        run_ours(model, images[:1], "make it look like winter", 2, 2, device)  # warm-up
+        ours = run_ours(model, images, "make it look like winter", args.answer_tokens, steps, device)
+        ref = None if args.no_reference else run_reference(model, images, "make it look like winter", args.answer_tokens,
+                                                          steps, device)
+        rows[batch] = (ours, ref)
+    import diffusers
+    import transformers
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    header = (f"### preset {args.preset}: {size}x{size}, {steps} steps, {args.answer_tokens}+8 answer tokens, "
+              f"{str(dtype).replace('torch.', '')} on {device.type} ({name}, {torch.get_num_threads()} threads)\n\n"
+              f"torch {torch.__version__}, transformers {transformers.__version__}, diffusers {diffusers.__version__}; "
+              f"`python -m mgie_core.bench {' '.join(argv if argv is not None else sys.argv[1:])}`")
+    text = format_results(rows, header)
+    print(text)
+    if args.out:
+        with open(args.out, "a") as handle:
+            handle.write(text + "\n\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""Behaviour of the shipped mgie-mini on held-out scenes of its edit world (fast subset, CPU)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mgie_core import DeriveConfig, MGIEPipeline, SampleConfig, default_model_path, load_model
+from train.mini import world
+from train.mini.checks import edit_ok, expressive_ok, luminance
+from train.mini.evaluate import HELD_OUT_SEED
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not default_model_path().is_file(), reason="mgie-mini is not built")
+SAMPLE = SampleConfig(num_inference_steps=50)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return MGIEPipeline(load_model(), "cpu", "fp32")
+
+
+def held_out(family: str, count: int) -> list[world.Edit]:
+    return [e for e in world.edits(HELD_OUT_SEED + 1, 20 * count) if e.family == family][:count]
+
+
+def test_embedded_default_is_small_and_loads():
+    assert default_model_path().stat().st_size <= 40e6
+    model = load_model()
+    assert model.info["format"] == "bundle" and model.info["extra"]["trained_by"] == "python -m train.mini.build"
+
+
+@pytest.mark.parametrize("family", ["recolour", "ambiguous"])
+def test_derived_instruction_names_the_right_object(pipe, family):
+    edits = held_out(family, 10)
+    d = pipe.derive([world.images(e)[0] for e in edits], [e.instruction for e in edits], DeriveConfig(max_new_tokens=48))
+    hits = [expressive_ok(e, text) for e, text in zip(edits, d.expressive_instructions)]
+    assert sum(hits) >= 8, list(zip([e.expressive for e in edits], d.expressive_instructions))
+
+
+def test_make_it_brighter_raises_mean_luminance(pipe):
+    scene = world.random_scene(__import__("random").Random(7))
+    before = world.render(scene)
+    out = pipe(before, "make it brighter", sample_config=SAMPLE, seed=1).images[0]
+    assert luminance(np.asarray(out, float)) > luminance(np.asarray(before, float)) + 15
+
+
+def test_recolour_changes_the_object_and_leaves_the_rest(pipe):
+    edits = held_out("recolour", 5)
+    results = pipe([world.images(e)[0] for e in edits], [e.instruction for e in edits], sample_config=SAMPLE, seed=2)
+    checks = [edit_ok(e, world.images(e)[0], out, world.images(e)[1]) for e, out in zip(edits, results.images)]
+    assert sum(c.region and c.rest for c in checks) >= 4, checks
+
+
+def test_cli_uses_the_embedded_model_by_default(tmp_path):
+    out = tmp_path / "edited.png"
+    done = subprocess.run([sys.executable, "-m", "mgie_core", "edit", "--image", "examples/scene.png", "--instruction",
+                           "make the biggest shape red", "--out", str(out), "--steps", "20", "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "green triangle" in done.stdout and out.is_file()

@@ -1,0 +1,183 @@
+"""Train mgie-mini from scratch and write it as an MGIE bundle (the project's embedded default model).
+
+    python -m train.mini.build --out mgie_core/assets/mgie-mini.safetensors
+
+1. tokenizer: SentencePiece BPE on the world's vocabulary and the prompt template;
+2. VAE: a KL autoencoder (4x downsampling) on world pictures (the real MGIE reuses SD's pretrained VAE);
+3. MGIE's objective end to end (train/objective.py: instruction CE + 0.5 x diffusion loss, reference
+   conditioning dropout) on freshly drawn edits, training the vision tower, projector, LLM, edit head
+   and UNet together; the [IMG] embeddings the edit head adds are tied to the token table, as in
+   Apple's training;
+4. the bundle, fp16.
+
+Checkpoints go to ``--work`` every few hundred steps; ``--resume`` continues a killed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from mgie_core.bundle import save_bundle
+from mgie_core.model import MGIEModel
+from train.objective import Sample, collate, mgie_loss
+from train.state import load_checkpoint, save_checkpoint
+
+from . import world
+from .model import build_mini
+
+logger = logging.getLogger("mgie.mini")
+
+
+def edit_at(seed: int, index: int) -> world.Edit:
+    """Training edit number ``index`` of an endless, reproducible stream (families in turn)."""
+    rng = random.Random(seed * 1_000_003 + index)
+    return world.make_edit(rng, world.FAMILIES[index % len(world.FAMILIES)])
+
+
+def pictures(batch: list[world.Edit]) -> torch.Tensor:
+    arrays = [np.asarray(im, np.float32) / 127.5 - 1 for e in batch for im in world.images(e)]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (2B, 3, 64, 64) in [-1, 1]
+
+
+def train_vae(model: MGIEModel, steps: int, batch_size: int, seed: int, log: Path) -> None:
+    vae = model.vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=3e-3, weight_decay=0.0)
+    began = time.time()
+    for step in range(steps):
+        x = pictures([edit_at(seed + 1, step * batch_size + i) for i in range(batch_size // 2)])
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=torch.Generator().manual_seed(step))).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        for group in optimizer.param_groups:
+            group["lr"] = 3e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step + 1) / steps)))
+        if (step + 1) % 50 == 0 or step + 1 == steps:
+            _log(log, {"phase": "vae", "step": step + 1, "l1_of_255": F.l1_loss(recon, x).item() * 127.5,
+                       "seconds": time.time() - began})
+    vae.eval().requires_grad_(False)
+
+
+def joint_parameters(model: MGIEModel) -> dict[str, torch.nn.Parameter]:
+    model.mllm.train_vision_tower = True
+    named = {}
+    for part in ("mllm", "edit_head", "unet"):
+        for name, param in model.modules()[part].named_parameters():
+            if part == "edit_head" and name == "emb":
+                continue  # tied to the [IMG] rows of the token table while training
+            param.requires_grad_(True)
+            named[f"{part}.{name}"] = param
+    return named
+
+
+def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: int, work: Path, log: Path,
+                resume: bool, save_every: int = 250) -> None:
+    params = joint_parameters(model)
+    optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.01)
+    warmup = min(200, steps // 10 + 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    start = 0
+    found = sorted((work / "checkpoints").glob("step-*")) if resume else []
+    if found:
+        start, state, optimizer_state, schedule_state = load_checkpoint(found[-1])
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(state[name])
+        optimizer.load_state_dict(optimizer_state)
+        schedule.load_state_dict(schedule_state)
+        logger.info("resumed joint training at step %d", start)
+    ddpm = DDPMScheduler.from_config(model.scheduler_config)
+    for module in (model.mllm, model.edit_head, model.unet):
+        module.train()
+    began, seen = time.time(), 0
+    for step in range(start, steps):
+        edits = [edit_at(seed, step * batch_size + i) for i in range(batch_size)]
+        samples = [Sample(*world.images(e), e.instruction, e.expressive) for e in edits]
+        batch = collate(samples, model, world.SIZE, world.SIZE)
+        losses = mgie_loss(model, batch, ddpm, torch.Generator().manual_seed(seed * 7 + step), tie_emb_to_rows=True)
+        optimizer.zero_grad()
+        losses.total.backward()
+        torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+        optimizer.step()
+        schedule.step()
+        seen += 1
+        if (step + 1) % 25 == 0 or step + 1 == steps:
+            _log(log, {"phase": "joint", "step": step + 1, "loss_ins": losses.instruction.item(),
+                       "loss_edit": losses.edit.item(), "lr": schedule.get_last_lr()[0],
+                       "steps_per_s": seen / (time.time() - began)})
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            state = {k: v.detach().clone() for k, v in params.items()}
+            save_checkpoint(work, step + 1, state, optimizer.state_dict(), schedule.state_dict(), {"steps": steps})
+    tie_emb(model)
+    for module in model.modules().values():
+        module.eval().requires_grad_(False)
+    model.mllm.train_vision_tower = False
+
+
+def tie_emb(model: MGIEModel) -> None:
+    """The stored ``emb`` is the trained [IMG] rows (what Apple's release ships as mllm.pt's ``emb``)."""
+    with torch.no_grad():
+        model.edit_head.emb.copy_(model.mllm.llm.embed_tokens.weight[list(model.spec.visual_token_ids)][None])
+
+
+def _log(path: Path, row: dict) -> None:
+    logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    with open(path, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="mgie_core/assets/mgie-mini.safetensors")
+    parser.add_argument("--work", default="runs/mgie-mini")
+    parser.add_argument("--vae-steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[mgie-mini] %(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "log.jsonl"
+    began = time.time()
+
+    model = build_mini(args.seed)
+    vae_file = work / "vae.safetensors"
+    if args.resume and vae_file.is_file():
+        from mgie_core.weights import read_state_dict
+
+        model.vae.load_state_dict(read_state_dict(vae_file))
+        model.vae.eval().requires_grad_(False)
+    else:
+        train_vae(model, args.vae_steps, 32, args.seed, log)  # 16 edits: 32 pictures
+        from mgie_core.aligned import save_aligned
+
+        save_aligned(model.vae.state_dict(), vae_file)
+    train_joint(model, args.steps, args.batch_size, args.lr, args.seed, work, log, args.resume)
+    minutes = (time.time() - began) / 60
+    model.info["extra"] = {"trained_by": "python -m train.mini.build", "steps": args.steps, "vae_steps": args.vae_steps,
+                           "batch_size": args.batch_size, "seed": args.seed, "minutes": round(minutes, 1),
+                           "world": "train/mini/world.py"}
+    out = save_bundle(model, args.out, dtype="fp16")
+    logger.info("wrote %s (%.1f MB) after %.1f minutes", out, out.stat().st_size / 1e6, minutes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

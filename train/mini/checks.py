@@ -1,0 +1,93 @@
+"""What counts as success in the edit world: a right expressive instruction, a right edit.
+
+* expressive: the derived text names the right object (colour, shape) and the right change
+  (new colour, removal, addition and its place, or the global effect), in that order;
+* edit (pixel level): the intended region has the intended colour (or the picture moved the
+  intended way: brighter, warmer...), the rest barely changed, and the result is much closer to the
+  ground truth than the unedited input (L1 below half of doing nothing).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from . import world
+
+GLOBAL_WORDS = {"brighter": ("brighten",), "darker": ("darken",), "warmer": ("warm",), "cooler": ("cool",),
+                "night": ("night",), "sunset": ("sunset",)}
+REGION_TOLERANCE = 60.0  # RGB distance (0-255) of the region's mean colour to the intended one
+REST_TOLERANCE = 12.0  # mean absolute change (0-255) allowed outside the edited region
+L1_RATIO = 0.5  # the result's L1 to the ground truth, relative to the input's
+
+
+def required_words(edit: world.Edit) -> tuple[str, ...]:
+    return GLOBAL_WORDS.get(edit.kind, edit.required_words)
+
+
+def expressive_ok(edit: world.Edit, text: str) -> bool:
+    """All required words appear as whole words, in order."""
+    words = re.findall(r"[a-z]+", text.lower())
+    position = 0
+    for wanted in required_words(edit):
+        for part in wanted.split():
+            try:
+                position = words.index(part, position) + 1
+            except ValueError:
+                return False
+    return True
+
+
+@dataclass(frozen=True)
+class EditCheck:
+    ok: bool
+    region: bool
+    rest: bool
+    l1: float
+    l1_unedited: float
+
+
+def _shift(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = mask[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def grow(mask: np.ndarray, steps: int) -> np.ndarray:
+    for _ in range(steps):
+        mask = mask | _shift(mask, 1, 0) | _shift(mask, -1, 0) | _shift(mask, 0, 1) | _shift(mask, 0, -1)
+    return mask
+
+
+def shrink(mask: np.ndarray, steps: int) -> np.ndarray:
+    return ~grow(~mask, steps)
+
+
+def luminance(x: np.ndarray) -> float:
+    return float((x @ np.array([0.299, 0.587, 0.114])).mean())
+
+
+def warmth(x: np.ndarray) -> float:
+    return float((x[..., 0] - x[..., 2]).mean())
+
+
+def edit_ok(edit: world.Edit, before: Image.Image, output: Image.Image, target: Image.Image) -> EditCheck:
+    b, o, t = (np.asarray(im.convert("RGB").resize((world.SIZE, world.SIZE)), np.float64) for im in (before, output, target))
+    l1, l1_unedited = float(np.abs(o - t).mean()), float(np.abs(b - t).mean())
+    close = l1 < L1_RATIO * l1_unedited
+    if edit.target is not None:
+        region = shrink(world.mask(edit.target), 1)
+        wanted = (world.BACKGROUNDS[edit.before.background] if edit.kind == "remove" else world.COLOURS[edit.new_colour])
+        region_ok = bool(np.linalg.norm(o[region].mean(0) - np.array(wanted)) < REGION_TOLERANCE)
+        outside = ~grow(world.mask(edit.target), 3)
+        rest_ok = bool(np.abs(o - b)[outside].mean() < REST_TOLERANCE)
+    else:
+        measure = warmth if edit.kind in ("warmer", "cooler", "sunset") else luminance
+        wanted_change = measure(t) - measure(b)  # the picture must move at least half way, the right way
+        region_ok = bool((measure(o) - measure(b)) / wanted_change > 0.5)
+        rest_ok = True  # a global edit has no "rest"; closeness to the ground truth covers it
+    return EditCheck(close and region_ok and rest_ok, region_ok, rest_ok, l1, l1_unedited)

@@ -1,0 +1,160 @@
+"""Measure mgie-mini (and its InstructPix2Pix twin) on held-out scenes of the edit world.
+
+    python -m train.mini.evaluate [--model PATH] [--twin PATH] [--count 200] [--seed 12345]
+
+Prints, per instruction family (ambiguous ones also per kind): (a) expressive-instruction accuracy,
+(b) edit success (train/mini/checks.py). Held-out scenes come from another seed than training's
+stream. ``--grid FILE.png`` also draws input / instruction / expressive / output / ground truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from mgie_core import DeriveConfig, MGIEPipeline, SampleConfig, load_model, make_generator, sample
+from mgie_core.images import pil_to_tensor, tensor_to_pil
+from mgie_core.imagine import Imagination
+
+from . import world
+from .checks import edit_ok, expressive_ok
+
+HELD_OUT_SEED = 12345
+
+
+@dataclass
+class Result:
+    edit: world.Edit
+    expressive: str | None
+    output: Image.Image
+    expressive_ok: bool | None
+    edit_ok: bool
+
+
+def evaluate_mgie(model, edits: list[world.Edit], config: SampleConfig, seed: int, batch: int = 25) -> list[Result]:
+    pipe = MGIEPipeline(model, "cpu", "fp32")
+    results = []
+    for start in range(0, len(edits), batch):
+        chunk = edits[start : start + batch]
+        pairs = [world.images(e) for e in chunk]
+        derived = pipe.derive([p[0] for p in pairs], [e.instruction for e in chunk], DeriveConfig(max_new_tokens=48))
+        out = pipe.sample([p[0] for p in pairs], pipe.imagine(derived), config, seed=seed)
+        for e, (before, target), text, image in zip(chunk, pairs, derived.expressive_instructions, tensor_to_pil(out.images)):
+            results.append(Result(e, text, image, expressive_ok(e, text), edit_ok(e, before, image, target).ok))
+    return results
+
+
+def evaluate_twin(twin, edits: list[world.Edit], config: SampleConfig, seed: int, batch: int = 25) -> list[Result]:
+    results = []
+    for start in range(0, len(edits), batch):
+        chunk = edits[start : start + batch]
+        pairs = [world.images(e) for e in chunk]
+        with torch.no_grad():
+            cond = twin.encode([e.instruction for e in chunk])
+            null = twin.encode([""] * len(chunk))
+        out = sample(twin.unet, twin.vae, twin.scheduler_config, pil_to_tensor([p[0] for p in pairs]),
+                     Imagination(cond, null), config, make_generator(seed))
+        for e, (before, target), image in zip(chunk, pairs, tensor_to_pil(out.images)):
+            results.append(Result(e, None, image, None, edit_ok(e, before, image, target).ok))
+    return results
+
+
+def table(results: list[Result]) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[Result]] = defaultdict(list)
+    for r in results:
+        groups[r.edit.family].append(r)
+        if r.edit.family == "ambiguous":
+            groups[f"ambiguous/{r.edit.kind if r.edit.kind == 'sunset' else _ambiguous_kind(r.edit)}"].append(r)
+        groups["all"].append(r)
+    rows = {}
+    for name, rs in sorted(groups.items(), key=lambda kv: (kv[0] == "all", kv[0])):
+        row = {"n": len(rs), "edit_success": sum(r.edit_ok for r in rs) / len(rs)}
+        if rs[0].expressive_ok is not None:
+            row["expressive_accuracy"] = sum(r.expressive_ok for r in rs) / len(rs)
+        rows[name] = row
+    return rows
+
+
+def _ambiguous_kind(edit: world.Edit) -> str:
+    text = edit.instruction
+    for kind, words in (("biggest", ("biggest", "largest")), ("smallest", ("smallest", "tiniest")),
+                        ("odd_one_out", ("odd", "belong")), ("leftmost", ("left",))):
+        if any(w in text for w in words):
+            return kind
+    return "other"
+
+
+def format_table(rows: dict, twin_rows: dict | None = None) -> str:
+    head = "| family | n | expressive accuracy | edit success (MGIE-mini) |"
+    head += " edit success (IP2P twin) |" if twin_rows else ""
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, row in rows.items():
+        cells = [name, str(row["n"]), f"{row['expressive_accuracy']:.0%}", f"{row['edit_success']:.0%}"]
+        if twin_rows:
+            cells.append(f"{twin_rows[name]['edit_success']:.0%}" if name in twin_rows else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def draw_grid(results: list[Result], path: Path, per_family: int = 2) -> Path:
+    """Rows of input | instruction + expressive | output | ground truth, a few per family."""
+    picked, seen = [], defaultdict(int)
+    for r in results:
+        if seen[r.edit.family] < per_family:
+            picked.append(r)
+            seen[r.edit.family] += 1
+    cell, text_w = 128, 300
+    grid = Image.new("RGB", (3 * cell + text_w, cell * len(picked)), (255, 255, 255))
+    draw, font = ImageDraw.Draw(grid), ImageFont.load_default()
+    for i, r in enumerate(picked):
+        before, target = world.images(r.edit)
+        for j, im in enumerate((before, r.output, target)):
+            grid.paste(im.resize((cell, cell), Image.Resampling.NEAREST), (j * cell + (text_w if j else 0), i * cell))
+        draw.text((cell + 6, i * cell + 10), f"instruction:\n {r.edit.instruction}", fill=(0, 0, 0), font=font)
+        draw.text((cell + 6, i * cell + 50), f"expressive:\n {r.expressive}", fill=(0, 0, 120), font=font)
+        draw.text((cell + 6, i * cell + 100), f"{r.edit.family}: {'ok' if r.edit_ok else 'miss'}", fill=(90, 90, 90), font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="an MGIE model (default: the embedded mgie-mini)")
+    parser.add_argument("--twin", help="an InstructPix2Pix twin made by train.mini.twin, to compare")
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
+    parser.add_argument("--steps", type=int, default=SampleConfig.num_inference_steps)
+    parser.add_argument("--grid", help="write a picture grid here (.png)")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.manual_seed(0)
+    edits = world.edits(args.seed, args.count)
+    config = SampleConfig(num_inference_steps=args.steps)
+    results = evaluate_mgie(load_model(args.model), edits, config, args.seed)
+    rows = table(results)
+    twin_rows = None
+    if args.twin:
+        from .twin import load_twin
+
+        twin_rows = table(evaluate_twin(load_twin(args.twin), edits, config, args.seed))
+    print(f"held-out scenes: {args.count} (seed {args.seed}), sampler: {config.scheduler}, {args.steps} steps")
+    print(format_table(rows, twin_rows))
+    if args.grid:
+        print("grid:", draw_grid(results, Path(args.grid)))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"mgie_mini": rows, "ip2p_twin": twin_rows, "count": args.count,
+                                               "seed": args.seed, "steps": args.steps}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

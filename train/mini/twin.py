@@ -1,0 +1,134 @@
+"""The InstructPix2Pix twin of mgie-mini: the same UNet and VAE, conditioned on a small text encoder
+of the *brief* instruction, no MLLM. Trained on the same edit stream with the same steps and batch,
+it is the paper's baseline in miniature.
+
+    python -m train.mini.twin --vae runs/mini/vae.safetensors --out runs/ip2p-twin.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from safetensors import safe_open
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from mgie_core.aligned import save_aligned
+from mgie_core.tokenizer import LegacyLlamaTokenizer
+from mgie_core.weights import read_state_dict
+from train.objective import dropout_masks
+
+from .build import edit_at, pictures
+from .model import UNET, VAE, scheduler_config, train_tokenizer
+
+logger = logging.getLogger("mgie.twin")
+TEXT_LENGTH = 16
+
+
+class Twin(nn.Module):
+    def __init__(self, tokenizer: LegacyLlamaTokenizer, vae: AutoencoderKL):
+        super().__init__()
+        self.tokenizer, self.scheduler_config = tokenizer, scheduler_config()
+        self.text_config = CLIPTextConfig(vocab_size=tokenizer.vocab_size, hidden_size=UNET["cross_attention_dim"],
+                                          intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                                          max_position_embeddings=TEXT_LENGTH, bos_token_id=1, eos_token_id=2,
+                                          pad_token_id=0)
+        self.text_encoder = CLIPTextModel(self.text_config)
+        self.unet = UNet2DConditionModel(**UNET)
+        self.vae = vae
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """(B, 16, D) conditioning of brief instructions ("" gives the null conditioning)."""
+        ids = [self.tokenizer.encode(t)[:TEXT_LENGTH] for t in texts]
+        ids = torch.tensor([row + [0] * (TEXT_LENGTH - len(row)) for row in ids])
+        return self.text_encoder(input_ids=ids).last_hidden_state
+
+
+def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, log: Path) -> None:
+    params = list(twin.text_encoder.parameters()) + list(twin.unet.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    warmup = min(200, steps // 10 + 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    ddpm = DDPMScheduler.from_config(twin.scheduler_config)
+    twin.text_encoder.train(), twin.unet.train(), twin.vae.eval().requires_grad_(False)
+    began = time.time()
+    for step in range(steps):
+        edits = [edit_at(seed, step * batch_size + i) for i in range(batch_size)]
+        pixels = pictures(edits)  # (2B, 3, 64, 64): input, target, input, target, ...
+        generator = torch.Generator().manual_seed(seed * 7 + step)
+        with torch.no_grad():
+            source = twin.vae.encode(pixels[0::2]).latent_dist.mode()
+            dist = twin.vae.encode(pixels[1::2]).latent_dist
+            target = (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator)) * twin.vae.config.scaling_factor
+        noise = torch.randn(target.shape, generator=generator)
+        t = torch.randint(0, ddpm.config.num_train_timesteps, (batch_size,), generator=generator)
+        drop_text, keep_image = dropout_masks(batch_size, 0.05, generator)
+        cond = torch.where(drop_text[:, None, None], twin.encode([""] * batch_size), twin.encode([e.instruction for e in edits]))
+        source = source * keep_image[:, None, None, None].float()
+        pred = twin.unet(torch.cat([ddpm.add_noise(target, noise, t), source], dim=1), t, cond).sample
+        loss = F.mse_loss(pred, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % 25 == 0 or step + 1 == steps:
+            row = {"phase": "twin", "step": step + 1, "loss_edit": loss.item(), "steps_per_s": (step + 1) / (time.time() - began)}
+            logger.info(" ".join(f"{k}={v}" for k, v in row.items()))
+            with open(log, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+    twin.eval().requires_grad_(False)
+
+
+def save_twin(twin: Twin, path: Path) -> Path:
+    tensors = {f"text_encoder.{k}": v for k, v in twin.text_encoder.state_dict().items()}
+    tensors.update({f"unet.{k}": v for k, v in twin.unet.state_dict().items()})
+    tensors.update({f"vae.{k}": v for k, v in twin.vae.state_dict().items()})
+    tensors["tokenizer.sp_model"] = torch.frombuffer(bytearray(twin.tokenizer.sp_model_proto), dtype=torch.uint8)
+    meta = {"format": "mgie-mini-ip2p-twin", "added_tokens": json.dumps(twin.tokenizer.added_tokens)}
+    return save_aligned({k: v.contiguous() for k, v in tensors.items()}, path, meta)
+
+
+def load_twin(path: str | Path) -> Twin:
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    state = read_state_dict(path)
+    tokenizer = LegacyLlamaTokenizer(state.pop("tokenizer.sp_model").numpy().tobytes(), json.loads(meta["added_tokens"]))
+    twin = Twin(tokenizer, AutoencoderKL(**VAE))
+    twin.load_state_dict({k: v for k, v in state.items()})
+    return twin.eval().requires_grad_(False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vae", required=True, help="the trained mgie-mini VAE (runs/.../vae.safetensors)")
+    parser.add_argument("--out", default="runs/ip2p-twin.safetensors")
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[ip2p-twin] %(message)s")
+    torch.manual_seed(args.seed)
+    vae = AutoencoderKL(**VAE)
+    vae.load_state_dict(read_state_dict(args.vae))
+    twin = Twin(train_tokenizer(), vae)
+    began = time.time()
+    out = Path(args.out)
+    train_twin(twin, args.steps, args.batch_size, args.lr, args.seed, out.with_suffix(".log.jsonl"))
+    save_twin(twin, out)
+    logger.info("wrote %s after %.1f minutes", out, (time.time() - began) / 60)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
