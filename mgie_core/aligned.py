@@ -10,11 +10,11 @@ spaces, which the format allows. Any safetensors reader loads the result.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .files import atomic_write
 
 ALIGN = 64
 PAD_PREFIX = "__pad__."
@@ -57,19 +57,12 @@ def save_aligned(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
         header["__metadata__"] = dict(metadata)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-(8 + len(raw)) % ALIGN)  # the data section starts on a boundary too
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(len(raw).to_bytes(8, "little"))
-            handle.write(raw)
-            for _, tensor in order:
-                data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-                handle.write(memoryview(data.numpy()))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        handle.write(len(raw).to_bytes(8, "little"))
+        handle.write(raw)
+        for _, tensor in order:
+            data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            handle.write(memoryview(data.numpy()))
     return path
 
 

@@ -77,6 +77,16 @@ PRESETS = {
         edit_head=dict(hidden_size=512, num_queries=77, output_size=768, num_encoder_layers=4, num_decoder_layers=4,
                        feedforward_size=2048),
         unet=SD_UNET, vae=SD_VAE, size=512, steps=100),
+    # about 0.3B parameters: big enough for loading times to mean something on a CPU
+    "small": Preset(
+        llm=dict(hidden_size=1024, intermediate_size=2752, num_hidden_layers=8, num_attention_heads=16,
+                 vocab_size=32011, max_position_embeddings=2048, rms_norm_eps=1e-6, mm_vision_select_layer=-2),
+        vision=dict(model_type="clip_vision_model", image_size=224, patch_size=14, hidden_size=768,
+                    intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+        edit_head=dict(hidden_size=512, num_queries=77, output_size=768, num_encoder_layers=4, num_decoder_layers=4,
+                       feedforward_size=2048),
+        unet=dict(SD_UNET, block_out_channels=(160, 320, 640, 640), layers_per_block=1, attention_head_dim=8),
+        vae=SD_VAE, size=256, steps=20),
     # the same code paths at a size a laptop CPU runs in seconds (256 image patches, as the real one)
     "tiny": Preset(
         llm=dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8, vocab_size=32011,
@@ -108,12 +118,13 @@ def bench_tokenizer() -> LegacyLlamaTokenizer:
 def build_random_model(preset: Preset, device: torch.device, dtype: torch.dtype) -> MGIEModel:
     """Random weights, created directly on ``device`` in ``dtype`` (7B fits no CPU-side fp32 copy)."""
     tok = bench_tokenizer()
-    llava = {**preset.llm, "mm_hidden_size": preset.vision["hidden_size"], "mm_use_im_start_end": True}
+    vocab = preset.llm["vocab_size"] or tok.vocab_size  # 0: exactly the tokenizer's (for loading benchmarks)
+    llava = {**preset.llm, "vocab_size": vocab, "mm_hidden_size": preset.vision["hidden_size"], "mm_use_im_start_end": True}
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            mllm = MultimodalLLM(llama_config_from(llava, preset.llm["vocab_size"]), clip_vision_config_from(preset.vision), -2)
+            mllm = MultimodalLLM(llama_config_from(llava, vocab), clip_vision_config_from(preset.vision), -2)
             head = EditHead(EditHeadConfig(llm_hidden_size=preset.llm["hidden_size"], num_visual_tokens=8, **preset.edit_head))
             unet, vae = UNet2DConditionModel(**preset.unet), AutoencoderKL(**preset.vae)
     finally:
@@ -127,7 +138,7 @@ def build_random_model(preset: Preset, device: torch.device, dtype: torch.dtype)
     size = preset.vision["image_size"]
     return MGIEModel(tokenizer=tok, mllm=mllm, edit_head=head, unet=unet, vae=vae, scheduler_config=dict(SD_SCHEDULER),
                      clip_image_config=ClipImageConfig(shortest_edge=size, crop_height=size, crop_width=size),
-                     spec=spec, source="random").eval()
+                     spec=spec, source="random", info={"llava_config": llava, "clip_config": preset.vision}).eval()
 
 
 # -- timing helpers ------------------------------------------------------------------------------
@@ -173,17 +184,17 @@ def run_ours(model: MGIEModel, images: list[Image.Image], instruction: str, toke
     _, out["vision + prefill"], _ = timed(device, prefill)
     results = []
 
-    def generate():
+    def generate():  # one instruction over the batch: all rows decode together
         results.clear()
         with torch.no_grad():
-            for i in range(len(images)):
-                features = model.mllm.image_features(pixels[i : i + 1])
-                embeds = model.mllm.embed(ids, features, spec.im_patch_token_id)
-                results.append(greedy_generate(model, ids, embeds, config))
+            features = model.mllm.image_features(pixels)
+            batch_ids = ids.expand(len(images), -1)
+            embeds = model.mllm.embed(batch_ids, features, spec.im_patch_token_id)
+            results.extend(greedy_generate(model, batch_ids, embeds, config))
 
     _, seconds, out["peak LLM"] = timed(device, generate)
     out["derive (all tokens)"] = seconds
-    out["decode per token"] = max(0.0, seconds - out["vision + prefill"]) / config.max_new_tokens
+    out["decode per token (batch)"] = max(0.0, seconds - out["vision + prefill"]) / config.max_new_tokens
     states = torch.stack([s[-(spec.num_visual_tokens + 1):-1] for _, s in results])
     derivation = _fake_derivation(states, [r[0] for r in results])
     imagination, out["edit head"], _ = timed(device, lambda: imagine(model.edit_head, derivation))

@@ -7,7 +7,6 @@ folder that ``mm_vision_tower`` names. Everything is read offline; pickles with 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from . import keys
 from .edit_head import EditHead, EditHeadConfig
 from .errors import CheckpointError
+from .files import read_json
 from .images import ClipImageConfig
 from .model import (
     IM_END,
@@ -46,18 +46,6 @@ class AppleLayout:
     llava: Path
     mgie: Path
     ip2p: Path
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"missing file: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); restore the file") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return data
 
 
 def is_apple_layout(root: Path) -> bool:

@@ -7,11 +7,8 @@ written through a temporary file and renamed, so a failed run never leaves a par
 from __future__ import annotations
 
 import argparse
-import io
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from PIL import Image
 
 from .config import DEFAULT_SEED, DeriveConfig, SampleConfig
 from .errors import InputError, MGIEError
+from .files import atomic_write
 from .images import load_image, save_image_atomic
 from .schedulers import SCHEDULER_NAMES
 
@@ -149,15 +147,9 @@ def save_intermediates(result, path: str | Path) -> Path:
         "null_imagination": im.null_imagination[0].float().cpu().numpy(),  # (Q, D)
         "expressive_instruction": np.array(d.expressive_instructions[0]),
     }
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(buffer.getvalue())
-    os.replace(tmp, path)
-    return path
+    with atomic_write(path) as handle:
+        np.savez(handle, **arrays)
+    return Path(path)
 
 
 def _progress_printer():

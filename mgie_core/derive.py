@@ -69,23 +69,37 @@ def derive(
     pixels = torch.stack([clip_pixel_values(im, model.clip_image_config) for im in images])  # (B, 3, S, S)
     features = mllm.image_features(pixels)  # (B, N, H)
 
-    results = []
-    for b, (instruction, override) in enumerate(zip(instructions, overrides)):
-        step_callback = None if callback is None else _batch_callback(callback, b, len(images), config.max_new_tokens)
+    results: dict[int, tuple] = {}
+    for b, override in enumerate(overrides):
         if override is not None and override.strip():
             check_instruction(override, tokenizer, what="expressive instruction")
-            results.append(_teacher_forced(model, instruction, override.strip(), features[b : b + 1]))
-        else:
-            results.append(_generated(model, instruction, features[b : b + 1], config, step_callback))
-        report(callback, (b + 1) * config.max_new_tokens, len(images) * config.max_new_tokens)
-    ids, prompt_lengths, states, texts, flags = zip(*results)
+            results[b] = _teacher_forced(model, instructions[b], override.strip(), features[b : b + 1])
+    # Prompts of equal length (always, for one instruction over an image batch) decode together.
+    prompts = {b: _encode_prompt(model, build_prompt(instructions[b], spec), config.max_new_tokens)
+               for b in range(len(images)) if b not in results}
+    groups: dict[int, list[int]] = {}
+    for b, ids in prompts.items():
+        groups.setdefault(ids.shape[1], []).append(b)
+    done, total = len(results), len(images) * config.max_new_tokens
+    for members in groups.values():
+        step_callback = _batch_callback(callback, done, len(members), len(images), config.max_new_tokens)
+        for b, item in zip(members, _generated(model, torch.cat([prompts[b] for b in members]),
+                                               features[members], config, step_callback)):
+            results[b] = item
+        done += len(members)
+        report(callback, done * config.max_new_tokens, total)
+    ids, prompt_lengths, states, texts, flags = zip(*(results[b] for b in range(len(images))))
     visual = torch.stack([select_visual_tokens(s, t, spec.visual_token_ids[0], spec.num_visual_tokens)
                           for s, t in zip(states, ids)])  # (B, K, H)
     return Derivation(tuple(ids), tuple(prompt_lengths), visual, tuple(texts), tuple(flags))
 
 
-def _batch_callback(callback: ProgressCallback, index: int, count: int, per_item: int) -> ProgressCallback:
-    return lambda step, total: callback(index * per_item + step, count * per_item)
+def _batch_callback(callback: ProgressCallback | None, done: int, members: int, count: int,
+                    per_item: int) -> ProgressCallback | None:
+    """Token steps of a group of ``members`` items decoded together, counted over the whole batch."""
+    if callback is None:
+        return None
+    return lambda step, total: callback(done * per_item + step * members, count * per_item)
 
 
 def select_visual_tokens(states: torch.Tensor, token_ids: torch.Tensor, first_visual_id: int, count: int) -> torch.Tensor:
@@ -119,14 +133,17 @@ def _encode_prompt(model: MGIEModel, text: str, budget: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _generated(model: MGIEModel, instruction: str, features: torch.Tensor, config: DeriveConfig,
-               callback: ProgressCallback | None):
-    prompt_ids = _encode_prompt(model, build_prompt(instruction, model.spec), config.max_new_tokens)
-    embeds = model.mllm.embed(prompt_ids, features, model.spec.im_patch_token_id)  # (1, L, H)
-    ids, states = greedy_generate(model, prompt_ids, embeds, config, callback)
-    answer = model.tokenizer.decode(ids[prompt_ids.shape[1]:].tolist())
-    text = clean_expressive(answer, model.tokenizer.id_to_token(model.spec.visual_token_ids[0]), model.tokenizer.eos_token)
-    return ids.cpu(), prompt_ids.shape[1], states, text, False
+def _generated(model: MGIEModel, prompt_ids: torch.Tensor, features: torch.Tensor, config: DeriveConfig,
+               callback: ProgressCallback | None) -> list[tuple]:
+    """Derive for prompts of one length: (G, L) ids, (G, N, H) image features -> G result tuples."""
+    embeds = model.mllm.embed(prompt_ids, features, model.spec.im_patch_token_id)  # (G, L, H)
+    out = []
+    first_visual = model.tokenizer.id_to_token(model.spec.visual_token_ids[0])
+    for ids, states in greedy_generate(model, prompt_ids, embeds, config, callback):
+        answer = model.tokenizer.decode(ids[prompt_ids.shape[1]:].tolist())
+        text = clean_expressive(answer, first_visual, model.tokenizer.eos_token)
+        out.append((ids.cpu(), prompt_ids.shape[1], states, text, False))
+    return out
 
 
 @torch.no_grad()
@@ -140,26 +157,32 @@ def _teacher_forced(model: MGIEModel, instruction: str, expressive: str, feature
 
 
 def greedy_generate(model: MGIEModel, prompt_ids: torch.Tensor, embeds: torch.Tensor, config: DeriveConfig,
-                    callback: ProgressCallback | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy decoding with a KV cache, as ``generate(do_sample=False, num_beams=1)`` did.
+                    callback: ProgressCallback | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Greedy decoding with a KV cache, as ``generate(do_sample=False, num_beams=1)`` did, for G prompts of one length.
 
-    Returns the full sequence (T,) and the final-norm hidden states (T - 1, H): all prompt
-    positions from the prefill, then one per generated token except the last.
+    Returns, per prompt, the full sequence (T,) and the final-norm hidden states (T - 1, H): all
+    prompt positions from the prefill, then one per generated token except the last. Rows that
+    reached ``</s>`` keep decoding with the others (nothing is shared between rows) and are cut.
     """
-    llm, lm_head = model.mllm.llm, model.mllm.lm_head
+    llm, lm_head, eos = model.mllm.llm, model.mllm.lm_head, model.spec.eos_token_id
     ban = NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size) if config.no_repeat_ngram_size > 0 else None
     cache = DynamicCache()
-    hidden = llm(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state  # (1, L, H)
-    states, ids = [hidden[0]], prompt_ids
+    hidden = llm(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state  # (G, L, H)
+    states, ids = [hidden], prompt_ids
+    lengths = torch.full((ids.shape[0],), ids.shape[1])
+    finished = torch.zeros(ids.shape[0], dtype=torch.bool)
     for step in range(config.max_new_tokens):
-        scores = lm_head(hidden[:, -1]).float()  # (1, V)
+        scores = lm_head(hidden[:, -1]).float()  # (G, V)
         if ban is not None:
             scores = ban(ids, scores)
-        next_id = scores.argmax(dim=-1, keepdim=True)  # (1, 1)
+        next_id = scores.argmax(dim=-1, keepdim=True)  # (G, 1)
         ids = torch.cat([ids, next_id], dim=1)
+        lengths += (~finished).long()
+        finished |= next_id[:, 0].cpu() == eos
         report(callback, step + 1, config.max_new_tokens)
-        if next_id.item() == model.spec.eos_token_id or step + 1 == config.max_new_tokens:
+        if bool(finished.all()) or step + 1 == config.max_new_tokens:
             break
         hidden = llm(inputs_embeds=llm.embed_tokens(next_id), past_key_values=cache, use_cache=True).last_hidden_state
-        states.append(hidden[0])
-    return ids[0], torch.cat(states)  # (T,), (T - 1, H)
+        states.append(hidden)
+    states = torch.cat(states, dim=1)  # (G, T_max - 1, H)
+    return [(ids[g, : lengths[g]], states[g, : lengths[g] - 1]) for g in range(ids.shape[0])]

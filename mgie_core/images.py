@@ -12,8 +12,6 @@ Tensors here are float32 ``[B, 3, H, W]`` in ``[0, 1]`` unless said otherwise.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
+from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -68,18 +67,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def save_image_atomic(image: Image.Image, path: str | Path) -> Path:
     """Write ``image`` to ``path`` through a temporary file in the same folder, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise InputError(f"cannot write {path}: unknown image extension {path.suffix!r}; use .png, .jpg or .webp")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        image.save(handle, format=fmt)
     return path
 
 

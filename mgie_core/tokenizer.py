@@ -13,7 +13,6 @@ encode differently around added tokens, so we apply its rule ourselves (MGIE.md 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from .errors import CheckpointError
+from .files import read_json
 
 
 class LegacyLlamaTokenizer:
@@ -57,8 +57,8 @@ class LegacyLlamaTokenizer:
         model_file = folder / "tokenizer.model"
         if not model_file.is_file():
             raise CheckpointError(f"SentencePiece model not found: {model_file} (copy tokenizer.model into {folder})")
-        added = _read_json(folder / "added_tokens.json", default={})
-        config = _read_json(folder / "tokenizer_config.json", default={})
+        added = read_json(folder / "added_tokens.json", default={})
+        config = read_json(folder / "tokenizer_config.json", default={})
         try:
             tokenizer = cls(
                 model_file.read_bytes(),
@@ -158,18 +158,6 @@ class LegacyLlamaTokenizer:
         """The first added/special token string found in ``text``, if any (user text must not hold one)."""
         match = self._splitter.search(text)
         return match.group(0) if match else None
-
-
-def _read_json(path: Path, default: dict) -> dict:
-    if not path.is_file():
-        return default
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); restore the file") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return data
 
 
 def _token_text(value: object, default: str) -> str:

@@ -59,3 +59,28 @@ def make_image(width: int = 40, height: int = 32, seed: int = 0) -> Image.Image:
 @pytest.fixture()
 def image() -> Image.Image:
     return make_image()
+
+
+@pytest.fixture()
+def comfy(tmp_path, tiny_root):
+    """The pack loaded like ComfyUI loads it, on stubbed ComfyUI modules, with the tiny model in models/mgie.
+
+    Yields (node classes by id, comfy.model_management, comfy.utils, folder_paths, tmp_path).
+    """
+    import comfy_harness as harness
+
+    harness.install_stub(tmp_path)
+    import folder_paths
+
+    models = tmp_path / "models" / "mgie"
+    models.mkdir(parents=True)
+    (models / "tiny").symlink_to(tiny_root, target_is_directory=True)
+    extra = tmp_path / "extra"  # as extra_model_paths.yaml would add before the pack is imported
+    extra.mkdir()
+    folder_paths.add_model_folder_path("mgie", str(extra))
+    nodes = harness.load_pack(tmp_path / "custom_nodes")
+    import comfy.model_management as mm
+    import comfy.utils
+
+    yield nodes, mm, comfy.utils, folder_paths, tmp_path
+    harness.remove_stub()

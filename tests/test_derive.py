@@ -57,7 +57,7 @@ def test_one_state_fewer_than_tokens(tiny_model, image):
     pixels = clip_pixel_values(image, tiny_model.clip_image_config)[None]
     with torch.no_grad():
         embeds = tiny_model.mllm.embed(ids, tiny_model.mllm.image_features(pixels), tiny_model.spec.im_patch_token_id)
-        seq, states = greedy_generate(tiny_model, ids, embeds, SHORT)
+        [(seq, states)] = greedy_generate(tiny_model, ids, embeds, SHORT)
         full = tiny_model.mllm.llm(inputs_embeds=tiny_model.mllm.embed(seq[None], tiny_model.mllm.image_features(pixels),
                                                                       tiny_model.spec.im_patch_token_id)).last_hidden_state[0]
     assert len(states) == len(seq) - 1
@@ -163,6 +163,28 @@ def test_batch_equals_single(tiny_model):
         single = derive(tiny_model, [images[i]], [ins], SHORT)
         assert torch.equal(batch.token_ids[i], single.token_ids[0])
         torch.testing.assert_close(batch.visual_tokens[i], single.visual_tokens[0])
+
+
+def test_one_instruction_over_a_batch_decodes_together_and_equals_single(tiny_model):
+    images = [make_image(seed=s) for s in range(3)]
+    seen = []
+    batch = derive(tiny_model, images, ["make the sky blue"] * 3, SHORT, callback=lambda s, t: seen.append((s, t)))
+    assert seen[0] == (3, 3 * SHORT.max_new_tokens)  # one decoding step advances all three
+    for i, image in enumerate(images):
+        single = derive(tiny_model, [image], ["make the sky blue"], SHORT)
+        assert torch.equal(batch.token_ids[i], single.token_ids[0])
+        torch.testing.assert_close(batch.visual_tokens[i], single.visual_tokens[0], rtol=1e-5, atol=1e-5)
+
+
+def test_rows_that_finish_early_are_cut(tiny_model, image):
+    a, b = "make it red", "add a hat"  # prompts of one length: decoded together; a ends after 14 tokens, b later
+    batch = derive(tiny_model, [image, image], [a, b], DeriveConfig(max_new_tokens=60))
+    assert batch.prompt_lengths[0] == batch.prompt_lengths[1]
+    assert len(batch.token_ids[0]) < len(batch.token_ids[1])
+    for i, instruction in enumerate((a, b)):
+        single = derive(tiny_model, [image], [instruction], DeriveConfig(max_new_tokens=60))
+        assert torch.equal(batch.token_ids[i], single.token_ids[0])
+        assert batch.expressive_instructions[i] == single.expressive_instructions[0]
 
 
 def test_image_features_are_spliced_at_im_patch(tiny_model, image):

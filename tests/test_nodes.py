@@ -26,25 +26,6 @@ IDS = {
 }
 
 
-@pytest.fixture()
-def comfy(tmp_path, tiny_root):
-    harness.install_stub(tmp_path)
-    import folder_paths
-
-    models = tmp_path / "models" / "mgie"
-    models.mkdir(parents=True)
-    (models / "tiny").symlink_to(tiny_root, target_is_directory=True)
-    extra = tmp_path / "extra"  # as extra_model_paths.yaml would add before the pack is imported
-    extra.mkdir()
-    folder_paths.add_model_folder_path("mgie", str(extra))
-    nodes = harness.load_pack(tmp_path / "custom_nodes")
-    import comfy.model_management as mm
-    import comfy.utils
-
-    yield nodes, mm, comfy.utils, folder_paths, tmp_path
-    harness.remove_stub()
-
-
 def comfy_image(*sizes, seed=0):
     return torch.cat([pil_to_tensor(make_image(w, h, seed=seed + i)).permute(0, 2, 3, 1) for i, (w, h) in enumerate(sizes)])
 
@@ -204,3 +185,13 @@ def test_conditioning_from_other_nodes_is_accepted(comfy):
                                              negative=cond, seed=0, steps=2, guidance_scale=3.0,
                                              image_guidance_scale=1.5, scheduler="euler", max_side=0).values
     assert images.shape == (2, 16, 16, 3)
+
+
+@pytest.mark.skipif(not (harness.ROOT / "mgie_core" / "assets" / "mgie-mini.safetensors").is_file(),
+                    reason="mgie-mini is not built")
+def test_loader_offers_the_embedded_default(comfy):
+    nodes = comfy[0]
+    options = next(i for i in nodes["MGIELoader"].define_schema().inputs if i.id == "model").extra["options"]
+    assert options[-1] == "mgie-mini (embedded)"
+    handle = load(nodes, "mgie-mini (embedded)")
+    assert handle.model.info["format"] == "bundle" and handle.model.spec.num_visual_tokens == 8

@@ -15,16 +15,6 @@ WORKFLOWS = sorted((harness.ROOT / "workflows").glob("*.json"))
 EXPECTED = {"mgie_basic_edit.json", "mgie_quick_edit.json", "mgie_edit_then_upscale.json", "mgie_multi_turn.json"}
 
 
-@pytest.fixture()
-def comfy(tmp_path, tiny_root):
-    harness.install_stub(tmp_path)
-    models = tmp_path / "models" / "mgie"
-    models.mkdir(parents=True)
-    (models / "tiny").symlink_to(tiny_root, target_is_directory=True)
-    yield harness.load_pack(tmp_path / "custom_nodes"), tmp_path
-    harness.remove_stub()
-
-
 def test_the_four_workflows_ship_and_are_current():
     assert EXPECTED <= {p.name for p in WORKFLOWS}
     sys.path.insert(0, str(harness.ROOT / "scripts"))
@@ -50,7 +40,7 @@ def test_ui_format_is_consistent(path: Path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_runs(comfy, path: Path):
-    nodes, tmp_path = comfy
+    nodes, tmp_path = comfy[0], comfy[-1]
     prompt = harness.ui_to_api(json.loads(path.read_text()), nodes)
     for spec in prompt.values():  # the tiny test checkpoint instead of the shipped model; fewer steps
         if spec["class_type"] == "MGIELoader":

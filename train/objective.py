@@ -136,8 +136,12 @@ def dropout_masks(batch: int, p: float, generator: torch.Generator) -> tuple[tor
 
 def mgie_loss(model: MGIEModel, batch: Batch, ddpm: DDPMScheduler, generator: torch.Generator,
               edit_weight: float = 0.5, dropout: float = 0.05, rows: VisualRows | None = None,
-              tie_emb_to_rows: bool = False) -> Losses:
-    """The full MGIE loss for one batch; randomness comes only from ``generator`` (CPU)."""
+              tie_emb_to_rows: bool = False, sample_target_latent: bool = True) -> Losses:
+    """The full MGIE loss for one batch; randomness comes only from ``generator`` (CPU).
+
+    ``sample_target_latent``: the reference draws the target latent from the VAE posterior; SD's VAE
+    has a tiny posterior spread, a small VAE trained from scratch may not (then use its mode).
+    """
     device = model.mllm.device
     spec, mllm = model.spec, model.mllm
 
@@ -160,7 +164,8 @@ def mgie_loss(model: MGIEModel, batch: Batch, ddpm: DDPMScheduler, generator: to
         vae, sf = model.vae, model.vae.config.scaling_factor
         target_dist = vae.encode(batch.target.to(vae.dtype)).latent_dist
         eps = torch.randn(target_dist.mean.shape, generator=generator).to(device, target_dist.mean.dtype)
-        target = (target_dist.mean + target_dist.std * eps) * sf  # latent_dist.sample(), CPU noise
+        spread = target_dist.std if sample_target_latent else torch.zeros_like(target_dist.std)
+        target = (target_dist.mean + spread * eps) * sf  # latent_dist.sample() with CPU noise (or the mode)
         source = vae.encode(batch.source.to(vae.dtype)).latent_dist.mode()
     noise = torch.randn(target.shape, generator=generator).to(device, target.dtype)
     t = torch.randint(0, ddpm.config.num_train_timesteps, (target.shape[0],), generator=generator).to(device)

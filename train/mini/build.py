@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
+from diffusers import AutoencoderKL, DDPMScheduler
 
 from mgie_core.bundle import save_bundle
 from mgie_core.model import MGIEModel
@@ -70,6 +70,15 @@ def train_vae(model: MGIEModel, steps: int, batch_size: int, seed: int, log: Pat
     vae.eval().requires_grad_(False)
 
 
+@torch.no_grad()
+def calibrate_scaling(vae: AutoencoderKL, seed: int, count: int = 256) -> float:
+    """Set the VAE's ``scaling_factor`` so diffusion latents have unit variance, as SD's 0.18215 does for its VAE."""
+    x = pictures([edit_at(seed + 2, i) for i in range(count // 2)])
+    factor = 1.0 / vae.encode(x).latent_dist.mode().std().item()
+    vae.register_to_config(scaling_factor=factor)
+    return factor
+
+
 def joint_parameters(model: MGIEModel) -> dict[str, torch.nn.Parameter]:
     model.mllm.train_vision_tower = True
     named = {}
@@ -83,22 +92,15 @@ def joint_parameters(model: MGIEModel) -> dict[str, torch.nn.Parameter]:
 
 
 def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: int, work: Path, log: Path,
-                resume: bool, save_every: int = 250) -> None:
+                resume: bool, save_every: int = 250, ema_decay: float = 0.999) -> None:
     params = joint_parameters(model)
     optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.01)
     warmup = min(200, steps // 10 + 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
-    start = 0
-    found = sorted((work / "checkpoints").glob("step-*")) if resume else []
-    if found:
-        start, state, optimizer_state, schedule_state = load_checkpoint(found[-1])
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(state[name])
-        optimizer.load_state_dict(optimizer_state)
-        schedule.load_state_dict(schedule_state)
-        logger.info("resumed joint training at step %d", start)
+    # An exponential moving average of the weights is what ships: diffusion samples from it are much cleaner.
+    ema = {k: v.detach().clone() for k, v in params.items()}
+    start = _resume_joint(work, params, ema, optimizer, schedule) if resume else 0
     ddpm = DDPMScheduler.from_config(model.scheduler_config)
     for module in (model.mllm, model.edit_head, model.unet):
         module.train()
@@ -107,30 +109,75 @@ def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: 
         edits = [edit_at(seed, step * batch_size + i) for i in range(batch_size)]
         samples = [Sample(*world.images(e), e.instruction, e.expressive) for e in edits]
         batch = collate(samples, model, world.SIZE, world.SIZE)
-        losses = mgie_loss(model, batch, ddpm, torch.Generator().manual_seed(seed * 7 + step), tie_emb_to_rows=True)
+        # Mode target latents: this VAE's posterior spread (~0.25 of unit-variance latents, SD's is ~100x
+        # smaller) would be noise the UNet cannot predict.
+        losses = mgie_loss(model, batch, ddpm, torch.Generator().manual_seed(seed * 7 + step), tie_emb_to_rows=True,
+                           sample_target_latent=False)
         optimizer.zero_grad()
         losses.total.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
         optimizer.step()
         schedule.step()
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for name, param in params.items():
+                ema[name].lerp_(param.detach(), 1 - decay)
         seen += 1
         if (step + 1) % 25 == 0 or step + 1 == steps:
             _log(log, {"phase": "joint", "step": step + 1, "loss_ins": losses.instruction.item(),
                        "loss_edit": losses.edit.item(), "lr": schedule.get_last_lr()[0],
                        "steps_per_s": seen / (time.time() - began)})
         if (step + 1) % save_every == 0 or step + 1 == steps:
-            state = {k: v.detach().clone() for k, v in params.items()}
+            state = {k: v.detach().clone() for k, v in params.items()} | {f"ema.{k}": v.clone() for k, v in ema.items()}
             save_checkpoint(work, step + 1, state, optimizer.state_dict(), schedule.state_dict(), {"steps": steps})
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(ema[name])
     tie_emb(model)
     for module in model.modules().values():
         module.eval().requires_grad_(False)
     model.mllm.train_vision_tower = False
 
 
+def _resume_joint(work: Path, params: dict, ema: dict, optimizer, schedule) -> int:
+    found = sorted((work / "checkpoints").glob("step-*"))
+    if not found:
+        return 0
+    start, state, optimizer_state, schedule_state = load_checkpoint(found[-1])
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state[name])
+            ema[name].copy_(state.get(f"ema.{name}", state[name]))
+    optimizer.load_state_dict(optimizer_state)
+    schedule.load_state_dict(schedule_state)
+    logger.info("resumed joint training at step %d", start)
+    return start
+
+
 def tie_emb(model: MGIEModel) -> None:
     """The stored ``emb`` is the trained [IMG] rows (what Apple's release ships as mllm.pt's ``emb``)."""
     with torch.no_grad():
         model.edit_head.emb.copy_(model.mllm.llm.embed_tokens.weight[list(model.spec.visual_token_ids)][None])
+
+
+def model_from_work(work: Path, seed: int = 0) -> MGIEModel:
+    """The model of the newest checkpoint in a build's work folder (to look at a run in progress)."""
+    from mgie_core.weights import read_state_dict
+
+    model = build_mini(seed)
+    model.vae.load_state_dict(read_state_dict(work / "vae.safetensors"))
+    calibrate_scaling(model.vae, seed)
+    params = joint_parameters(model)
+    step, state, _, _ = load_checkpoint(sorted((work / "checkpoints").glob("step-*"))[-1])
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state.get(f"ema.{name}", state[name]))
+    tie_emb(model)
+    model.mllm.train_vision_tower = False
+    model.info["extra"] = {"checkpoint_step": step}
+    for module in model.modules().values():
+        module.eval().requires_grad_(False)
+    return model
 
 
 def _log(path: Path, row: dict) -> None:
@@ -169,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         from mgie_core.aligned import save_aligned
 
         save_aligned(model.vae.state_dict(), vae_file)
+    logger.info("VAE scaling factor %.4f", calibrate_scaling(model.vae, args.seed))
     train_joint(model, args.steps, args.batch_size, args.lr, args.seed, work, log, args.resume)
     minutes = (time.time() - began) / 60
     model.info["extra"] = {"trained_by": "python -m train.mini.build", "steps": args.steps, "vae_steps": args.vae_steps,

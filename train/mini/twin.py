@@ -26,7 +26,7 @@ from mgie_core.tokenizer import LegacyLlamaTokenizer
 from mgie_core.weights import read_state_dict
 from train.objective import dropout_masks
 
-from .build import edit_at, pictures
+from .build import calibrate_scaling, edit_at, pictures
 from .model import UNET, VAE, scheduler_config, train_tokenizer
 
 logger = logging.getLogger("mgie.twin")
@@ -67,8 +67,7 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
         generator = torch.Generator().manual_seed(seed * 7 + step)
         with torch.no_grad():
             source = twin.vae.encode(pixels[0::2]).latent_dist.mode()
-            dist = twin.vae.encode(pixels[1::2]).latent_dist
-            target = (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator)) * twin.vae.config.scaling_factor
+            target = twin.vae.encode(pixels[1::2]).latent_dist.mode() * twin.vae.config.scaling_factor  # as mgie-mini
         noise = torch.randn(target.shape, generator=generator)
         t = torch.randint(0, ddpm.config.num_train_timesteps, (batch_size,), generator=generator)
         drop_text, keep_image = dropout_masks(batch_size, 0.05, generator)
@@ -94,7 +93,8 @@ def save_twin(twin: Twin, path: Path) -> Path:
     tensors.update({f"unet.{k}": v for k, v in twin.unet.state_dict().items()})
     tensors.update({f"vae.{k}": v for k, v in twin.vae.state_dict().items()})
     tensors["tokenizer.sp_model"] = torch.frombuffer(bytearray(twin.tokenizer.sp_model_proto), dtype=torch.uint8)
-    meta = {"format": "mgie-mini-ip2p-twin", "added_tokens": json.dumps(twin.tokenizer.added_tokens)}
+    meta = {"format": "mgie-mini-ip2p-twin", "added_tokens": json.dumps(twin.tokenizer.added_tokens),
+            "scaling_factor": str(twin.vae.config.scaling_factor)}
     return save_aligned({k: v.contiguous() for k, v in tensors.items()}, path, meta)
 
 
@@ -104,7 +104,8 @@ def load_twin(path: str | Path) -> Twin:
     state = read_state_dict(path)
     tokenizer = LegacyLlamaTokenizer(state.pop("tokenizer.sp_model").numpy().tobytes(), json.loads(meta["added_tokens"]))
     twin = Twin(tokenizer, AutoencoderKL(**VAE))
-    twin.load_state_dict({k: v for k, v in state.items()})
+    twin.load_state_dict(state)
+    twin.vae.register_to_config(scaling_factor=float(meta["scaling_factor"]))
     return twin.eval().requires_grad_(False)
 
 
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     vae = AutoencoderKL(**VAE)
     vae.load_state_dict(read_state_dict(args.vae))
+    calibrate_scaling(vae, args.seed)
     twin = Twin(train_tokenizer(), vae)
     began = time.time()
     out = Path(args.out)

@@ -1,0 +1,34 @@
+"""The benchmark command runs and reports every stage for both stacks (timings are not asserted)."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from mgie_core.bench import PRESETS, build_random_model, main
+from mgie_core.config import DeriveConfig
+from mgie_core.derive import greedy_generate
+from mgie_core.prompt import build_prompt
+
+
+def test_answers_have_the_forced_length():
+    model = build_random_model(PRESETS["tiny"], torch.device("cpu"), torch.float32)
+    ids = torch.tensor([model.tokenizer.encode(build_prompt("make it red", model.spec))])
+    assert (ids == model.spec.im_patch_token_id).sum() == 256  # ViT-L/14 at 224, as the real model
+    with torch.no_grad():
+        embeds = model.mllm.embed(ids, torch.zeros(1, 256, 256), model.spec.im_patch_token_id)
+        [(seq, states)] = greedy_generate(model, ids, embeds, DeriveConfig(max_new_tokens=7))
+    assert len(seq) - ids.shape[1] == 7 and len(states) == len(seq) - 1
+
+
+def test_bench_prints_both_stacks(capsys, tmp_path):
+    out = tmp_path / "RESULTS.md"
+    assert main(["--preset", "tiny", "--batch", "1", "--steps", "2", "--answer-tokens", "2", "--size", "64",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for stage in ("vision + prefill", "decode per token (batch)", "edit head", "denoise per step", "VAE encode", "VAE decode",
+                  "end to end", "peak LLM", "peak diffusion"):
+        assert f"| 1 | {stage} |" in text, stage
+    assert re.search(r"\| 1 \| end to end \| [\d.]+ m?s \| [\d.]+ m?s \| [\d.]+x \|", text)
+    assert out.read_text().strip() == text.strip()
