@@ -80,7 +80,7 @@ class Graph:
 
 def basic_edit() -> Graph:
     g = Graph()
-    image = g.add("LoadImage", (0, 0), ["example.png", "image"])
+    image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
     model = g.add("MGIELoader", (0, 380), LOADER)
     derive = g.add("MGIEDeriveInstruction", (380, 0), ["make the biggest shape red", 96, ""])
     imagine = g.add("MGIEVisualImagination", (380, 320))
@@ -101,7 +101,7 @@ def basic_edit() -> Graph:
 
 def quick_edit() -> Graph:
     g = Graph()
-    image = g.add("LoadImage", (0, 0), ["example.png", "image"])
+    image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
     model = g.add("MGIELoader", (0, 380), LOADER)
     edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, ""])
     text = g.add("PreviewAny", (380, 460), title="Expressive instruction")
@@ -115,7 +115,7 @@ def quick_edit() -> Graph:
 
 def edit_then_upscale() -> Graph:
     g = Graph()
-    image = g.add("LoadImage", (0, 0), ["example.png", "image"])
+    image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
     model = g.add("MGIELoader", (0, 380), LOADER)
     edit = g.add("MGIEEdit", (380, 0), ["make it look like sunset", *SAMPLING, ""])
     upscale = g.add("ImageScaleBy", (780, 0), ["lanczos", 2.0], title="Upscale x2")
@@ -131,7 +131,7 @@ def edit_then_upscale() -> Graph:
 
 def multi_turn() -> Graph:
     g = Graph()
-    image = g.add("LoadImage", (0, 0), ["example.png", "image"])
+    image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
     model = g.add("MGIELoader", (0, 380), LOADER)
     first = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, ""], title="Turn 1")
     second = g.add("MGIEEdit", (780, 0), ["make it night", *SAMPLING, ""], title="Turn 2")

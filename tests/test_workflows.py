@@ -49,7 +49,7 @@ def test_workflow_runs(comfy, path: Path):
             spec["inputs"]["steps"] = 3
     ctx = harness.Context(input_dir=tmp_path / "input", output_dir=tmp_path / "output")
     ctx.input_dir.mkdir()
-    make_image(48, 32).save(ctx.input_dir / "example.png")
+    make_image(48, 32).save(ctx.input_dir / "scene.png")
     harness.execute(prompt, nodes, ctx)
     assert ctx.saved, "the workflow saved no image"
     expected_size = (96, 64) if "upscale" in path.name else (48, 32)
