@@ -74,7 +74,8 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
         cond = torch.where(drop_text[:, None, None], twin.encode([""] * batch_size), twin.encode([e.instruction for e in edits]))
         source = source * keep_image[:, None, None, None].float()
         pred = twin.unet(torch.cat([ddpm.add_noise(target, noise, t), source], dim=1), t, cond).sample
-        loss = F.mse_loss(pred, noise)
+        goal = ddpm.get_velocity(target, noise, t) if ddpm.config.prediction_type == "v_prediction" else noise  # as mgie-mini
+        loss = F.mse_loss(pred, goal)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
