@@ -29,7 +29,7 @@ from mgie_core.tokenizer import LegacyLlamaTokenizer
 from .world import COLOURS, SIZE, edits
 
 NUM_VISUAL = 8
-VISION = {"model_type": "clip_vision_model", "image_size": SIZE, "patch_size": 8, "hidden_size": 128,
+VISION = {"model_type": "clip_vision_model", "image_size": SIZE, "patch_size": 16, "hidden_size": 128,
           "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_channels": 3}
 LLM = {"model_type": "llava", "architectures": ["LlavaLlamaForCausalLM"], "hidden_size": 160, "intermediate_size": 432,
        "num_hidden_layers": 4, "num_attention_heads": 4, "rms_norm_eps": 1e-6, "max_position_embeddings": 512,
