@@ -128,6 +128,11 @@ class Losses:
     edit: torch.Tensor
 
 
+def diffusion_goal(ddpm, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict: the noise, or the velocity for a v-prediction scheduler."""
+    return ddpm.get_velocity(latents, noise, t) if ddpm.config.prediction_type == "v_prediction" else noise
+
+
 def dropout_masks(batch: int, p: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(null conditioning, keep image latent): prob < 2p drops the text; p <= prob < 3p drops the image."""
     prob = torch.rand(batch, generator=generator)
@@ -178,6 +183,6 @@ def mgie_loss(model: MGIEModel, batch: Batch, ddpm: DDPMScheduler, generator: to
 
     unet = model.unet
     pred = unet(torch.cat([noisy, source], dim=1).to(unet.dtype), t, cond.to(unet.dtype)).sample
-    goal = ddpm.get_velocity(target, noise, t) if ddpm.config.prediction_type == "v_prediction" else noise
+    goal = diffusion_goal(ddpm, target, noise, t)
     loss_edit = F.mse_loss(pred.float(), goal.float())
     return Losses(loss_ins + edit_weight * loss_edit, loss_ins.detach(), loss_edit.detach())

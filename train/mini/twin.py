@@ -24,7 +24,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from mgie_core.aligned import save_aligned
 from mgie_core.tokenizer import LegacyLlamaTokenizer
 from mgie_core.weights import read_state_dict
-from train.objective import dropout_masks
+from train.objective import diffusion_goal, dropout_masks
 
 from .build import calibrate_scaling, edit_at, pictures
 from .model import UNET, VAE, scheduler_config, train_tokenizer
@@ -74,8 +74,7 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
         cond = torch.where(drop_text[:, None, None], twin.encode([""] * batch_size), twin.encode([e.instruction for e in edits]))
         source = source * keep_image[:, None, None, None].float()
         pred = twin.unet(torch.cat([ddpm.add_noise(target, noise, t), source], dim=1), t, cond).sample
-        goal = ddpm.get_velocity(target, noise, t) if ddpm.config.prediction_type == "v_prediction" else noise  # as mgie-mini
-        loss = F.mse_loss(pred, goal)
+        loss = F.mse_loss(pred, diffusion_goal(ddpm, target, noise, t))  # the same target rule as mgie-mini
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
