@@ -147,15 +147,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-REPEAT = 1  # set by --repeat: each stage is timed this often and the fastest run is reported
-
-
-def timed(device: torch.device, fn: Callable):
-    """(result, best seconds of REPEAT calls, peak bytes) of ``fn`` (peak on CUDA; process max RSS on the CPU)."""
+def timed(device: torch.device, fn: Callable, repeat: int = 1):
+    """(result, best seconds of ``repeat`` calls, peak bytes) of ``fn`` (peak on CUDA; process max RSS on the CPU)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     best = float("inf")
-    for _ in range(REPEAT):
+    for _ in range(max(1, repeat)):
         _sync(device)
         start = time.perf_counter()
         result = fn()
@@ -172,7 +169,7 @@ def rss_bytes() -> int:
 
 # -- our pipeline, stage by stage ------------------------------------------------------------------
 def run_ours(model: MGIEModel, images: list[Image.Image], instruction: str, tokens: int, steps: int,
-             device: torch.device) -> dict[str, float]:
+             device: torch.device, repeat: int = 1) -> dict[str, float]:
     spec = model.spec
     config = DeriveConfig(max_new_tokens=tokens + spec.num_visual_tokens)
     ids = torch.tensor([model.tokenizer.encode(build_prompt(instruction, spec))], device=device)
@@ -185,7 +182,7 @@ def run_ours(model: MGIEModel, images: list[Image.Image], instruction: str, toke
             embeds = model.mllm.embed(ids.expand(len(images), -1), features, spec.im_patch_token_id)
             return model.mllm.llm(inputs_embeds=embeds).last_hidden_state
 
-    _, out["vision + prefill"], _ = timed(device, prefill)
+    _, out["vision + prefill"], _ = timed(device, prefill, repeat)
     results = []
 
     def generate():  # one instruction over the batch: all rows decode together
@@ -196,22 +193,23 @@ def run_ours(model: MGIEModel, images: list[Image.Image], instruction: str, toke
             embeds = model.mllm.embed(batch_ids, features, spec.im_patch_token_id)
             results.extend(greedy_generate(model, batch_ids, embeds, config))
 
-    _, seconds, out["peak LLM"] = timed(device, generate)
+    _, seconds, out["peak LLM"] = timed(device, generate, repeat)
     out["derive (all tokens)"] = seconds
     out["decode per token (batch)"] = max(0.0, seconds - out["vision + prefill"]) / config.max_new_tokens
     states = torch.stack([s[-(spec.num_visual_tokens + 1):-1] for _, s in results])
     derivation = _fake_derivation(states, [r[0] for r in results])
-    imagination, out["edit head"], _ = timed(device, lambda: imagine(model.edit_head, derivation))
+    imagination, out["edit head"], _ = timed(device, lambda: imagine(model.edit_head, derivation), repeat)
     pix = pil_to_tensor(images)
     with torch.no_grad():
-        _, out["VAE encode"], _ = timed(device, lambda: model.vae.encode((pix * 2 - 1).to(device, model.vae.dtype)))
+        _, out["VAE encode"], _ = timed(device, lambda: model.vae.encode((pix * 2 - 1).to(device, model.vae.dtype)), repeat)
     cfg, m = SampleConfig(num_inference_steps=steps), model
     res, out["denoise total (incl. VAE)"], out["peak diffusion"] = timed(
-        device, lambda: sample(m.unet, m.vae, m.scheduler_config, pix, imagination, cfg, torch.Generator().manual_seed(0)))
+        device, lambda: sample(m.unet, m.vae, m.scheduler_config, pix, imagination, cfg, torch.Generator().manual_seed(0)),
+        repeat)
     out["denoise per step"] = out["denoise total (incl. VAE)"] / steps
     latents = res.latents.to(device, model.vae.dtype)
     with torch.no_grad():
-        _, out["VAE decode"], _ = timed(device, lambda: model.vae.decode(latents))
+        _, out["VAE decode"], _ = timed(device, lambda: model.vae.decode(latents), repeat)
     out["end to end"] = out["derive (all tokens)"] + out["edit head"] + out["denoise total (incl. VAE)"]
     return out
 
@@ -224,7 +222,7 @@ def _fake_derivation(states: torch.Tensor, ids: list[torch.Tensor]):
 
 # -- the reference stack -------------------------------------------------------------------------
 def run_reference(model: MGIEModel, images: list[Image.Image], instruction: str, tokens: int, steps: int,
-                  device: torch.device) -> dict[str, float]:
+                  device: torch.device, repeat: int = 1) -> dict[str, float]:
     from transformers import LlamaForCausalLM
 
     spec, out = model.spec, {}
@@ -245,7 +243,7 @@ def run_reference(model: MGIEModel, images: list[Image.Image], instruction: str,
                                 output_hidden_states=True, pad_token_id=0, eos_token_id=2)
                 hidden.append(torch.cat([h[-1] for h in g.hidden_states], dim=1)[0, -(spec.num_visual_tokens + 1):-1])
 
-    _, out["derive (all tokens)"], out["peak LLM"] = timed(device, generate)
+    _, out["derive (all tokens)"], out["peak LLM"] = timed(device, generate, repeat)
     imagination = imagine(model.edit_head, _fake_derivation(torch.stack(hidden), [ids[0]] * len(images)))
     pipe = StableDiffusionInstructPix2PixPipeline(vae=model.vae, text_encoder=None, tokenizer=None, unet=model.unet,
                                                   scheduler=make_scheduler("euler_ancestral", model.scheduler_config),
@@ -255,7 +253,7 @@ def run_reference(model: MGIEModel, images: list[Image.Image], instruction: str,
     null = imagination.null_imagination.to(model.unet.dtype)
     _, out["denoise total (incl. VAE)"], out["peak diffusion"] = timed(
         device, lambda: pipe(image=images, prompt_embeds=emb, negative_prompt_embeds=null, num_inference_steps=steps,
-                             generator=torch.Generator(device=device).manual_seed(0), output_type="pt"))
+                             generator=torch.Generator(device=device).manual_seed(0), output_type="pt"), repeat)
     out["denoise per step"] = out["denoise total (incl. VAE)"] / steps
     out["end to end"] = out["derive (all tokens)"] + out["denoise total (incl. VAE)"]
     return out
@@ -286,8 +284,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="time each stage this often; report the fastest")
     parser.add_argument("--out", help="append the table to this markdown file")
     args = parser.parse_args(argv)
-    global REPEAT
-    REPEAT = max(1, args.repeat)
     preset = PRESETS[args.preset]
     device = torch.device(args.device)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[
@@ -300,15 +296,16 @@ def main(argv: list[str] | None = None) -> int:
     for batch in (int(b) for b in args.batch.split(",")):
         images = [image] * batch
         run_ours(model, images[:1], "make it look like winter", 2, 2, device)  # warm-up
-        ours = run_ours(model, images, "make it look like winter", args.answer_tokens, steps, device)
+        ours = run_ours(model, images, "make it look like winter", args.answer_tokens, steps, device, args.repeat)
         ref = None if args.no_reference else run_reference(model, images, "make it look like winter", args.answer_tokens,
-                                                          steps, device)
+                                                          steps, device, args.repeat)
         rows[batch] = (ours, ref)
     import diffusers
     import transformers
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    header = (f"### preset {args.preset}: {size}x{size}, {steps} steps, {args.answer_tokens}+8 answer tokens, best of {REPEAT}, "
+    header = (f"### preset {args.preset}: {size}x{size}, {steps} steps, {args.answer_tokens}+8 answer tokens, "
+              f"best of {max(1, args.repeat)}, "
               f"{str(dtype).replace('torch.', '')} on {device.type} ({name}, {torch.get_num_threads()} threads)\n\n"
               f"torch {torch.__version__}, transformers {transformers.__version__}, diffusers {diffusers.__version__}; "
               f"`python -m mgie_core.bench {' '.join(argv if argv is not None else sys.argv[1:])}`")
