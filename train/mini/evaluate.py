@@ -3,8 +3,9 @@
     python -m train.mini.evaluate [--model PATH] [--twin PATH] [--count 200] [--seed 12345]
 
 Prints, per instruction family (ambiguous ones also per kind): (a) expressive-instruction accuracy,
-(b) edit success (train/mini/checks.py). Held-out scenes come from another seed than training's
-stream. ``--grid FILE.png`` also draws input / instruction / expressive / output / ground truth.
+(b) edit success (train/mini/checks.py), and the ceiling of (b): the success of the model's own VAE
+round trip of the ground truth, the best any sampler can do through that VAE. Held-out scenes come
+from another seed than training's stream. ``--grid FILE.png`` also draws input / instruction / expressive / output / ground truth.
 """
 
 from __future__ import annotations
@@ -66,6 +67,21 @@ def evaluate_twin(twin, edits: list[world.Edit], config: SampleConfig, seed: int
     return results
 
 
+@torch.no_grad()
+def evaluate_ceiling(vae, edits: list[world.Edit], batch: int = 50) -> list[Result]:
+    """The ground truth encoded and decoded by ``vae``: what a perfect denoiser would output."""
+    vae = vae.float()
+    results = []
+    for start in range(0, len(edits), batch):
+        chunk = edits[start : start + batch]
+        pairs = [world.images(e) for e in chunk]
+        x = pil_to_tensor([p[1] for p in pairs]) * 2 - 1
+        decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample / 2 + 0.5
+        for e, (before, target), image in zip(chunk, pairs, tensor_to_pil(decoded)):
+            results.append(Result(e, None, image, None, edit_ok(e, before, image, target).ok))
+    return results
+
+
 def table(results: list[Result]) -> dict[str, dict[str, float]]:
     groups: dict[str, list[Result]] = defaultdict(list)
     for r in results:
@@ -91,14 +107,16 @@ def _ambiguous_kind(edit: world.Edit) -> str:
     return "other"
 
 
-def format_table(rows: dict, twin_rows: dict | None = None) -> str:
+def format_table(rows: dict, twin_rows: dict | None = None, ceiling_rows: dict | None = None) -> str:
     head = "| family | n | expressive accuracy | edit success (MGIE-mini) |"
     head += " edit success (IP2P twin) |" if twin_rows else ""
+    head += " ceiling (VAE round trip) |" if ceiling_rows else ""
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, row in rows.items():
         cells = [name, str(row["n"]), f"{row['expressive_accuracy']:.0%}", f"{row['edit_success']:.0%}"]
-        if twin_rows:
-            cells.append(f"{twin_rows[name]['edit_success']:.0%}" if name in twin_rows else "-")
+        for other in (twin_rows, ceiling_rows):
+            if other:
+                cells.append(f"{other[name]['edit_success']:.0%}" if name in other else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -139,20 +157,22 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     edits = world.edits(args.seed, args.count)
     config = SampleConfig(num_inference_steps=args.steps)
-    results = evaluate_mgie(load_model(args.model), edits, config, args.seed)
-    rows = table(results)
+    model = load_model(args.model)
+    results = evaluate_mgie(model, edits, config, args.seed)
+    rows, ceiling_rows = table(results), table(evaluate_ceiling(model.vae, edits))
     twin_rows = None
     if args.twin:
         from .twin import load_twin
 
         twin_rows = table(evaluate_twin(load_twin(args.twin), edits, config, args.seed))
     print(f"held-out scenes: {args.count} (seed {args.seed}), sampler: {config.scheduler}, {args.steps} steps")
-    print(format_table(rows, twin_rows))
+    print(format_table(rows, twin_rows, ceiling_rows))
     if args.grid:
         print("grid:", draw_grid(results, Path(args.grid)))
     if args.json:
-        Path(args.json).write_text(json.dumps({"mgie_mini": rows, "ip2p_twin": twin_rows, "count": args.count,
-                                               "seed": args.seed, "steps": args.steps}, indent=2))
+        figures = {"mgie_mini": rows, "ip2p_twin": twin_rows, "vae_ceiling": ceiling_rows, "count": args.count,
+                   "seed": args.seed, "steps": args.steps}
+        Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 
 
