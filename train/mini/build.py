@@ -3,8 +3,7 @@
     python -m train.mini.build --out mgie_core/assets/mgie-mini.safetensors
 
 1. tokenizer: SentencePiece BPE on the world's vocabulary and the prompt template;
-2. VAE: a KL autoencoder (4x downsampling) on world pictures, half of them with a global effect
-   (the real MGIE reuses SD's pretrained VAE);
+2. VAE: a KL autoencoder (4x downsampling) on world pictures (the real MGIE reuses SD's pretrained VAE);
 3. a small LLaVA: the vision tower, projector and LLM on the instruction cross-entropy alone (the
    real MGIE starts from a trained LLaVA-7B, so its visual tokens mean something from step one);
 4. MGIE's objective end to end (train/objective.py: instruction CE + 0.5 x diffusion loss, reference
@@ -48,23 +47,9 @@ def edit_at(seed: int, index: int) -> world.Edit:
     return world.make_edit(rng, world.FAMILIES[index % len(world.FAMILIES)])
 
 
-def to_pixels(images: list) -> torch.Tensor:
-    arrays = [np.asarray(im, np.float32) / 127.5 - 1 for im in images]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (N, 3, 64, 64) in [-1, 1]
-
-
 def pictures(batch: list[world.Edit]) -> torch.Tensor:
-    """Input, target, input, target, ... of the edits, (2B, 3, 64, 64) in [-1, 1]."""
-    return to_pixels([im for e in batch for im in world.images(e)])
-
-
-def vae_pictures(seed: int, step: int, count: int) -> torch.Tensor:
-    """``count`` world pictures (inputs and targets of edits), half of them under a random global effect:
-    edit targets alone would show a dark or tinted picture only once in twenty."""
-    rng = random.Random(seed * 1_000_003 + step)
-    edits = [edit_at(seed, step * (count // 2) + i) for i in range(count // 2)]
-    images = [im for e in edits for im in world.images(e)]
-    return to_pixels([world.apply_effect(im, rng.choice(world.EFFECTS)) if rng.random() < 0.5 else im for im in images])
+    arrays = [np.asarray(im, np.float32) / 127.5 - 1 for e in batch for im in world.images(e)]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (2B, 3, 64, 64) in [-1, 1]
 
 
 def train_vae(model: MGIEModel, steps: int, batch_size: int, seed: int, log: Path) -> None:
@@ -72,7 +57,7 @@ def train_vae(model: MGIEModel, steps: int, batch_size: int, seed: int, log: Pat
     optimizer = torch.optim.AdamW(vae.parameters(), lr=3e-3, weight_decay=0.0)
     began = time.time()
     for step in range(steps):
-        x = vae_pictures(seed + 1, step, batch_size)
+        x = pictures([edit_at(seed + 1, step * batch_size + i) for i in range(batch_size // 2)])
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=torch.Generator().manual_seed(step))).sample
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()

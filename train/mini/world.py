@@ -34,7 +34,6 @@ SHAPES = ("circle", "square", "triangle")
 RADIUS = {"small": 5.0, "large": 9.5}
 SLOTS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 FAMILIES = ("recolour", "remove", "add", "global", "ambiguous")
-EFFECTS = ("brighter", "darker", "warmer", "cooler", "night", "sunset")  # apply_effect's global edits
 AMBIGUOUS = ("biggest", "smallest", "odd_one_out", "leftmost", "sunset")
 
 
