@@ -63,6 +63,15 @@ def test_recolour_changes_the_object_and_leaves_the_rest(pipe):
     assert hits >= 5
 
 
+def test_the_check_is_reachable_through_the_models_own_vae():
+    """The VAE round trip of the ground truth (a perfect denoiser's output) passes most local edits."""
+    from train.mini.evaluate import evaluate_ceiling
+
+    edits = [e for e in world.edits(HELD_OUT_SEED + 1, 40) if e.target is not None][:20]
+    results = evaluate_ceiling(load_model().vae, edits)
+    assert sum(r.edit_ok for r in results) >= 16
+
+
 def test_cli_uses_the_embedded_model_by_default(tmp_path):
     out = tmp_path / "edited.png"
     done = subprocess.run([sys.executable, "-m", "mgie_core", "edit", "--image", "examples/scene.png", "--instruction",

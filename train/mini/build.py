@@ -4,13 +4,11 @@
 
 1. tokenizer: SentencePiece BPE on the world's vocabulary and the prompt template;
 2. VAE: a KL autoencoder (4x downsampling) on world pictures (the real MGIE reuses SD's pretrained VAE);
-3. a small LLaVA: the vision tower, projector and LLM on the instruction cross-entropy alone (the
-   real MGIE starts from a trained LLaVA-7B, so its visual tokens mean something from step one);
-4. MGIE's objective end to end (train/objective.py: instruction CE + 0.5 x diffusion loss, reference
+3. MGIE's objective end to end (train/objective.py: instruction CE + 0.5 x diffusion loss, reference
    conditioning dropout) on freshly drawn edits, training the vision tower, projector, LLM, edit head
    and UNet together; the [IMG] embeddings the edit head adds are tied to the token table, as in
    Apple's training;
-5. the bundle, fp16.
+4. the bundle, fp16.
 
 Checkpoints go to ``--work`` every few hundred steps; ``--resume`` continues a killed run.
 """
@@ -32,7 +30,7 @@ from diffusers import AutoencoderKL, DDPMScheduler
 
 from mgie_core.bundle import save_bundle
 from mgie_core.model import MGIEModel
-from train.objective import Sample, collate, instruction_loss, mgie_loss
+from train.objective import Sample, collate, mgie_loss
 from train.state import load_checkpoint, save_checkpoint
 
 from . import world
@@ -81,41 +79,16 @@ def calibrate_scaling(vae: AutoencoderKL, seed: int, count: int = 256) -> float:
     return factor
 
 
-def joint_parameters(model: MGIEModel, parts: tuple[str, ...] = ("mllm", "edit_head", "unet")) -> dict[str, torch.nn.Parameter]:
+def joint_parameters(model: MGIEModel) -> dict[str, torch.nn.Parameter]:
     model.mllm.train_vision_tower = True
     named = {}
-    for part in parts:
+    for part in ("mllm", "edit_head", "unet"):
         for name, param in model.modules()[part].named_parameters():
             if part == "edit_head" and name == "emb":
                 continue  # tied to the [IMG] rows of the token table while training
             param.requires_grad_(True)
             named[f"{part}.{name}"] = param
     return named
-
-
-def training_batch(model: MGIEModel, seed: int, step: int, batch_size: int):
-    edits = [edit_at(seed, step * batch_size + i) for i in range(batch_size)]
-    return collate([Sample(*world.images(e), e.instruction, e.expressive) for e in edits], model, world.SIZE, world.SIZE)
-
-
-def train_llava(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: int, log: Path) -> None:
-    """Stage 3: vision tower, projector and LLM on the instruction cross-entropy only (no diffusion)."""
-    params = joint_parameters(model, ("mllm",))
-    optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.01)
-    warmup = min(200, steps // 10 + 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    model.mllm.train()
-    began = time.time()
-    for step in range(steps):
-        _, loss = instruction_loss(model, training_batch(model, seed + 3, step, batch_size))
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
-        optimizer.step()
-        schedule.step()
-        if (step + 1) % 25 == 0 or step + 1 == steps:
-            _log(log, {"phase": "llava", "step": step + 1, "loss_ins": loss.item(), "seconds": time.time() - began})
-    model.mllm.eval()
 
 
 def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: int, work: Path, log: Path,
@@ -133,7 +106,9 @@ def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: 
         module.train()
     began, seen = time.time(), 0
     for step in range(start, steps):
-        batch = training_batch(model, seed, step, batch_size)
+        edits = [edit_at(seed, step * batch_size + i) for i in range(batch_size)]
+        samples = [Sample(*world.images(e), e.instruction, e.expressive) for e in edits]
+        batch = collate(samples, model, world.SIZE, world.SIZE)
         # Mode target latents: this VAE's posterior spread (~0.25 of unit-variance latents, SD's is ~100x
         # smaller) would be noise the UNet cannot predict.
         losses = mgie_loss(model, batch, ddpm, torch.Generator().manual_seed(seed * 7 + step), tie_emb_to_rows=True,
@@ -216,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="mgie_core/assets/mgie-mini.safetensors")
     parser.add_argument("--work", default="runs/mgie-mini")
     parser.add_argument("--vae-steps", type=int, default=2000)
-    parser.add_argument("--llava-steps", type=int, default=800)
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -243,20 +217,9 @@ def main(argv: list[str] | None = None) -> int:
 
         save_aligned(model.vae.state_dict(), vae_file)
     logger.info("VAE scaling factor %.4f", calibrate_scaling(model.vae, args.seed))
-    llava_file = work / "llava.safetensors"
-    if args.resume and llava_file.is_file():
-        from mgie_core.weights import read_state_dict
-
-        model.mllm.load_state_dict(read_state_dict(llava_file))
-    else:
-        train_llava(model, args.llava_steps, args.batch_size, args.lr, args.seed, log)
-        from mgie_core.aligned import save_aligned
-
-        save_aligned(model.mllm.state_dict(), llava_file)
     train_joint(model, args.steps, args.batch_size, args.lr, args.seed, work, log, args.resume)
     minutes = (time.time() - began) / 60
     model.info["extra"] = {"trained_by": "python -m train.mini.build", "steps": args.steps, "vae_steps": args.vae_steps,
-                           "llava_steps": args.llava_steps,
                            "batch_size": args.batch_size, "seed": args.seed, "minutes": round(minutes, 1),
                            "world": "train/mini/world.py"}
     out = save_bundle(model, args.out, dtype="fp16")

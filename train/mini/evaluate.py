@@ -39,13 +39,17 @@ class Result:
     edit_ok: bool
 
 
-def evaluate_mgie(model, edits: list[world.Edit], config: SampleConfig, seed: int, batch: int = 25) -> list[Result]:
+def evaluate_mgie(model, edits: list[world.Edit], config: SampleConfig, seed: int, batch: int = 25,
+                  given_expressive: bool = False) -> list[Result]:
+    """Derive and edit; ``given_expressive`` teacher-forces the true expressive instruction instead (the
+    [IMG] tokens still come from the model): what the diffusion side does when the MLLM reads right."""
     pipe = MGIEPipeline(model, "cpu", "fp32")
     results = []
     for start in range(0, len(edits), batch):
         chunk = edits[start : start + batch]
         pairs = [world.images(e) for e in chunk]
-        derived = pipe.derive([p[0] for p in pairs], [e.instruction for e in chunk], DeriveConfig(max_new_tokens=48))
+        given = [e.expressive for e in chunk] if given_expressive else None
+        derived = pipe.derive([p[0] for p in pairs], [e.instruction for e in chunk], DeriveConfig(max_new_tokens=48), given)
         out = pipe.sample([p[0] for p in pairs], pipe.imagine(derived), config, seed=seed)
         for e, (before, target), text, image in zip(chunk, pairs, derived.expressive_instructions, tensor_to_pil(out.images)):
             results.append(Result(e, text, image, expressive_ok(e, text), edit_ok(e, before, image, target).ok))
@@ -107,16 +111,21 @@ def _ambiguous_kind(edit: world.Edit) -> str:
     return "other"
 
 
-def format_table(rows: dict, twin_rows: dict | None = None, ceiling_rows: dict | None = None) -> str:
+COLUMNS = {"given_expressive": "MGIE-mini, true expressive given", "ip2p_twin": "IP2P twin",
+           "vae_ceiling": "ceiling (VAE round trip)"}
+
+
+def format_table(rows: dict, others: dict[str, dict | None]) -> str:
+    """Markdown: expressive accuracy and edit success per family, then the other edit-success columns."""
+    others = {name: other for name, other in others.items() if other}
     head = "| family | n | expressive accuracy | edit success (MGIE-mini) |"
-    head += " edit success (IP2P twin) |" if twin_rows else ""
-    head += " ceiling (VAE round trip) |" if ceiling_rows else ""
+    head += "".join(f" edit success ({COLUMNS[name]}) |" if name != "vae_ceiling" else f" {COLUMNS[name]} |"
+                    for name in others)
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, row in rows.items():
         cells = [name, str(row["n"]), f"{row['expressive_accuracy']:.0%}", f"{row['edit_success']:.0%}"]
-        for other in (twin_rows, ceiling_rows):
-            if other:
-                cells.append(f"{other[name]['edit_success']:.0%}" if name in other else "-")
+        for other in others.values():
+            cells.append(f"{other[name]['edit_success']:.0%}" if name in other else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -147,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="an MGIE model (default: the embedded mgie-mini)")
     parser.add_argument("--twin", help="an InstructPix2Pix twin made by train.mini.twin, to compare")
+    parser.add_argument("--given-expressive", action="store_true",
+                        help="also edit with the true expressive instruction teacher-forced (MLLM perception factored out)")
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     parser.add_argument("--steps", type=int, default=SampleConfig.num_inference_steps)
@@ -159,19 +170,21 @@ def main(argv: list[str] | None = None) -> int:
     config = SampleConfig(num_inference_steps=args.steps)
     model = load_model(args.model)
     results = evaluate_mgie(model, edits, config, args.seed)
-    rows, ceiling_rows = table(results), table(evaluate_ceiling(model.vae, edits))
-    twin_rows = None
+    rows = table(results)
+    others = dict.fromkeys(COLUMNS)
+    if args.given_expressive:
+        others["given_expressive"] = table(evaluate_mgie(model, edits, config, args.seed, given_expressive=True))
     if args.twin:
         from .twin import load_twin
 
-        twin_rows = table(evaluate_twin(load_twin(args.twin), edits, config, args.seed))
+        others["ip2p_twin"] = table(evaluate_twin(load_twin(args.twin), edits, config, args.seed))
+    others["vae_ceiling"] = table(evaluate_ceiling(model.vae, edits))
     print(f"held-out scenes: {args.count} (seed {args.seed}), sampler: {config.scheduler}, {args.steps} steps")
-    print(format_table(rows, twin_rows, ceiling_rows))
+    print(format_table(rows, others))
     if args.grid:
         print("grid:", draw_grid(results, Path(args.grid)))
     if args.json:
-        figures = {"mgie_mini": rows, "ip2p_twin": twin_rows, "vae_ceiling": ceiling_rows, "count": args.count,
-                   "seed": args.seed, "steps": args.steps}
+        figures = {"mgie_mini": rows, **others, "count": args.count, "seed": args.seed, "steps": args.steps}
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 
