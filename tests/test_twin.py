@@ -24,3 +24,16 @@ def test_twin_trains_and_round_trips(tmp_path):
     torch.testing.assert_close(loaded.encode(texts), twin.encode(texts), rtol=0, atol=0)
     for (name, a), b in zip(twin.unet.state_dict().items(), loaded.unet.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_expi_twin_trains_on_expressive_words_and_keeps_that_on_load(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    twin = Twin(train_tokenizer(), AutoencoderKL(**VAE), text="expressive")
+    seen = []
+    encode = twin.encode
+    monkeypatch.setattr(twin, "encode", lambda texts: seen.extend(texts) or encode(texts))
+    train_twin(twin, steps=1, batch_size=2, lr=1e-3, seed=0, log=tmp_path / "log.jsonl")
+    from train.mini.build import edit_at
+
+    assert [edit_at(0, i).expressive for i in range(2)] == [t for t in seen if t]
+    assert load_twin(save_twin(twin, tmp_path / "expi.safetensors")).text == "expressive"

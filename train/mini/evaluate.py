@@ -26,6 +26,7 @@ from mgie_core.imagine import Imagination
 
 from . import world
 from .checks import edit_ok, expressive_ok
+from .twin import load_twin
 
 HELD_OUT_SEED = 12345
 
@@ -56,13 +57,16 @@ def evaluate_mgie(model, edits: list[world.Edit], config: SampleConfig, seed: in
     return results
 
 
-def evaluate_twin(twin, edits: list[world.Edit], config: SampleConfig, seed: int, batch: int = 25) -> list[Result]:
+def evaluate_twin(twin, edits: list[world.Edit], config: SampleConfig, seed: int, texts: list[str] | None = None,
+                  batch: int = 25) -> list[Result]:
+    """Edit with a twin, conditioned on the brief instructions or on ``texts`` (derived expressive ones)."""
+    texts = texts or [e.instruction for e in edits]
     results = []
     for start in range(0, len(edits), batch):
-        chunk = edits[start : start + batch]
+        chunk, words = edits[start : start + batch], texts[start : start + batch]
         pairs = [world.images(e) for e in chunk]
         with torch.no_grad():
-            cond = twin.encode([e.instruction for e in chunk])
+            cond = twin.encode(words)
             null = twin.encode([""] * len(chunk))
         out = sample(twin.unet, twin.vae, twin.scheduler_config, pil_to_tensor([p[0] for p in pairs]),
                      Imagination(cond, null), config, make_generator(seed))
@@ -112,7 +116,7 @@ def _ambiguous_kind(edit: world.Edit) -> str:
 
 
 COLUMNS = {"given_expressive": "MGIE-mini, true expressive given", "ip2p_twin": "IP2P twin",
-           "vae_ceiling": "ceiling (VAE round trip)"}
+           "expi_twin": "ExpI twin, on MGIE-mini's words", "vae_ceiling": "ceiling (VAE round trip)"}
 
 
 def format_table(rows: dict, others: dict[str, dict | None]) -> str:
@@ -156,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="an MGIE model (default: the embedded mgie-mini)")
     parser.add_argument("--twin", help="an InstructPix2Pix twin made by train.mini.twin, to compare")
+    parser.add_argument("--expi-twin", help="a twin trained with --text expressive; it edits with MGIE-mini's derived words")
     parser.add_argument("--given-expressive", action="store_true",
                         help="also edit with the true expressive instruction teacher-forced (MLLM perception factored out)")
     parser.add_argument("--count", type=int, default=200)
@@ -175,9 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.given_expressive:
         others["given_expressive"] = table(evaluate_mgie(model, edits, config, args.seed, given_expressive=True))
     if args.twin:
-        from .twin import load_twin
-
         others["ip2p_twin"] = table(evaluate_twin(load_twin(args.twin), edits, config, args.seed))
+    if args.expi_twin:
+        derived = [r.expressive for r in results]
+        others["expi_twin"] = table(evaluate_twin(load_twin(args.expi_twin), edits, config, args.seed, derived))
     others["vae_ceiling"] = table(evaluate_ceiling(model.vae, edits))
     print(f"held-out scenes: {args.count} (seed {args.seed}), sampler: {config.scheduler}, {args.steps} steps")
     print(format_table(rows, others))

@@ -1,6 +1,8 @@
 """The InstructPix2Pix twin of mgie-mini: the same UNet and VAE, conditioned on a small text encoder
 of the *brief* instruction, no MLLM. Trained on the same edit stream with the same steps and batch,
-it is the paper's baseline in miniature.
+it is the paper's baseline in miniature. ``--text expressive`` trains it on the expressive
+instructions instead (the paper's "ExpI" ablation: the MLLM's words, fed to a text encoder, no
+visual tokens); at test time it reads what MGIE-mini derives.
 
     python -m train.mini.twin --vae runs/mini/vae.safetensors --out runs/ip2p-twin.safetensors
 """
@@ -30,13 +32,13 @@ from .build import calibrate_scaling, edit_at, pictures
 from .model import UNET, VAE, scheduler_config, train_tokenizer
 
 logger = logging.getLogger("mgie.twin")
-TEXT_LENGTH = 16
+TEXT_LENGTH = 24  # tokens; the world's longest instruction is 18 (with <s>)
 
 
 class Twin(nn.Module):
-    def __init__(self, tokenizer: LegacyLlamaTokenizer, vae: AutoencoderKL):
+    def __init__(self, tokenizer: LegacyLlamaTokenizer, vae: AutoencoderKL, text: str = "instruction"):
         super().__init__()
-        self.tokenizer, self.scheduler_config = tokenizer, scheduler_config()
+        self.tokenizer, self.scheduler_config, self.text = tokenizer, scheduler_config(), text
         self.text_config = CLIPTextConfig(vocab_size=tokenizer.vocab_size, hidden_size=UNET["cross_attention_dim"],
                                           intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                                           max_position_embeddings=TEXT_LENGTH, bos_token_id=1, eos_token_id=2,
@@ -46,8 +48,8 @@ class Twin(nn.Module):
         self.vae = vae
 
     def encode(self, texts: list[str]) -> torch.Tensor:
-        """(B, 16, D) conditioning of brief instructions ("" gives the null conditioning)."""
-        ids = [self.tokenizer.encode(t)[:TEXT_LENGTH] for t in texts]
+        """(B, TEXT_LENGTH, D) conditioning of instructions ("" gives the null conditioning)."""
+        ids = [self.tokenizer.encode(t)[:TEXT_LENGTH] for t in texts]  # cuts only a derived text gone astray
         ids = torch.tensor([row + [0] * (TEXT_LENGTH - len(row)) for row in ids])
         return self.text_encoder(input_ids=ids).last_hidden_state
 
@@ -71,7 +73,8 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
         noise = torch.randn(target.shape, generator=generator)
         t = torch.randint(0, ddpm.config.num_train_timesteps, (batch_size,), generator=generator)
         drop_text, keep_image = dropout_masks(batch_size, 0.05, generator)
-        cond = torch.where(drop_text[:, None, None], twin.encode([""] * batch_size), twin.encode([e.instruction for e in edits]))
+        texts = [getattr(e, twin.text) for e in edits]
+        cond = torch.where(drop_text[:, None, None], twin.encode([""] * batch_size), twin.encode(texts))
         source = source * keep_image[:, None, None, None].float()
         pred = twin.unet(torch.cat([ddpm.add_noise(target, noise, t), source], dim=1), t, cond).sample
         loss = F.mse_loss(pred, diffusion_goal(ddpm, target, noise, t))  # the same target rule as mgie-mini
@@ -94,7 +97,7 @@ def save_twin(twin: Twin, path: Path) -> Path:
     tensors.update({f"vae.{k}": v for k, v in twin.vae.state_dict().items()})
     tensors["tokenizer.sp_model"] = torch.frombuffer(bytearray(twin.tokenizer.sp_model_proto), dtype=torch.uint8)
     meta = {"format": "mgie-mini-ip2p-twin", "added_tokens": json.dumps(twin.tokenizer.added_tokens),
-            "scaling_factor": str(twin.vae.config.scaling_factor)}
+            "scaling_factor": str(twin.vae.config.scaling_factor), "text": twin.text}
     return save_aligned({k: v.contiguous() for k, v in tensors.items()}, path, meta)
 
 
@@ -103,7 +106,7 @@ def load_twin(path: str | Path) -> Twin:
         meta = handle.metadata()
     state = read_state_dict(path)
     tokenizer = LegacyLlamaTokenizer(state.pop("tokenizer.sp_model").numpy().tobytes(), json.loads(meta["added_tokens"]))
-    twin = Twin(tokenizer, AutoencoderKL(**VAE))
+    twin = Twin(tokenizer, AutoencoderKL(**VAE), meta.get("text", "instruction"))
     twin.load_state_dict(state)
     twin.vae.register_to_config(scaling_factor=float(meta["scaling_factor"]))
     return twin.eval().requires_grad_(False)
@@ -117,13 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text", choices=("instruction", "expressive"), default="instruction",
+                        help="condition on the brief instruction (InstructPix2Pix) or the expressive one (ExpI)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[ip2p-twin] %(message)s")
     torch.manual_seed(args.seed)
     vae = AutoencoderKL(**VAE)
     vae.load_state_dict(read_state_dict(args.vae))
     calibrate_scaling(vae, args.seed)
-    twin = Twin(train_tokenizer(), vae)
+    twin = Twin(train_tokenizer(), vae, args.text)
     began = time.time()
     out = Path(args.out)
     train_twin(twin, args.steps, args.batch_size, args.lr, args.seed, out.with_suffix(".log.jsonl"))
