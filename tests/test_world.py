@@ -112,3 +112,15 @@ def test_written_dataset_is_read_by_the_training_loader(tmp_path):
     first = world.edits(3, 10)[0]
     assert report.triplets[0].instruction == first.instruction and report.triplets[0].expressive == first.expressive
     assert (_array(Image.open(report.triplets[0].target)) == _array(world.images(first)[1])).all()
+
+
+def test_readme_table_is_the_one_in_bench_mini_eval_json():
+    """The README's mgie-mini figures are exactly those evaluate wrote to bench/mini-eval.json."""
+    import json
+    from pathlib import Path
+
+    from train.mini.evaluate import COLUMNS, format_table
+
+    root = Path(__file__).resolve().parents[1]
+    figures = json.loads((root / "bench" / "mini-eval.json").read_text())
+    assert format_table(figures["mgie_mini"], {k: figures.get(k) for k in COLUMNS}) in (root / "README.md").read_text()

@@ -4,8 +4,8 @@
   (new colour, removal, addition and its place, or the global effect), in that order;
 * edit (pixel level): the intended region has the intended colour (or the picture moved the
   intended way: brighter, warmer...), the rest barely changed (on average, and every other object
-  kept its colour), and the result is much closer to the
-  ground truth than the unedited input (L1 below half of doing nothing). For a local edit that L1
+  kept its colour), and the result is much closer to the ground truth than the unedited input (L1
+  below half of doing nothing). For a local edit that L1
   is taken over the edited object and 3 px around it (outside, "the rest" applies): over the whole
   picture a small object's edit moves L1 by only 1.5-3.5 /255, less than any latent editor's VAE
   round trip costs (mgie-mini's: 3-4 /255), so even the VAE round trip of the ground truth failed it.

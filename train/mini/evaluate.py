@@ -115,16 +115,16 @@ def _ambiguous_kind(edit: world.Edit) -> str:
     return "other"
 
 
-COLUMNS = {"given_expressive": "MGIE-mini, true expressive given", "ip2p_twin": "IP2P twin",
-           "expi_twin": "ExpI twin, on MGIE-mini's words", "vae_ceiling": "ceiling (VAE round trip)"}
+COLUMNS = {"given_expressive": "edit success (MGIE-mini, true expressive given)",
+           "ip2p_twin": "edit success (IP2P twin)", "expi_twin": "edit success (ExpI twin, on MGIE-mini's words)",
+           "vae_ceiling": "ceiling (VAE round trip)"}
 
 
 def format_table(rows: dict, others: dict[str, dict | None]) -> str:
     """Markdown: expressive accuracy and edit success per family, then the other edit-success columns."""
     others = {name: other for name, other in others.items() if other}
     head = "| family | n | expressive accuracy | edit success (MGIE-mini) |"
-    head += "".join(f" edit success ({COLUMNS[name]}) |" if name != "vae_ceiling" else f" {COLUMNS[name]} |"
-                    for name in others)
+    head += "".join(f" {COLUMNS[name]} |" for name in others)
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, row in rows.items():
         cells = [name, str(row["n"]), f"{row['expressive_accuracy']:.0%}", f"{row['edit_success']:.0%}"]
