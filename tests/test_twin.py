@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKL
 
+from train.mini.build import edit_at
 from train.mini.model import VAE, train_tokenizer
 from train.mini.twin import Twin, load_twin, save_twin, train_twin
 
@@ -33,7 +34,5 @@ def test_expi_twin_trains_on_expressive_words_and_keeps_that_on_load(tmp_path, m
     encode = twin.encode
     monkeypatch.setattr(twin, "encode", lambda texts: seen.extend(texts) or encode(texts))
     train_twin(twin, steps=1, batch_size=2, lr=1e-3, seed=0, log=tmp_path / "log.jsonl")
-    from train.mini.build import edit_at
-
     assert [edit_at(0, i).expressive for i in range(2)] == [t for t in seen if t]
     assert load_twin(save_twin(twin, tmp_path / "expi.safetensors")).text == "expressive"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from PIL import Image
 from train.data import read_triplets
 from train.mini import world
 from train.mini.checks import edit_ok, expressive_ok
+from train.mini.evaluate import COLUMNS, format_table
 
 EDITS = world.edits(7, 60)  # every family, twelve each
 
@@ -116,11 +119,6 @@ def test_written_dataset_is_read_by_the_training_loader(tmp_path):
 
 def test_readme_table_is_the_one_in_bench_mini_eval_json():
     """The README's mgie-mini figures are exactly those evaluate wrote to bench/mini-eval.json."""
-    import json
-    from pathlib import Path
-
-    from train.mini.evaluate import COLUMNS, format_table
-
     root = Path(__file__).resolve().parents[1]
     figures = json.loads((root / "bench" / "mini-eval.json").read_text())
     assert format_table(figures["mgie_mini"], {k: figures.get(k) for k in COLUMNS}) in (root / "README.md").read_text()
