@@ -4,11 +4,13 @@
 
 1. tokenizer: SentencePiece BPE on the world's vocabulary and the prompt template;
 2. VAE: a KL autoencoder (4x downsampling) on world pictures (the real MGIE reuses SD's pretrained VAE);
-3. MGIE's objective end to end (train/objective.py: instruction CE + 0.5 x diffusion loss, reference
+3. InstructPix2Pix: the UNet learns to edit from a small text encoder of the brief instruction (the real
+   MGIE starts from InstructPix2Pix's UNet); the text encoder is then dropped;
+4. MGIE's objective end to end (train/objective.py: instruction CE + 0.5 x diffusion loss, reference
    conditioning dropout) on freshly drawn edits, training the vision tower, projector, LLM, edit head
    and UNet together; the [IMG] embeddings the edit head adds are tied to the token table, as in
    Apple's training;
-4. the bundle, fp16.
+5. the bundle, fp16.
 
 Checkpoints go to ``--work`` every few hundred steps; ``--resume`` continues a killed run.
 """
@@ -28,8 +30,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 
+from mgie_core.aligned import save_aligned
 from mgie_core.bundle import save_bundle
 from mgie_core.model import MGIEModel
+from mgie_core.weights import read_state_dict
 from train.objective import Sample, collate, mgie_loss
 from train.state import load_checkpoint, save_checkpoint
 
@@ -77,6 +81,14 @@ def calibrate_scaling(vae: AutoencoderKL, seed: int, count: int = 256) -> float:
     factor = 1.0 / vae.encode(x).latent_dist.mode().std().item()
     vae.register_to_config(scaling_factor=factor)
     return factor
+
+
+def train_ip2p(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: int, log: Path) -> None:
+    """Pretrain ``model.unet`` as InstructPix2Pix (brief instruction -> edit) on its own stretch of the stream."""
+    from .twin import Twin, train_twin  # twin.py builds on this module
+
+    twin = Twin(model.tokenizer, model.vae, unet=model.unet)
+    train_twin(twin, steps, batch_size, lr, seed + 3, log, phase="ip2p")
 
 
 def joint_parameters(model: MGIEModel) -> dict[str, torch.nn.Parameter]:
@@ -162,8 +174,6 @@ def tie_emb(model: MGIEModel) -> None:
 
 def model_from_work(work: Path, seed: int = 0) -> MGIEModel:
     """The model of the newest checkpoint in a build's work folder (to look at a run in progress)."""
-    from mgie_core.weights import read_state_dict
-
     model = build_mini(seed)
     model.vae.load_state_dict(read_state_dict(work / "vae.safetensors"))
     calibrate_scaling(model.vae, seed)
@@ -191,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="mgie_core/assets/mgie-mini.safetensors")
     parser.add_argument("--work", default="runs/mgie-mini")
     parser.add_argument("--vae-steps", type=int, default=2000)
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--ip2p-steps", type=int, default=2000, help="InstructPix2Pix steps of the UNet first")
+    parser.add_argument("--steps", type=int, default=3200, help="steps of MGIE's joint objective")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
@@ -207,19 +218,22 @@ def main(argv: list[str] | None = None) -> int:
     model = build_mini(args.seed)
     vae_file = work / "vae.safetensors"
     if args.resume and vae_file.is_file():
-        from mgie_core.weights import read_state_dict
-
         model.vae.load_state_dict(read_state_dict(vae_file))
         model.vae.eval().requires_grad_(False)
     else:
         train_vae(model, args.vae_steps, 32, args.seed, log)  # 16 edits: 32 pictures
-        from mgie_core.aligned import save_aligned
-
         save_aligned(model.vae.state_dict(), vae_file)
     logger.info("VAE scaling factor %.4f", calibrate_scaling(model.vae, args.seed))
+    ip2p_file = work / "ip2p-unet.safetensors"
+    if args.resume and ip2p_file.is_file():
+        model.unet.load_state_dict(read_state_dict(ip2p_file))
+    elif args.ip2p_steps:
+        train_ip2p(model, args.ip2p_steps, args.batch_size, args.lr, args.seed, log)
+        save_aligned(model.unet.state_dict(), ip2p_file)
     train_joint(model, args.steps, args.batch_size, args.lr, args.seed, work, log, args.resume)
     minutes = (time.time() - began) / 60
     model.info["extra"] = {"trained_by": "python -m train.mini.build", "steps": args.steps, "vae_steps": args.vae_steps,
+                           "ip2p_steps": args.ip2p_steps,
                            "batch_size": args.batch_size, "seed": args.seed, "minutes": round(minutes, 1),
                            "world": "train/mini/world.py"}
     out = save_bundle(model, args.out, dtype="fp16")

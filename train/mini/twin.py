@@ -36,7 +36,8 @@ TEXT_LENGTH = 24  # tokens; the world's longest instruction is 18 (with <s>)
 
 
 class Twin(nn.Module):
-    def __init__(self, tokenizer: LegacyLlamaTokenizer, vae: AutoencoderKL, text: str = "instruction"):
+    def __init__(self, tokenizer: LegacyLlamaTokenizer, vae: AutoencoderKL, text: str = "instruction",
+                 unet: UNet2DConditionModel | None = None):
         super().__init__()
         self.tokenizer, self.scheduler_config, self.text = tokenizer, scheduler_config(), text
         self.text_config = CLIPTextConfig(vocab_size=tokenizer.vocab_size, hidden_size=UNET["cross_attention_dim"],
@@ -44,7 +45,7 @@ class Twin(nn.Module):
                                           max_position_embeddings=TEXT_LENGTH, bos_token_id=1, eos_token_id=2,
                                           pad_token_id=0)
         self.text_encoder = CLIPTextModel(self.text_config)
-        self.unet = UNet2DConditionModel(**UNET)
+        self.unet = unet if unet is not None else UNet2DConditionModel(**UNET)
         self.vae = vae
 
     def encode(self, texts: list[str]) -> torch.Tensor:
@@ -54,7 +55,7 @@ class Twin(nn.Module):
         return self.text_encoder(input_ids=ids).last_hidden_state
 
 
-def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, log: Path) -> None:
+def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, log: Path, phase: str = "twin") -> None:
     params = list(twin.text_encoder.parameters()) + list(twin.unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warmup = min(200, steps // 10 + 1)
@@ -84,7 +85,7 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
         optimizer.step()
         schedule.step()
         if (step + 1) % 25 == 0 or step + 1 == steps:
-            row = {"phase": "twin", "step": step + 1, "loss_edit": loss.item(), "steps_per_s": (step + 1) / (time.time() - began)}
+            row = {"phase": phase, "step": step + 1, "loss_edit": loss.item(), "steps_per_s": (step + 1) / (time.time() - began)}
             logger.info(" ".join(f"{k}={v}" for k, v in row.items()))
             with open(log, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vae", required=True, help="the trained mgie-mini VAE (runs/.../vae.safetensors)")
     parser.add_argument("--out", default="runs/ip2p-twin.safetensors")
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=5200,
+                        help="default: mgie-mini's UNet steps (its InstructPix2Pix stage plus its joint stage)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
