@@ -1,12 +1,15 @@
-"""The IP2P twin of mgie-mini: it trains on the same target rule as mgie-mini and survives a save/load."""
+"""The IP2P twin of mgie-mini: it trains on the same target rule as mgie-mini and survives a save/load;
+the same training is mgie-mini's InstructPix2Pix stage."""
 
 from __future__ import annotations
+
+import json
 
 import torch
 from diffusers import AutoencoderKL
 
-from train.mini.build import edit_at
-from train.mini.model import VAE, train_tokenizer
+from train.mini.build import edit_at, train_ip2p
+from train.mini.model import VAE, build_mini, train_tokenizer
 from train.mini.twin import Twin, load_twin, save_twin, train_twin
 
 
@@ -36,3 +39,17 @@ def test_expi_twin_trains_on_expressive_words_and_keeps_that_on_load(tmp_path, m
     train_twin(twin, steps=1, batch_size=2, lr=1e-3, seed=0, log=tmp_path / "log.jsonl")
     assert [edit_at(0, i).expressive for i in range(2)] == [t for t in seen if t]
     assert load_twin(save_twin(twin, tmp_path / "expi.safetensors")).text == "expressive"
+
+
+def test_ip2p_stage_trains_mgie_minis_own_unet_on_brief_instructions(tmp_path, monkeypatch):
+    model = build_mini()
+    seen = []
+    encode = Twin.encode
+    monkeypatch.setattr(Twin, "encode", lambda self, texts: seen.extend(texts) or encode(self, texts))
+    before = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    log = tmp_path / "log.jsonl"
+    train_ip2p(model, steps=1, batch_size=2, lr=1e-3, seed=0, log=log)
+    assert any(not torch.equal(before[k], v) for k, v in model.unet.state_dict().items())
+    # its own stretch of the stream (the joint stage starts at edit_at(0, 0)), brief instructions
+    assert [t for t in seen if t] == [edit_at(3, i).instruction for i in range(2)]
+    assert json.loads(log.read_text())["phase"] == "ip2p"
