@@ -11,7 +11,7 @@ import pytest
 
 from mgie_core import DeriveConfig, MGIEPipeline, SampleConfig, default_model_path, load_model
 from train.mini import world
-from train.mini.checks import edit_ok, expressive_ok, luminance
+from train.mini.checks import REST_TOLERANCE, edit_ok, expressive_ok, grow, luminance
 from train.mini.evaluate import HELD_OUT_SEED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,17 +49,19 @@ def test_make_it_brighter_raises_mean_luminance(pipe):
     assert luminance(np.asarray(out, float)) > luminance(np.asarray(before, float)) + 15
 
 
-def test_recolour_changes_the_object_and_leaves_the_rest(pipe):
-    """The object's colour moves away from the original; the rest of the picture stays."""
-    edits = held_out("recolour", 10)
+def test_recolour_gives_the_object_its_new_colour_and_leaves_the_background(pipe):
+    """The object's mean colour is within the check's tolerance of the asked-for one, and the background
+    (3 px away from every object) changed by less than the check's rest tolerance. mgie-mini v2, which
+    learned no recolour, managed 2 of 20; the shipped model 7."""
+    edits = held_out("recolour", 20)
     results = pipe([world.images(e)[0] for e in edits], [e.instruction for e in edits], DeriveConfig(max_new_tokens=48),
                    SAMPLE, seed=2)
     hits = 0
     for e, out in zip(edits, results.images):
         before, target = world.images(e)
-        region = np.asarray(out, float)[world.mask(e.target)].mean(0)
-        changed = np.linalg.norm(region - np.array(world.COLOURS[e.target.colour])) > 60
-        hits += bool(changed and edit_ok(e, before, out, target).rest)
+        objects = np.any([grow(world.mask(o), 3) for o in e.before.objects], axis=0)
+        background = np.abs(np.asarray(out, float) - np.asarray(before, float))[~objects].mean()
+        hits += bool(edit_ok(e, before, out, target).region and background < REST_TOLERANCE)
     assert hits >= 5
 
 
