@@ -56,10 +56,11 @@ def pictures(batch: list[world.Edit]) -> torch.Tensor:
 
 def train_vae(model: MGIEModel, steps: int, batch_size: int, seed: int, log: Path) -> None:
     vae = model.vae.train()
+    device = vae.device
     optimizer = torch.optim.AdamW(vae.parameters(), lr=3e-3, weight_decay=0.0)
     began = time.time()
     for step in range(steps):
-        x = pictures([edit_at(seed + 1, step * batch_size + i) for i in range(batch_size // 2)])
+        x = pictures([edit_at(seed + 1, step * batch_size + i) for i in range(batch_size // 2)]).to(device)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=torch.Generator().manual_seed(step))).sample
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
@@ -77,7 +78,7 @@ def train_vae(model: MGIEModel, steps: int, batch_size: int, seed: int, log: Pat
 @torch.no_grad()
 def calibrate_scaling(vae: AutoencoderKL, seed: int, count: int = 256) -> float:
     """Set the VAE's ``scaling_factor`` so diffusion latents have unit variance, as SD's 0.18215 does for its VAE."""
-    x = pictures([edit_at(seed + 2, i) for i in range(count // 2)])
+    x = pictures([edit_at(seed + 2, i) for i in range(count // 2)]).to(vae.device)
     factor = 1.0 / vae.encode(x).latent_dist.mode().std().item()
     vae.register_to_config(scaling_factor=factor)
     return factor
@@ -87,7 +88,7 @@ def train_ip2p(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: i
     """Pretrain ``model.unet`` as InstructPix2Pix (brief instruction -> edit) on its own stretch of the stream."""
     from .twin import Twin, train_twin  # twin.py builds on this module
 
-    twin = Twin(model.tokenizer, model.vae, unet=model.unet)
+    twin = Twin(model.tokenizer, model.vae, unet=model.unet).to(model.unet.device)
     train_twin(twin, steps, batch_size, lr, seed + 3, log, phase="ip2p")
 
 
@@ -120,7 +121,7 @@ def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: 
     for step in range(start, steps):
         edits = [edit_at(seed, step * batch_size + i) for i in range(batch_size)]
         samples = [Sample(*world.images(e), e.instruction, e.expressive) for e in edits]
-        batch = collate(samples, model, world.SIZE, world.SIZE)
+        batch = collate(samples, model, world.SIZE, world.SIZE).to(model.mllm.device)
         # Mode target latents: this VAE's posterior spread (~0.25 of unit-variance latents, SD's is ~100x
         # smaller) would be noise the UNet cannot predict.
         losses = mgie_loss(model, batch, ddpm, torch.Generator().manual_seed(seed * 7 + step), tie_emb_to_rows=True,
@@ -207,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (the shipped model's recipe) or cuda; every random draw stays on the CPU either way")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[mgie-mini] %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     log = work / "log.jsonl"
     began = time.time()
 
-    model = build_mini(args.seed)
+    model = build_mini(args.seed).to(args.device)
     vae_file = work / "vae.safetensors"
     if args.resume and vae_file.is_file():
         model.vae.load_state_dict(read_state_dict(vae_file))
@@ -233,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     train_joint(model, args.steps, args.batch_size, args.lr, args.seed, work, log, args.resume)
     minutes = (time.time() - began) / 60
     model.info["extra"] = {"trained_by": "python -m train.mini.build", "steps": args.steps, "vae_steps": args.vae_steps,
-                           "ip2p_steps": args.ip2p_steps,
-                           "batch_size": args.batch_size, "seed": args.seed, "minutes": round(minutes, 1),
+                           "ip2p_steps": args.ip2p_steps, "batch_size": args.batch_size, "seed": args.seed,
+                           "minutes": round(minutes, 1), "device": args.device,
                            "world": "train/mini/world.py"}
     out = save_bundle(model, args.out, dtype="fp16")
     logger.info("wrote %s (%.1f MB) after %.1f minutes", out, out.stat().st_size / 1e6, minutes)

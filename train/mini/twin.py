@@ -51,7 +51,7 @@ class Twin(nn.Module):
     def encode(self, texts: list[str]) -> torch.Tensor:
         """(B, TEXT_LENGTH, D) conditioning of instructions ("" gives the null conditioning)."""
         ids = [self.tokenizer.encode(t)[:TEXT_LENGTH] for t in texts]  # cuts only a derived text gone astray
-        ids = torch.tensor([row + [0] * (TEXT_LENGTH - len(row)) for row in ids])
+        ids = torch.tensor([row + [0] * (TEXT_LENGTH - len(row)) for row in ids], device=self.text_encoder.device)
         return self.text_encoder(input_ids=ids).last_hidden_state
 
 
@@ -62,18 +62,19 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
     ddpm = DDPMScheduler.from_config(twin.scheduler_config)
+    device = twin.unet.device  # random draws stay on the CPU: the same stream on any device
     twin.text_encoder.train(), twin.unet.train(), twin.vae.eval().requires_grad_(False)
     began = time.time()
     for step in range(steps):
         edits = [edit_at(seed, step * batch_size + i) for i in range(batch_size)]
-        pixels = pictures(edits)  # (2B, 3, 64, 64): input, target, input, target, ...
+        pixels = pictures(edits).to(device)  # (2B, 3, 64, 64): input, target, input, target, ...
         generator = torch.Generator().manual_seed(seed * 7 + step)
         with torch.no_grad():
             source = twin.vae.encode(pixels[0::2]).latent_dist.mode()
             target = twin.vae.encode(pixels[1::2]).latent_dist.mode() * twin.vae.config.scaling_factor  # as mgie-mini
-        noise = torch.randn(target.shape, generator=generator)
-        t = torch.randint(0, ddpm.config.num_train_timesteps, (batch_size,), generator=generator)
-        drop_text, keep_image = dropout_masks(batch_size, 0.05, generator)
+        noise = torch.randn(target.shape, generator=generator).to(device)
+        t = torch.randint(0, ddpm.config.num_train_timesteps, (batch_size,), generator=generator).to(device)
+        drop_text, keep_image = (m.to(device) for m in dropout_masks(batch_size, 0.05, generator))
         texts = [getattr(e, twin.text) for e in edits]
         cond = torch.where(drop_text[:, None, None], twin.encode([""] * batch_size), twin.encode(texts))
         source = source * keep_image[:, None, None, None].float()
@@ -124,13 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--text", choices=("instruction", "expressive"), default="instruction",
                         help="condition on the brief instruction (InstructPix2Pix) or the expressive one (ExpI)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (random draws stay on the CPU either way)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[ip2p-twin] %(message)s")
     torch.manual_seed(args.seed)
     vae = AutoencoderKL(**VAE)
     vae.load_state_dict(read_state_dict(args.vae))
     calibrate_scaling(vae, args.seed)
-    twin = Twin(train_tokenizer(), vae, args.text)
+    twin = Twin(train_tokenizer(), vae, args.text).to(args.device)
     began = time.time()
     out = Path(args.out)
     train_twin(twin, args.steps, args.batch_size, args.lr, args.seed, out.with_suffix(".log.jsonl"))

@@ -1,0 +1,80 @@
+"""CUDA paths, checked against the CPU (``python -m pytest --run-gpu -m gpu``; skipped without a GPU).
+
+Every random draw of training and sampling comes from a CPU generator, so the same seed gives the same
+batch, noise and timesteps on either device: what differs is only floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mgie_core import DeriveConfig, MGIEPipeline, SampleConfig, default_model_path, load_model
+from train.mini import world
+from train.mini.build import train_joint, train_vae
+from train.mini.evaluate import HELD_OUT_SEED
+from train.mini.model import build_mini
+from train.mini.twin import Twin, train_twin
+
+pytestmark = pytest.mark.gpu
+
+
+def _first_logged(path) -> dict:
+    return json.loads(path.read_text().splitlines()[0])
+
+
+@pytest.mark.parametrize("stage", ["vae", "ip2p", "joint"])
+def test_a_mini_build_stage_computes_the_same_first_loss_on_cuda(tmp_path, stage):
+    """Same init, same data, same noise: the first step's loss on CUDA is the CPU's (TF32 convolutions aside)."""
+    losses = {}
+    for device in ("cpu", "cuda"):
+        model = build_mini(0).to(device)
+        log = tmp_path / f"{device}.jsonl"
+        if stage == "vae":
+            train_vae(model, steps=1, batch_size=8, seed=0, log=log)
+            losses[device] = _first_logged(log)["l1_of_255"]
+        elif stage == "ip2p":
+            train_twin(Twin(model.tokenizer, model.vae, unet=model.unet).to(device), 1, 8, 5e-4, 0, log, phase="ip2p")
+            losses[device] = _first_logged(log)["loss_edit"]
+        else:
+            train_joint(model, steps=1, batch_size=4, lr=5e-4, seed=0, work=tmp_path / device, log=log, resume=False)
+            row = _first_logged(log)
+            losses[device] = row["loss_ins"] + row["loss_edit"]
+        assert all(p.device.type == device for p in model.unet.parameters())
+    assert losses["cuda"] == pytest.approx(losses["cpu"], rel=2e-2), losses
+
+
+def _edits_on_both(dtype: str, scheduler: str):
+    edits = [e for e in world.edits(HELD_OUT_SEED + 1, 40) if e.family in ("recolour", "global")][:4]
+    images, texts = [world.images(e)[0] for e in edits], [e.instruction for e in edits]
+    derive, sample = DeriveConfig(max_new_tokens=48), SampleConfig(num_inference_steps=20, scheduler=scheduler)
+    cpu = MGIEPipeline(load_model(), "cpu", "fp32")(images, texts, derive, sample, seed=3)
+    gpu = MGIEPipeline(load_model(), "cuda", dtype)(images, texts, derive, sample, seed=3)
+    return cpu, gpu
+
+
+needs_mini = pytest.mark.skipif(not default_model_path().is_file(), reason="mgie-mini is not built")
+
+
+@needs_mini
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_the_shipped_model_derives_and_imagines_on_cuda_as_on_the_cpu(dtype):
+    """H200, 2026-11-30: the same words 4/4; imagination relative error 5e-4 (fp16), 4.5e-3 (bf16)."""
+    cpu, gpu = _edits_on_both(dtype, "euler")
+    assert gpu.derivation.expressive_instructions == cpu.derivation.expressive_instructions
+    ref, got = cpu.imagination.imagination, gpu.imagination.imagination.float().cpu()
+    assert ((got - ref).norm() / ref.norm()).item() < 0.02
+
+
+@needs_mini
+@pytest.mark.xfail(reason="open: on an H200 (2026-11-30) the pictures differed from the CPU's by 3.6-12.8/255 "
+                          "on average, fp16 and bf16 alike, with the deterministic Euler sampler, while on the CPU "
+                          "fp16/bf16 stay within 0.7/255 of fp32; cause not found yet")
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_the_shipped_model_paints_on_cuda_what_it_paints_on_the_cpu(dtype):
+    cpu, gpu = _edits_on_both(dtype, "euler")
+    diffs = [float(np.abs(np.asarray(a, float) - np.asarray(b, float)).mean()) for a, b in zip(cpu.images, gpu.images)]
+    print(f"{dtype}: mean |cpu - cuda| per image {[round(d, 2) for d in diffs]} of 255")
+    assert max(diffs) < 4, diffs  # a different edit differs by tens of levels
