@@ -10,8 +10,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mgie_core import DeriveConfig, MGIEPipeline, SampleConfig, default_model_path, load_model
+from mgie_core.pipeline import DTYPES
 from train.mini import world
 from train.mini.build import train_joint, train_vae
 from train.mini.evaluate import HELD_OUT_SEED
@@ -66,6 +68,30 @@ def test_the_shipped_model_derives_and_imagines_on_cuda_as_on_the_cpu(dtype):
     assert gpu.derivation.expressive_instructions == cpu.derivation.expressive_instructions
     ref, got = cpu.imagination.imagination, gpu.imagination.imagination.float().cpu()
     assert ((got - ref).norm() / ref.norm()).item() < 0.02
+
+
+@needs_mini
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_each_diffusion_stage_of_the_shipped_model_agrees_with_the_cpu(dtype):
+    """VAE encode, one UNet call and VAE decode on the same inputs: where a picture difference comes from."""
+    pixels = torch.stack([torch.from_numpy(np.asarray(world.images(e)[0], np.float32) / 127.5 - 1).permute(2, 0, 1)
+                          for e in world.edits(HELD_OUT_SEED + 1, 4)])
+    outputs = {}
+    for device, precision in (("cpu", "fp32"), ("cuda", dtype)):
+        model = load_model().to(device, DTYPES[precision])
+        unet, vae = model.unet, model.vae
+        with torch.no_grad():
+            latents = vae.encode(pixels.to(device, vae.dtype)).latent_dist.mode()
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+            hidden = torch.randn(4, 8, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(2))
+            inputs = torch.cat([noise, latents.float().cpu()], dim=1).to(device, unet.dtype)  # the same on both
+            pred = unet(inputs, torch.tensor(500.0, device=device), hidden.to(device, unet.dtype)).sample
+            decoded = vae.decode(latents).sample
+        outputs[device] = {"VAE encode": latents, "UNet": pred, "VAE decode": decoded}
+    errors = {stage: ((outputs["cuda"][stage].float().cpu() - ref).norm() / ref.norm()).item()
+              for stage, ref in outputs["cpu"].items()}
+    print(f"{dtype}: relative error of CUDA against CPU fp32, per stage: {errors}")
+    assert all(e < 0.02 for e in errors.values()), errors
 
 
 @needs_mini
