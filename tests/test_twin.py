@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from diffusers import AutoencoderKL
 
 from train.mini.build import edit_at, train_ip2p
+from train.mini.build import main as build_main
 from train.mini.model import VAE, build_mini, train_tokenizer
 from train.mini.twin import Twin, load_twin, save_twin, train_twin
+from train.mini.twin import main as twin_main
 
 
 def test_twin_trains_and_round_trips(tmp_path):
@@ -53,3 +56,13 @@ def test_ip2p_stage_trains_mgie_minis_own_unet_on_brief_instructions(tmp_path, m
     # its own stretch of the stream (the joint stage starts at edit_at(0, 0)), brief instructions
     assert [t for t in seen if t] == [edit_at(3, i).instruction for i in range(2)]
     assert json.loads(log.read_text())["phase"] == "ip2p"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("main, argv", [(build_main, []), (twin_main, ["--vae", "missing.safetensors"])])
+def test_asking_for_cuda_without_a_gpu_is_a_one_line_error(main, argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--device", "cuda", "--out", str(tmp_path / "out.safetensors")])
+    assert stop.value.code == 2
+    assert "sees no CUDA GPU; use --device cpu" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

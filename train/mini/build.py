@@ -32,6 +32,8 @@ from diffusers import AutoencoderKL, DDPMScheduler
 
 from mgie_core.aligned import save_aligned
 from mgie_core.bundle import save_bundle
+from mgie_core.cli import resolve_device
+from mgie_core.errors import InputError
 from mgie_core.model import MGIEModel
 from mgie_core.weights import read_state_dict
 from train.objective import Sample, collate, mgie_loss
@@ -211,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu",
                         help="cpu (the shipped model's recipe) or cuda; every random draw stays on the CPU either way")
     args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except InputError as error:
+        parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="[mgie-mini] %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(args.work)
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     log = work / "log.jsonl"
     began = time.time()
 
-    model = build_mini(args.seed).to(args.device)
+    model = build_mini(args.seed).to(device)
     vae_file = work / "vae.safetensors"
     if args.resume and vae_file.is_file():
         model.vae.load_state_dict(read_state_dict(vae_file))

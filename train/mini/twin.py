@@ -24,6 +24,8 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from mgie_core.aligned import save_aligned
+from mgie_core.cli import resolve_device
+from mgie_core.errors import InputError
 from mgie_core.tokenizer import LegacyLlamaTokenizer
 from mgie_core.weights import read_state_dict
 from train.objective import diffusion_goal, dropout_masks
@@ -127,12 +129,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="condition on the brief instruction (InstructPix2Pix) or the expressive one (ExpI)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (random draws stay on the CPU either way)")
     args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except InputError as error:
+        parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="[ip2p-twin] %(message)s")
     torch.manual_seed(args.seed)
     vae = AutoencoderKL(**VAE)
     vae.load_state_dict(read_state_dict(args.vae))
     calibrate_scaling(vae, args.seed)
-    twin = Twin(train_tokenizer(), vae, args.text).to(args.device)
+    twin = Twin(train_tokenizer(), vae, args.text).to(device)
     began = time.time()
     out = Path(args.out)
     train_twin(twin, args.steps, args.batch_size, args.lr, args.seed, out.with_suffix(".log.jsonl"))
