@@ -15,10 +15,9 @@ import torch
 from mgie_core import DeriveConfig, MGIEPipeline, SampleConfig, default_model_path, load_model
 from mgie_core.pipeline import DTYPES
 from train.mini import world
-from train.mini.build import train_joint, train_vae
+from train.mini.build import train_ip2p, train_joint, train_vae
 from train.mini.evaluate import HELD_OUT_SEED
 from train.mini.model import build_mini
-from train.mini.twin import Twin, train_twin
 
 pytestmark = pytest.mark.gpu
 
@@ -38,7 +37,7 @@ def test_a_mini_build_stage_computes_the_same_first_loss_on_cuda(tmp_path, stage
             train_vae(model, steps=1, batch_size=8, seed=0, log=log)
             losses[device] = _first_logged(log)["l1_of_255"]
         elif stage == "ip2p":
-            train_twin(Twin(model.tokenizer, model.vae, unet=model.unet).to(device), 1, 8, 5e-4, 0, log, phase="ip2p")
+            train_ip2p(model, steps=1, batch_size=8, lr=5e-4, seed=0, log=log)  # brings its text encoder along
             losses[device] = _first_logged(log)["loss_edit"]
         else:
             train_joint(model, steps=1, batch_size=4, lr=5e-4, seed=0, work=tmp_path / device, log=log, resume=False)
