@@ -213,3 +213,32 @@ def test_write_lora_is_atomic(tiny_root, tmp_path):
     path = write_lora(trainable, config(tmp_path, tiny_root, tmp_path), tmp_path / "x" / "lora.safetensors")
     assert path.is_file() and not list(path.parent.glob(".*.tmp"))
     shutil.rmtree(tmp_path / "x")
+
+
+
+def test_shared_prompt_prefix_runs_once_with_the_same_states_and_gradients(tiny_root):
+    """The system prompt every row shares is run once and its cache repeated: same states, same gradients."""
+    from train.objective import Sample, _embed, collate, llm_states, shared_prefix
+
+    model = load_model(tiny_root).to(dtype=torch.float32)
+    samples = [Sample(make_image(32, 32, seed=i), make_image(32, 32, seed=i + 5), text, f"{text}, really.")
+               for i, text in enumerate(["make it red", "add a hat", "remove the dog"])]
+    batch = collate(samples, model, 32, 32)
+    prefix = shared_prefix(batch.input_ids, model.spec.im_patch_token_id)
+    assert 10 < prefix < batch.input_ids.shape[1] - 1  # the system prompt, not the instructions
+    other = batch.input_ids.clone()
+    other[1, 1] += 1
+    assert shared_prefix(other, model.spec.im_patch_token_id) == 1
+    llm = model.mllm.llm.requires_grad_(True)
+    embeds = _embed(model, batch.input_ids, None).detach()
+    runs = []
+    for n in (prefix, 0):
+        llm.zero_grad()
+        states = llm_states(llm, embeds, batch.attention_mask, n)
+        (states * batch.attention_mask[..., None]).pow(2).mean().backward()
+        runs.append((states.detach(), [p.grad.clone() for p in llm.parameters() if p.grad is not None]))
+    (shared, shared_grads), (full, full_grads) = runs
+    torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-5)
+    assert len(shared_grads) == len(full_grads) > 10
+    for a, b in zip(shared_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)

@@ -92,9 +92,9 @@ def build_mini(seed: int = 0) -> MGIEModel:
         im_patch_token_id=tokenizer.added_tokens[IM_PATCH], im_start_token_id=tokenizer.added_tokens[IM_START],
         im_end_token_id=tokenizer.added_tokens[IM_END],
         visual_token_ids=tuple(tokenizer.added_tokens[t] for t in visual_token_names(NUM_VISUAL)),
-        eos_token_id=tokenizer.eos_token_id, num_image_patches=(SIZE // VISION["patch_size"]) ** 2,
+        eos_token_id=tokenizer.eos_token_id, num_image_patches=(VISION["image_size"] // VISION["patch_size"]) ** 2,
         max_position_embeddings=LLM["max_position_embeddings"])
-    clip = ClipImageConfig(shortest_edge=SIZE, crop_height=SIZE, crop_width=SIZE)
+    clip = ClipImageConfig(shortest_edge=VISION["image_size"], crop_height=VISION["image_size"], crop_width=VISION["image_size"])
     return MGIEModel(tokenizer=tokenizer, mllm=mllm, edit_head=edit_head, unet=UNet2DConditionModel(**UNET),
                      vae=AutoencoderKL(**VAE), scheduler_config=scheduler_config(), clip_image_config=clip, spec=spec,
                      source="mgie-mini", info={"format": "mini", "llava_config": llava, "clip_config": VISION})
