@@ -215,7 +215,6 @@ def test_write_lora_is_atomic(tiny_root, tmp_path):
     shutil.rmtree(tmp_path / "x")
 
 
-
 def test_shared_prompt_prefix_runs_once_with_the_same_states_and_gradients(tiny_root):
     """The system prompt every row shares is run once and its cache repeated: same states, same gradients."""
     from train.objective import Sample, _embed, collate, llm_states, shared_prefix
