@@ -193,6 +193,14 @@ def model_from_work(work: Path, seed: int = 0) -> MGIEModel:
     return model
 
 
+def parsed_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    """``--device`` checked up front: an absent GPU is argparse's one-line usage error, as in the CLI."""
+    try:
+        return resolve_device(name)
+    except InputError as error:
+        parser.error(str(error))
+
+
 def _log(path: Path, row: dict) -> None:
     logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     with open(path, "a") as handle:
@@ -213,10 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu",
                         help="cpu (the shipped model's recipe) or cuda; every random draw stays on the CPU either way")
     args = parser.parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-    except InputError as error:
-        parser.error(str(error))
+    device = parsed_device(parser, args.device)
     logging.basicConfig(level=logging.INFO, format="[mgie-mini] %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(args.work)

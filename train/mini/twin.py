@@ -24,13 +24,11 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from mgie_core.aligned import save_aligned
-from mgie_core.cli import resolve_device
-from mgie_core.errors import InputError
 from mgie_core.tokenizer import LegacyLlamaTokenizer
 from mgie_core.weights import read_state_dict
 from train.objective import diffusion_goal, dropout_masks
 
-from .build import calibrate_scaling, edit_at, pictures
+from .build import calibrate_scaling, edit_at, parsed_device, pictures
 from .model import UNET, VAE, scheduler_config, train_tokenizer
 
 logger = logging.getLogger("mgie.twin")
@@ -129,10 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="condition on the brief instruction (InstructPix2Pix) or the expressive one (ExpI)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (random draws stay on the CPU either way)")
     args = parser.parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-    except InputError as error:
-        parser.error(str(error))
+    device = parsed_device(parser, args.device)
     logging.basicConfig(level=logging.INFO, format="[ip2p-twin] %(message)s")
     torch.manual_seed(args.seed)
     vae = AutoencoderKL(**VAE)
