@@ -4,6 +4,7 @@ the same training is mgie-mini's InstructPix2Pix stage."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -66,3 +67,30 @@ def test_asking_for_cuda_without_a_gpu_is_a_one_line_error(main, argv, tmp_path,
     assert stop.value.code == 2
     assert "sees no CUDA GPU; use --device cpu" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_continued_twin_takes_up_the_stream_and_the_schedule_where_it_stopped(tmp_path, monkeypatch):
+    twin = Twin(train_tokenizer(), AutoencoderKL(**VAE))
+    seen, rates = [], []
+    encode = Twin.encode
+    monkeypatch.setattr(Twin, "encode", lambda self, texts: seen.extend(texts) or encode(self, texts))
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: rates.append(self.param_groups[0]["lr"])
+                        or step(self, *a, **k))
+    train_twin(twin, steps=8, batch_size=2, lr=1e-3, seed=0, log=tmp_path / "log.jsonl", start=6)
+    # steps 6 and 7 of the stream, not 0 and 1 again
+    assert [t for t in seen if t] == [edit_at(0, i).instruction for i in range(12, 16)]
+    # the learning rate of an 8-step cosine at steps 6 and 7 (past its 1-step warmup), not a fresh warmup
+    assert rates == pytest.approx([1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * s / 8))) for s in (6, 7)])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--init", "twin.safetensors"], "--init needs --start-step"),
+    (["--vae", "vae.safetensors", "--init", "twin.safetensors", "--start-step", "5"], "give --vae (a new twin) or --init"),
+    ([], "give --vae (a new twin) or --init"),
+])
+def test_twin_arguments_are_checked_before_anything_is_loaded(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        twin_main(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err

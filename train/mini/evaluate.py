@@ -166,13 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     parser.add_argument("--steps", type=int, default=SampleConfig.num_inference_steps)
+    parser.add_argument("--guidance-scale", type=float, default=SampleConfig.guidance_scale,
+                        help="text (imagination) guidance; the paper's 7.5 by default")
+    parser.add_argument("--image-guidance-scale", type=float, default=SampleConfig.image_guidance_scale)
     parser.add_argument("--grid", help="write a picture grid here (.png)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     edits = world.edits(args.seed, args.count)
-    config = SampleConfig(num_inference_steps=args.steps)
+    config = SampleConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                          image_guidance_scale=args.image_guidance_scale)
     model = load_model(args.model)
     results = evaluate_mgie(model, edits, config, args.seed)
     rows = table(results)
@@ -185,12 +189,14 @@ def main(argv: list[str] | None = None) -> int:
         derived = [r.expressive for r in results]
         others["expi_twin"] = table(evaluate_twin(load_twin(args.expi_twin), edits, config, args.seed, derived))
     others["vae_ceiling"] = table(evaluate_ceiling(model.vae, edits))
-    print(f"held-out scenes: {args.count} (seed {args.seed}), sampler: {config.scheduler}, {args.steps} steps")
+    print(f"held-out scenes: {args.count} (seed {args.seed}), sampler: {config.scheduler}, {args.steps} steps, "
+          f"guidance {config.guidance_scale} (text) / {config.image_guidance_scale} (image)")
     print(format_table(rows, others))
     if args.grid:
         print("grid:", draw_grid(results, Path(args.grid)))
     if args.json:
-        figures = {"mgie_mini": rows, **others, "count": args.count, "seed": args.seed, "steps": args.steps}
+        figures = {"mgie_mini": rows, **others, "count": args.count, "seed": args.seed, "steps": args.steps,
+                   "guidance_scale": config.guidance_scale, "image_guidance_scale": config.image_guidance_scale}
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 

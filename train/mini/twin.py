@@ -5,6 +5,7 @@ instructions instead (the paper's "ExpI" ablation: the MLLM's words, fed to a te
 visual tokens); at test time it reads what MGIE-mini derives.
 
     python -m train.mini.twin --vae runs/mini/vae.safetensors --out runs/ip2p-twin.safetensors
+    python -m train.mini.twin --init runs/ip2p-twin.safetensors --start-step 5200 --steps 8400 --out ...  # train on
 """
 
 from __future__ import annotations
@@ -55,17 +56,22 @@ class Twin(nn.Module):
         return self.text_encoder(input_ids=ids).last_hidden_state
 
 
-def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, log: Path, phase: str = "twin") -> None:
+def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, log: Path, phase: str = "twin",
+               start: int = 0) -> None:
+    """Steps ``start`` .. ``steps`` of the stream; a ``start`` past 0 continues a twin trained that far, its learning
+    rate taken up where a ``steps``-long schedule stands (as ``build --resume --steps`` does for mgie-mini)."""
     params = list(twin.text_encoder.parameters()) + list(twin.unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warmup = min(200, steps // 10 + 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    def rate(s: int) -> float:  # warmup, then a cosine down to 0.1 of lr; s counts from the stream's step 0
+        return min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: rate(s + start))
     ddpm = DDPMScheduler.from_config(twin.scheduler_config)
     device = twin.unet.device  # random draws stay on the CPU: the same stream on any device
     twin.text_encoder.train(), twin.unet.train(), twin.vae.eval().requires_grad_(False)
     began = time.time()
-    for step in range(steps):
+    for step in range(start, steps):
         edits = [edit_at(seed, step * batch_size + i) for i in range(batch_size)]
         pixels = pictures(edits).to(device)  # (2B, 3, 64, 64): input, target, input, target, ...
         generator = torch.Generator().manual_seed(seed * 7 + step)
@@ -86,20 +92,23 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
         optimizer.step()
         schedule.step()
         if (step + 1) % 25 == 0 or step + 1 == steps:
-            row = {"phase": phase, "step": step + 1, "loss_edit": loss.item(), "steps_per_s": (step + 1) / (time.time() - began)}
+            row = {"phase": phase, "step": step + 1, "loss_edit": loss.item(),
+                   "steps_per_s": (step + 1 - start) / (time.time() - began)}
             logger.info(" ".join(f"{k}={v}" for k, v in row.items()))
             with open(log, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
     twin.eval().requires_grad_(False)
 
 
-def save_twin(twin: Twin, path: Path) -> Path:
+def save_twin(twin: Twin, path: Path, steps: int | None = None) -> Path:
     tensors = {f"text_encoder.{k}": v for k, v in twin.text_encoder.state_dict().items()}
     tensors.update({f"unet.{k}": v for k, v in twin.unet.state_dict().items()})
     tensors.update({f"vae.{k}": v for k, v in twin.vae.state_dict().items()})
     tensors["tokenizer.sp_model"] = torch.frombuffer(bytearray(twin.tokenizer.sp_model_proto), dtype=torch.uint8)
     meta = {"format": "mgie-mini-ip2p-twin", "added_tokens": json.dumps(twin.tokenizer.added_tokens),
             "scaling_factor": str(twin.vae.config.scaling_factor), "text": twin.text}
+    if steps is not None:
+        meta["steps"] = str(steps)
     return save_aligned({k: v.contiguous() for k, v in tensors.items()}, path, meta)
 
 
@@ -116,7 +125,7 @@ def load_twin(path: str | Path) -> Twin:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vae", required=True, help="the trained mgie-mini VAE (runs/.../vae.safetensors)")
+    parser.add_argument("--vae", help="the trained mgie-mini VAE (runs/.../vae.safetensors); not with --init")
     parser.add_argument("--out", default="runs/ip2p-twin.safetensors")
     parser.add_argument("--steps", type=int, default=5200,
                         help="default: mgie-mini's UNet steps (its InstructPix2Pix stage plus its joint stage)")
@@ -126,18 +135,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", choices=("instruction", "expressive"), default="instruction",
                         help="condition on the brief instruction (InstructPix2Pix) or the expressive one (ExpI)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (random draws stay on the CPU either way)")
+    parser.add_argument("--init", help="a twin to continue (its VAE and text mode are kept); --start-step says how far it got")
+    parser.add_argument("--start-step", type=int, default=0, help="with --init: the steps it was trained for")
     args = parser.parse_args(argv)
+    if bool(args.vae) == bool(args.init):
+        parser.error("give --vae (a new twin) or --init (a twin to continue), one of them")
+    if args.init and not 0 < args.start_step < args.steps:
+        parser.error("--init needs --start-step N, the steps that twin was trained for (0 < N < --steps)")
     device = parsed_device(parser, args.device)
     logging.basicConfig(level=logging.INFO, format="[ip2p-twin] %(message)s")
     torch.manual_seed(args.seed)
-    vae = AutoencoderKL(**VAE)
-    vae.load_state_dict(read_state_dict(args.vae))
-    calibrate_scaling(vae, args.seed)
-    twin = Twin(train_tokenizer(), vae, args.text).to(device)
+    if args.init:
+        twin = load_twin(args.init).requires_grad_(True).to(device)
+    else:
+        vae = AutoencoderKL(**VAE)
+        vae.load_state_dict(read_state_dict(args.vae))
+        calibrate_scaling(vae, args.seed)
+        twin = Twin(train_tokenizer(), vae, args.text).to(device)
     began = time.time()
     out = Path(args.out)
-    train_twin(twin, args.steps, args.batch_size, args.lr, args.seed, out.with_suffix(".log.jsonl"))
-    save_twin(twin, out)
+    train_twin(twin, args.steps, args.batch_size, args.lr, args.seed, out.with_suffix(".log.jsonl"), start=args.start_step)
+    save_twin(twin, out, args.steps)
     logger.info("wrote %s after %.1f minutes", out, (time.time() - began) / 60)
     return 0
 
