@@ -18,6 +18,7 @@ from safetensors import safe_open
 
 from .aligned import save_aligned
 from .checkpoint import build_edit_head, build_mllm, build_unet, build_vae, check_compatible, make_spec
+from .config import DTYPES
 from .edit_head import EditHeadConfig
 from .errors import CheckpointError
 from .images import ClipImageConfig
@@ -31,7 +32,6 @@ logger = logging.getLogger(__name__)
 FORMAT, FORMAT_VERSION = "mgie-bundle", "1"
 PARTS = ("mllm", "edit_head", "unet", "vae")
 SP_MODEL_KEY = "tokenizer.sp_model"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # -- writing ---------------------------------------------------------------------------------

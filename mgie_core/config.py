@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from .errors import InputError
 from .schedulers import SCHEDULERS
 
 DEFAULT_SEED = 13331  # the seed of Apple's demo notebook
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # what --dtype may name
 
 
 @dataclass(frozen=True)

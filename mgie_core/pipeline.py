@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .config import DEFAULT_SEED, DeriveConfig, SampleConfig
+from .config import DEFAULT_SEED, DTYPES, DeriveConfig, SampleConfig
 from .derive import Derivation, derive
 from .errors import InputError
 from .images import ImageLike, fit_for_vae, tensor_to_pil
@@ -21,8 +21,6 @@ from .progress import ProgressCallback, offset
 from .sample import SampleOutput, sample
 
 logger = logging.getLogger(__name__)
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
