@@ -117,8 +117,10 @@ def test_written_dataset_is_read_by_the_training_loader(tmp_path):
     assert (_array(Image.open(report.triplets[0].target)) == _array(world.images(first)[1])).all()
 
 
-def test_readme_table_is_the_one_in_bench_mini_eval_json():
-    """The README's mgie-mini figures are exactly those evaluate wrote to bench/mini-eval.json."""
+@pytest.mark.parametrize("name, guidance", [("mini-eval.json", 7.5), ("mini-eval-g2.json", 2.0)])
+def test_readme_table_is_the_one_in_bench_mini_eval_json(name, guidance):
+    """The README's mgie-mini figures are exactly those evaluate wrote to bench/ (paper's guidance, and 2)."""
     root = Path(__file__).resolve().parents[1]
-    figures = json.loads((root / "bench" / "mini-eval.json").read_text())
+    figures = json.loads((root / "bench" / name).read_text())
+    assert figures.get("guidance_scale", 7.5) == guidance
     assert format_table(figures["mgie_mini"], {k: figures.get(k) for k in COLUMNS}) in (root / "README.md").read_text()
