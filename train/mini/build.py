@@ -106,13 +106,23 @@ def joint_parameters(model: MGIEModel) -> dict[str, torch.nn.Parameter]:
     return named
 
 
+def warmup_cosine(steps: int, start: int = 0):
+    """The learning-rate factor at scheduler step s of a run begun at stream step ``start``: a short warmup,
+    then a cosine down to 0.1 at ``steps`` (a run resumed with more steps takes it up where that schedule stands)."""
+    warmup = min(200, steps // 10 + 1)
+
+    def factor(s: int) -> float:
+        s += start
+        return min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+    return factor
+
+
 def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: int, work: Path, log: Path,
                 resume: bool, save_every: int = 250, ema_decay: float = 0.999) -> None:
     params = joint_parameters(model)
     optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.01)
-    warmup = min(200, steps // 10 + 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
     # An exponential moving average of the weights is what ships: diffusion samples from it are much cleaner.
     ema = {k: v.detach().clone() for k, v in params.items()}
     start = _resume_joint(work, params, ema, optimizer, schedule) if resume else 0

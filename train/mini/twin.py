@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from mgie_core.tokenizer import LegacyLlamaTokenizer
 from mgie_core.weights import read_state_dict
 from train.objective import diffusion_goal, dropout_masks
 
-from .build import calibrate_scaling, edit_at, parsed_device, pictures
+from .build import calibrate_scaling, edit_at, parsed_device, pictures, warmup_cosine
 from .model import UNET, VAE, scheduler_config, train_tokenizer
 
 logger = logging.getLogger("mgie.twin")
@@ -62,11 +61,7 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
     rate taken up where a ``steps``-long schedule stands (as ``build --resume --steps`` does for mgie-mini)."""
     params = list(twin.text_encoder.parameters()) + list(twin.unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    warmup = min(200, steps // 10 + 1)
-    def rate(s: int) -> float:  # warmup, then a cosine down to 0.1 of lr; s counts from the stream's step 0
-        return min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: rate(s + start))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, start))
     ddpm = DDPMScheduler.from_config(twin.scheduler_config)
     device = twin.unet.device  # random draws stay on the CPU: the same stream on any device
     twin.text_encoder.train(), twin.unet.train(), twin.vae.eval().requires_grad_(False)
@@ -100,15 +95,13 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
     twin.eval().requires_grad_(False)
 
 
-def save_twin(twin: Twin, path: Path, steps: int | None = None) -> Path:
+def save_twin(twin: Twin, path: Path) -> Path:
     tensors = {f"text_encoder.{k}": v for k, v in twin.text_encoder.state_dict().items()}
     tensors.update({f"unet.{k}": v for k, v in twin.unet.state_dict().items()})
     tensors.update({f"vae.{k}": v for k, v in twin.vae.state_dict().items()})
     tensors["tokenizer.sp_model"] = torch.frombuffer(bytearray(twin.tokenizer.sp_model_proto), dtype=torch.uint8)
     meta = {"format": "mgie-mini-ip2p-twin", "added_tokens": json.dumps(twin.tokenizer.added_tokens),
             "scaling_factor": str(twin.vae.config.scaling_factor), "text": twin.text}
-    if steps is not None:
-        meta["steps"] = str(steps)
     return save_aligned({k: v.contiguous() for k, v in tensors.items()}, path, meta)
 
 
@@ -155,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.time()
     out = Path(args.out)
     train_twin(twin, args.steps, args.batch_size, args.lr, args.seed, out.with_suffix(".log.jsonl"), start=args.start_step)
-    save_twin(twin, out, args.steps)
+    save_twin(twin, out)
     logger.info("wrote %s after %.1f minutes", out, (time.time() - began) / 60)
     return 0
 
