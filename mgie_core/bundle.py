@@ -18,9 +18,9 @@ from safetensors import safe_open
 
 from .aligned import save_aligned
 from .checkpoint import build_edit_head, build_mllm, build_unet, build_vae, check_compatible, make_spec
-from .config import DTYPES
+from .config import DTYPES, check_recommended_sampling
 from .edit_head import EditHeadConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 from .images import ClipImageConfig
 from .keys import clip_vision_keys, split_prefix
 from .model import MGIEModel
@@ -58,6 +58,8 @@ def bundle_metadata(model: MGIEModel, dtype_name: str) -> dict[str, str]:
         "extra": model.info.get("extra", {}),
         "fingerprint": model.fingerprint(),
     }
+    if model.recommended_sampling:
+        meta["sampling"] = model.recommended_sampling
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
 
@@ -160,8 +162,16 @@ def load_bundle(path: str | Path) -> MGIEModel:
         scheduler_config=meta["scheduler_config"], clip_image_config=ClipImageConfig.from_dict(meta["clip_image_config"]),
         spec=make_spec(tokenizer, llava_cfg, mllm, edit_config), source=str(path),
         info={"format": "bundle", "llava_config": llava_cfg, "clip_config": meta["clip_config"],
-              "extra": meta.get("extra", {}), **({"fingerprint": meta["fingerprint"]} if "fingerprint" in meta else {})},
+              "extra": meta.get("extra", {}), **({"fingerprint": meta["fingerprint"]} if "fingerprint" in meta else {}),
+              **({"sampling": _sampling(meta["sampling"], files[0])} if "sampling" in meta else {})},
     ).eval()
+
+
+def _sampling(sampling: object, file: Path) -> dict[str, float]:
+    try:
+        return check_recommended_sampling(sampling, f"{file} (bundle metadata 'sampling')")
+    except InputError as err:
+        raise CheckpointError(f"{err}; fix or drop that metadata (convert the model again)") from None
 
 
 def _metadata(files: list[Path]) -> dict[str, Any]:

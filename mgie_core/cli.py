@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import DEFAULT_SEED, DeriveConfig, SampleConfig
+from .config import DEFAULT_SEED, DeriveConfig, SampleConfig, sample_config_for
 from .errors import InputError, MGIEError
 from .files import atomic_write
 from .images import load_image, save_image_atomic
@@ -36,10 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--out", required=True, help="output image file (.png, .jpg, .webp)")
     edit.add_argument("--seed", type=int, default=DEFAULT_SEED)
     edit.add_argument("--steps", type=int, default=SampleConfig.num_inference_steps, help="denoising steps")
-    edit.add_argument("--guidance-scale", type=float, default=SampleConfig.guidance_scale,
-                      help="how strongly the edit follows the visual imagination")
-    edit.add_argument("--image-guidance-scale", type=float, default=SampleConfig.image_guidance_scale,
-                      help="how strongly the result stays close to the input image")
+    edit.add_argument("--guidance-scale", type=float,
+                      help="how strongly the edit follows the visual imagination (default: what the model "
+                           f"recommends, mgie-mini 2; else the paper's {SampleConfig.guidance_scale})")
+    edit.add_argument("--image-guidance-scale", type=float,
+                      help="how strongly the result stays close to the input image (default: what the model "
+                           f"recommends; else the paper's {SampleConfig.image_guidance_scale})")
     edit.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=SampleConfig.scheduler)
     edit.add_argument("--max-side", type=int, default=SampleConfig.max_side,
                       help="scale the image down so its longer side is at most this (0: no limit)")
@@ -98,12 +100,15 @@ def run_edit(args: argparse.Namespace) -> int:
     if args.save_intermediates and not args.save_intermediates.endswith(".npz"):
         raise InputError(f"--save-intermediates {args.save_intermediates}: the file name must end with .npz")
     derive_config = DeriveConfig(max_new_tokens=args.max_new_tokens)
-    sample_config = SampleConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                                 image_guidance_scale=args.image_guidance_scale, scheduler=args.scheduler,
-                                 max_side=args.max_side)
+    settings = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                    image_guidance_scale=args.image_guidance_scale, scheduler=args.scheduler, max_side=args.max_side)
+    sample_config_for({}, **settings)  # a bad value fails here, before the model loads
     device = resolve_device(args.device)
 
-    pipe = MGIEPipeline(load_with_loras(args.model, args.lora, args.vision_tower), device=device, dtype=args.dtype)
+    model = load_with_loras(args.model, args.lora, args.vision_tower)
+    sample_config = sample_config_for(model.recommended_sampling, **settings)
+    logger.info("guidance %g (text) / %g (image)", sample_config.guidance_scale, sample_config.image_guidance_scale)
+    pipe = MGIEPipeline(model, device=device, dtype=args.dtype)
     progress = None if args.quiet else _progress_printer()
     result = pipe(image, args.instruction, derive_config, sample_config, seed=args.seed,
                   expressive=args.expressive, callback=progress)

@@ -5,7 +5,9 @@ Validation names the bad field, so the CLI and the nodes can show the message as
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -51,6 +53,25 @@ class SampleConfig:
     def do_classifier_free_guidance(self) -> bool:
         # The same condition as diffusers' pipeline: otherwise only the imagination branch runs.
         return self.guidance_scale > 1.0 and self.image_guidance_scale >= 1.0
+
+
+GUIDANCE_FIELDS = ("guidance_scale", "image_guidance_scale")  # what a model may recommend (bundle "sampling")
+
+
+def check_recommended_sampling(sampling: object, where: str) -> dict[str, float]:
+    """A model's recommended guidance, checked: only :data:`GUIDANCE_FIELDS`, each a valid value."""
+    if not isinstance(sampling, Mapping) or set(sampling) - set(GUIDANCE_FIELDS):
+        raise InputError(f"{where}: recommended sampling must map {' / '.join(GUIDANCE_FIELDS)} to numbers, "
+                         f"got {sampling!r}")
+    SampleConfig(**sampling)  # the same range checks as a user's values
+    return {k: float(v) for k, v in sampling.items()}
+
+
+def sample_config_for(recommended: Mapping[str, Any], **settings: Any) -> SampleConfig:
+    """``SampleConfig(**settings)``, with a model's ``recommended`` guidance wherever ``settings`` leave it
+    out or None (the paper's 7.5 / 1.5 when the model recommends nothing, as Apple's MGIE)."""
+    given = {k: v for k, v in settings.items() if v is not None}
+    return SampleConfig(**{**recommended, **given})
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

@@ -118,6 +118,12 @@ class MGIEModel:
             module.eval().requires_grad_(False)
         return self
 
+    @property
+    def recommended_sampling(self) -> dict[str, float]:
+        """The guidance its trainers recommend for this model (a bundle's ``sampling`` metadata; mgie-mini's is
+        2 / 1.5, chosen on validation scenes). Empty for Apple's MGIE: the paper's 7.5 / 1.5 are the defaults."""
+        return dict(self.info.get("sampling", {}))
+
     def fingerprint(self) -> str:
         """A short id of the base weights, to tie LoRA files to the model they were trained on.
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .config import DEFAULT_SEED, DTYPES, DeriveConfig, SampleConfig
+from .config import DEFAULT_SEED, DTYPES, DeriveConfig, SampleConfig, sample_config_for
 from .derive import Derivation, derive
 from .errors import InputError
 from .images import ImageLike, fit_for_vae, tensor_to_pil
@@ -68,6 +68,10 @@ class MGIEPipeline:
                         dtype: str | torch.dtype | None = None, vision_tower: str | Path | None = None) -> MGIEPipeline:
         return cls(load_model(path, vision_tower=vision_tower), device=device, dtype=dtype)
 
+    def default_sample_config(self) -> SampleConfig:
+        """The paper's sampling, with the guidance the model recommends where it does (mgie-mini: 2 / 1.5)."""
+        return sample_config_for(self.model.recommended_sampling)
+
     def derive(self, images: Sequence[ImageLike], instructions: Sequence[str], config: DeriveConfig = DeriveConfig(),
                expressive: Sequence[str | None] | None = None, callback: ProgressCallback | None = None) -> Derivation:
         return derive(self.model, images, instructions, config, expressive, callback)
@@ -76,8 +80,10 @@ class MGIEPipeline:
         return imagine(self.model.edit_head, derivation)
 
     def sample(self, images: ImageLike | Sequence[Image.Image], imagination: Imagination,
-               config: SampleConfig = SampleConfig(), seed: int | None = None,
+               config: SampleConfig | None = None, seed: int | None = None,
                callback: ProgressCallback | None = None) -> SampleOutput:
+        """Denoise; without a ``config``, the model's recommended guidance (see :meth:`default_sample_config`)."""
+        config = config or self.default_sample_config()
         pixels = fit_for_vae(images, self.model.vae_scale_factor, config.max_side)
         m = self.model
         return sample(m.unet, m.vae, m.scheduler_config, pixels, imagination, config, make_generator(seed), callback)
@@ -87,12 +93,14 @@ class MGIEPipeline:
         images: ImageLike | Sequence[Image.Image],
         instructions: str | Sequence[str],
         derive_config: DeriveConfig = DeriveConfig(),
-        sample_config: SampleConfig = SampleConfig(),
+        sample_config: SampleConfig | None = None,
         seed: int | None = None,
         expressive: str | Sequence[str | None] | None = None,
         callback: ProgressCallback | None = None,
     ) -> EditResult:
-        """Edit images by instructions (one instruction for all images, or one per image)."""
+        """Edit images by instructions (one instruction for all images, or one per image); without a
+        ``sample_config``, the model's recommended guidance applies."""
+        sample_config = sample_config or self.default_sample_config()
         image_list = as_image_list(images)
         instructions = broadcast(instructions, len(image_list), "instructions")
         overrides = broadcast(expressive, len(image_list), "expressive instructions") if expressive is not None else None

@@ -108,3 +108,48 @@ def test_memory_mapped_tensors_are_aligned(tiny_root, tmp_path):
     model = load_model(save_bundle(load_model(tiny_root), tmp_path / "a.safetensors", dtype="fp32"))
     for module in model.modules().values():
         assert all(t.data_ptr() % 64 == 0 for t in module.state_dict().values())
+
+
+# -- recommended guidance ---------------------------------------------------------------------
+def test_recommended_guidance_travels_in_the_bundle_and_is_the_default(tiny_root, tmp_path):
+    """A bundle's ``sampling`` metadata is what the pipeline and the CLI sample with unless told otherwise."""
+    model = load_model(tiny_root)
+    assert model.recommended_sampling == {}  # Apple's layout recommends nothing: the paper's 7.5 / 1.5
+    model.info["sampling"] = {"guidance_scale": 3.0, "image_guidance_scale": 1.2}
+    path = save_bundle(model, tmp_path / "r.safetensors", dtype="fp32")
+    bundle = load_model(path)
+    assert bundle.recommended_sampling == {"guidance_scale": 3.0, "image_guidance_scale": 1.2}
+    assert load_model(save_bundle(bundle, tmp_path / "again.safetensors")).recommended_sampling == bundle.recommended_sampling
+
+    pipe = MGIEPipeline(bundle, "cpu", torch.float32)
+    assert pipe.default_sample_config() == SampleConfig(guidance_scale=3.0, image_guidance_scale=1.2)
+    recommended = SampleConfig(num_inference_steps=4, guidance_scale=3.0, image_guidance_scale=1.2)
+    told = pipe(make_image(), "make the sky blue", DERIVE, recommended, seed=3).output.images
+    assert not torch.equal(told, pipe(make_image(), "make the sky blue", DERIVE, SAMPLE, seed=3).output.images)
+    pipe.default_sample_config = lambda: recommended  # 4 steps instead of 100: what a call without a config uses
+    assert torch.equal(told, pipe(make_image(), "make the sky blue", DERIVE, seed=3).output.images)
+
+    image = tmp_path / "in.png"
+    make_image().save(image)
+
+    def cli(out: str, *flags: str):
+        args = ["edit", "--model", str(path), "--image", str(image), "--instruction", "make the sky blue",
+                "--out", str(tmp_path / out), "--steps", "4", "--max-new-tokens", "40", "--quiet", *flags]
+        assert main(args) == 0
+        return (tmp_path / out).read_bytes()
+
+    assert cli("default.png") == cli("told.png", "--guidance-scale", "3", "--image-guidance-scale", "1.2")
+    assert cli("paper.png", "--guidance-scale", "7.5") != cli("default2.png")  # a flag beats the recommendation
+    assert cli("paper.png", "--guidance-scale", "7.5") == cli("paper2.png", "--guidance-scale", "7.5",
+                                                             "--image-guidance-scale", "1.2")
+
+
+@pytest.mark.parametrize("sampling, message", [('{"guidance": 2}', "recommended sampling must map"),
+                                               ('{"guidance_scale": -1}', "guidance_scale must be")])
+def test_bad_recommended_guidance_is_a_clear_error(tiny_root, tmp_path, sampling, message):
+    path = save_bundle(load_model(tiny_root), tmp_path / "b.safetensors", dtype="fp32")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    save_file(load_file(path), path, metadata={**metadata, "sampling": sampling})
+    with pytest.raises(CheckpointError, match=f"{message}.*convert the model again"):
+        load_model(path)

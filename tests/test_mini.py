@@ -93,3 +93,9 @@ def test_cli_uses_the_embedded_model_by_default(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "green triangle" in done.stdout and out.is_file()
+
+
+def test_the_shipped_model_recommends_the_guidance_chosen_for_it():
+    from train.mini.build import RECOMMENDED_SAMPLING
+
+    assert load_model().recommended_sampling == RECOMMENDED_SAMPLING == {"guidance_scale": 2.0, "image_guidance_scale": 1.5}

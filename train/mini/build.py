@@ -43,6 +43,9 @@ from . import world
 from .model import build_mini
 
 logger = logging.getLogger("mgie.mini")
+# The guidance the bundle recommends (text / image), chosen on validation scenes (README, mgie-mini): the CLI
+# and MGIEPipeline use it unless told otherwise. The paper's 7.5 is MGIE-7B's; a small UNet over-shoots at it.
+RECOMMENDED_SAMPLING = {"guidance_scale": 2.0, "image_guidance_scale": 1.5}
 
 
 def edit_at(seed: int, index: int) -> world.Edit:
@@ -260,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                            "ip2p_steps": args.ip2p_steps, "batch_size": args.batch_size, "seed": args.seed,
                            "minutes": round(minutes, 1), "device": args.device,
                            "world": "train/mini/world.py"}
+    model.info["sampling"] = RECOMMENDED_SAMPLING
     out = save_bundle(model, args.out, dtype="fp16")
     logger.info("wrote %s (%.1f MB) after %.1f minutes", out, out.stat().st_size / 1e6, minutes)
     return 0
