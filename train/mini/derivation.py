@@ -22,7 +22,7 @@ from mgie_core import DeriveConfig, MGIEPipeline, load_model
 
 from . import world
 from .checks import expressive_ok
-from .evaluate import _ambiguous_kind
+from .evaluate import ambiguous_group
 
 VALIDATION_SEED = 777
 MISSES = ("wrong change", "wrong shape", "wrong colour", "another object", "not in the scene", "no object named")
@@ -50,9 +50,7 @@ def miss(edit: world.Edit, text: str) -> str | None:
 
 
 def group(edit: world.Edit) -> str:
-    if edit.family == "ambiguous":
-        return f"ambiguous/{edit.kind if edit.kind == 'sunset' else _ambiguous_kind(edit)}"
-    return edit.family
+    return ambiguous_group(edit) if edit.family == "ambiguous" else edit.family
 
 
 def breakdown(edits: list[world.Edit], texts: list[str]) -> dict[str, dict]:

@@ -95,7 +95,7 @@ def table(results: list[Result]) -> dict[str, dict[str, float]]:
     for r in results:
         groups[r.edit.family].append(r)
         if r.edit.family == "ambiguous":
-            groups[f"ambiguous/{r.edit.kind if r.edit.kind == 'sunset' else _ambiguous_kind(r.edit)}"].append(r)
+            groups[ambiguous_group(r.edit)].append(r)
         groups["all"].append(r)
     rows = {}
     for name, rs in sorted(groups.items(), key=lambda kv: (kv[0] == "all", kv[0])):
@@ -106,8 +106,15 @@ def table(results: list[Result]) -> dict[str, dict[str, float]]:
     return rows
 
 
-def _ambiguous_kind(edit: world.Edit) -> str:
-    text = edit.instruction
+def ambiguous_group(edit: world.Edit) -> str:
+    """``ambiguous/<kind>`` of an ambiguous edit (biggest, smallest, odd_one_out, leftmost, sunset); the
+    recolouring kinds are told apart by the instruction's words."""
+    if edit.kind == "sunset":
+        return "ambiguous/sunset"
+    return f"ambiguous/{_ambiguous_kind(edit.instruction)}"
+
+
+def _ambiguous_kind(text: str) -> str:
     for kind, words in (("biggest", ("biggest", "largest")), ("smallest", ("smallest", "tiniest")),
                         ("odd_one_out", ("odd", "belong")), ("leftmost", ("left",))):
         if any(w in text for w in words):
