@@ -38,7 +38,9 @@ def test_breakdown_splits_by_family_and_target_size():
     texts = [e.expressive for e in edits]
     texts[0] = "nothing at all."  # one recolour wrong
     table = derivation.breakdown(edits, texts)
-    assert table["all"] == {"n": 50, "accuracy": 49 / 50}
+    assert table["all"] == {"n": 50, "accuracy": 49 / 50, "unsayable": 0}
+    banned = derivation.breakdown(edits, texts, banned=[True] + [False] * 49)
+    assert banned["all"]["unsayable"] == banned["recolour"]["unsayable"] == 1 and banned["global"]["unsayable"] == 0
     size = f"recolour, {edits[0].target.size} target"
     assert table[size]["misses"] == {"no object named": 1}
     assert table["recolour"]["n"] == 10 and table["recolour"]["accuracy"] == 0.9
@@ -62,3 +64,51 @@ def test_a_count_below_one_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         derivation.main(["--count", "0"])
     assert "--count must be at least 1" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    if not default_model_path().is_file():
+        pytest.skip("mgie-mini is not built")
+    from mgie_core import load_model
+
+    return load_model()
+
+
+def _banned_by_transformers(model, edit) -> bool:
+    """The oracle: transformers' own n-gram ban, asked at every answer position of the teacher-forced text."""
+    import torch
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    from mgie_core.prompt import build_conversation, build_prompt
+
+    tok = model.tokenizer
+    ids = tok.encode(build_conversation(edit.instruction, edit.expressive, model.spec, tok.eos_token))
+    start = len(tok.encode(build_prompt(edit.instruction, model.spec)))
+    ban = NoRepeatNGramLogitsProcessor(3)
+    for end in range(start, len(ids)):
+        scores = ban(torch.tensor([ids[:end]]), torch.zeros(1, tok.vocab_size))
+        if scores[0, ids[end]] == float("-inf"):
+            return True
+    return False
+
+
+def test_unsayable_agrees_with_the_ban_derivation_applies(shipped):
+    edits = world.edits(777, 200)
+    banned = [derivation.unsayable(shipped, e) for e in edits]
+    assert banned == [_banned_by_transformers(shipped, e) for e in edits]
+    assert any(banned) and not all(banned)
+
+
+def test_an_unsayable_answer_is_never_derived_and_a_sayable_one_can_be(shipped):
+    """'make it look like sunset': v8's tokenizer spells sunset s-u-ns-et, so the answer's 'sunset' repeats the
+    prompt's three tokens; without the ban the same model says it."""
+    from mgie_core import DeriveConfig, MGIEPipeline
+
+    edit = next(e for e in world.edits(777, 200) if e.instruction == "make it look like sunset")
+    assert derivation.unsayable(shipped, edit)
+    pipe = MGIEPipeline(shipped, "cpu", "fp32")
+    image = world.images(edit)[0]
+    for n, right in ((3, False), (0, True)):
+        text = pipe.derive([image], [edit.instruction], DeriveConfig(max_new_tokens=48, no_repeat_ngram_size=n))
+        assert (text.expressive_instructions[0] == edit.expressive) is right

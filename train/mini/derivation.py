@@ -6,7 +6,8 @@ Prints expressive-instruction accuracy per family and per size of the object the
 (recolour, remove and the ambiguous kinds name one), and sorts the wrong answers that name an object:
 the right object with the wrong change, the right colour on the wrong shape, the right shape in the
 wrong colour, another object of the scene, or an object the scene does not hold. The default seed is
-the validation seed guidance was chosen on, not the held-out one.
+the validation seed guidance was chosen on, not the held-out one. It also counts the true expressive
+instructions that derivation's n-gram ban makes unsayable with the model's tokenizer.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections import Counter, defaultdict
 import torch
 
 from mgie_core import DeriveConfig, MGIEPipeline, load_model
+from mgie_core.prompt import build_conversation, build_prompt
 
 from . import world
 from .checks import expressive_ok
@@ -49,23 +51,41 @@ def miss(edit: world.Edit, text: str) -> str | None:
     return "not in the scene"
 
 
+def unsayable(model, edit: world.Edit, n: int = DeriveConfig.no_repeat_ngram_size) -> bool:
+    """True when derivation's n-gram ban (MGIE.md §2.5: no n tokens of prompt or answer twice) forbids the
+    true expressive instruction, so no model can derive it: one of its n-grams of tokens came before."""
+    tok = model.tokenizer
+    ids = tok.encode(build_conversation(edit.instruction, edit.expressive, model.spec, tok.eos_token))
+    start = len(tok.encode(build_prompt(edit.instruction, model.spec)))
+    seen = {tuple(ids[i : i + n]) for i in range(start - n + 1)}
+    for end in range(start + 1, len(ids) + 1):
+        gram = tuple(ids[end - n : end])
+        if gram in seen:
+            return True
+        seen.add(gram)
+    return False
+
+
 def group(edit: world.Edit) -> str:
     return ambiguous_group(edit) if edit.family == "ambiguous" else edit.family
 
 
-def breakdown(edits: list[world.Edit], texts: list[str]) -> dict[str, dict]:
-    """Rows ``group`` and ``group, small/large target``: n, accuracy and, where there is a target, the misses."""
+def breakdown(edits: list[world.Edit], texts: list[str], banned: list[bool] | None = None) -> dict[str, dict]:
+    """Rows ``group`` and ``group, small/large target``: n, accuracy, how many true answers are ``banned``
+    (unsayable) and, where there is a target, the misses."""
     rows: dict[str, list] = defaultdict(list)
-    for edit, text in zip(edits, texts):
+    for edit, text, ban in zip(edits, texts, banned or [False] * len(edits)):
         names = [group(edit), "all"]
         if edit.target is not None and edit.family != "add":  # an added object is always small
             names.append(f"{group(edit)}, {edit.target.size} target")
         for name in names:
-            rows[name].append((edit, text))
+            rows[name].append((edit, text, ban))
     table = {}
     for name in sorted(rows, key=lambda n: (n == "all", n)):
-        pairs = rows[name]
-        row = {"n": len(pairs), "accuracy": sum(expressive_ok(e, t) for e, t in pairs) / len(pairs)}
+        triples = rows[name]
+        pairs = [(e, t) for e, t, _ in triples]
+        row = {"n": len(pairs), "accuracy": sum(expressive_ok(e, t) for e, t in pairs) / len(pairs),
+               "unsayable": sum(b for _, _, b in triples)}
         if "target" in name:
             row["misses"] = dict(Counter(m for e, t in pairs if (m := miss(e, t))))
         table[name] = row
@@ -84,11 +104,12 @@ def derive_texts(model, edits: list[world.Edit], batch: int = 100) -> list[str]:
 
 
 def format_breakdown(table: dict[str, dict]) -> str:
-    lines = ["| group | n | expressive accuracy | " + " | ".join(MISSES) + " |", "|" + "---|" * (3 + len(MISSES))]
+    lines = ["| group | n | expressive accuracy | unsayable | " + " | ".join(MISSES) + " |",
+             "|" + "---|" * (4 + len(MISSES))]
     for name, row in table.items():
         misses = row.get("misses")
         cells = [str(misses.get(m, 0)) if misses is not None else "" for m in MISSES]
-        lines.append(f"| {name} | {row['n']} | {row['accuracy']:.0%} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {row['n']} | {row['accuracy']:.0%} | {row['unsayable']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -103,8 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     edits = world.edits(args.seed, args.count)
-    print(f"scenes: {args.count} (seed {args.seed}); misses: what the wrong answers name")
-    print(format_breakdown(breakdown(edits, derive_texts(load_model(args.model), edits))))
+    model = load_model(args.model)
+    print(f"scenes: {args.count} (seed {args.seed}); unsayable: true answers the {DeriveConfig.no_repeat_ngram_size}"
+          "-gram ban forbids; misses: what the wrong answers name")
+    banned = [unsayable(model, e) for e in edits]
+    print(format_breakdown(breakdown(edits, derive_texts(model, edits), banned)))
     return 0
 
 
