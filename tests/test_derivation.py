@@ -106,7 +106,7 @@ def test_an_unsayable_answer_is_never_derived_and_a_sayable_one_can_be(shipped):
     from mgie_core import DeriveConfig, MGIEPipeline
 
     edit = next(e for e in world.edits(777, 200) if e.instruction == "make it look like sunset")
-    assert derivation.unsayable(shipped, edit)
+    assert derivation.unsayable(shipped, edit) and not derivation.unsayable(shipped, edit, n=0)
     pipe = MGIEPipeline(shipped, "cpu", "fp32")
     image = world.images(edit)[0]
     for n, right in ((3, False), (0, True)):

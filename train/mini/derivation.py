@@ -54,6 +54,8 @@ def miss(edit: world.Edit, text: str) -> str | None:
 def unsayable(model, edit: world.Edit, n: int = DeriveConfig.no_repeat_ngram_size) -> bool:
     """True when derivation's n-gram ban (MGIE.md §2.5: no n tokens of prompt or answer twice) forbids the
     true expressive instruction, so no model can derive it: one of its n-grams of tokens came before."""
+    if n < 1:
+        return False  # no ban
     tok = model.tokenizer
     ids = tok.encode(build_conversation(edit.instruction, edit.expressive, model.spec, tok.eos_token))
     start = len(tok.encode(build_prompt(edit.instruction, model.spec)))
