@@ -80,14 +80,12 @@ def _banned_by_transformers(model, edit) -> bool:
     import torch
     from transformers import NoRepeatNGramLogitsProcessor
 
-    from mgie_core.prompt import build_conversation, build_prompt
+    from train.objective import conversation_ids
 
-    tok = model.tokenizer
-    ids = tok.encode(build_conversation(edit.instruction, edit.expressive, model.spec, tok.eos_token))
-    start = len(tok.encode(build_prompt(edit.instruction, model.spec)))
+    ids, start = conversation_ids(model, edit.instruction, edit.expressive)
     ban = NoRepeatNGramLogitsProcessor(3)
     for end in range(start, len(ids)):
-        scores = ban(torch.tensor([ids[:end]]), torch.zeros(1, tok.vocab_size))
+        scores = ban(torch.tensor([ids[:end]]), torch.zeros(1, model.tokenizer.vocab_size))
         if scores[0, ids[end]] == float("-inf"):
             return True
     return False

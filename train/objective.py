@@ -47,12 +47,17 @@ class Sample:
     expressive: str
 
 
+def conversation_ids(model: MGIEModel, instruction: str, expressive: str) -> tuple[list[int], int]:
+    """The teacher-forcing token ids (prompt + answer + ``</s>``) and how many of them are the prompt."""
+    tok = model.tokenizer
+    full = tok.encode(build_conversation(instruction, expressive, model.spec, tok.eos_token))
+    return full, len(tok.encode(build_prompt(instruction, model.spec)))
+
+
 def collate(samples: list[Sample], model: MGIEModel, resolution: int, clip_resolution: int) -> Batch:
-    tok, spec = model.tokenizer, model.spec
     ids, labels = [], []
     for s in samples:
-        full = tok.encode(build_conversation(s.instruction, s.expressive, spec, tok.eos_token))
-        prompt = len(tok.encode(build_prompt(s.instruction, spec)))
+        full, prompt = conversation_ids(model, s.instruction, s.expressive)
         ids.append(full)
         labels.append([IGNORE] * prompt + full[prompt:])
     length = max(map(len, ids))

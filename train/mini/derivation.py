@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 import torch
 
 from mgie_core import DeriveConfig, MGIEPipeline, load_model
-from mgie_core.prompt import build_conversation, build_prompt
+from train.objective import conversation_ids
 
 from . import world
 from .checks import expressive_ok
@@ -56,9 +56,7 @@ def unsayable(model, edit: world.Edit, n: int = DeriveConfig.no_repeat_ngram_siz
     true expressive instruction, so no model can derive it: one of its n-grams of tokens came before."""
     if n < 1:
         return False  # no ban
-    tok = model.tokenizer
-    ids = tok.encode(build_conversation(edit.instruction, edit.expressive, model.spec, tok.eos_token))
-    start = len(tok.encode(build_prompt(edit.instruction, model.spec)))
+    ids, start = conversation_ids(model, edit.instruction, edit.expressive)
     seen = {tuple(ids[i : i + n]) for i in range(start - n + 1)}
     for end in range(start + 1, len(ids) + 1):
         gram = tuple(ids[end - n : end])
