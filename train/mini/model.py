@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import sentencepiece as spm
@@ -48,22 +49,37 @@ VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=
            norm_num_groups=16, sample_size=SIZE, mid_block_add_attention=False)
 
 
+TEMPLATE = [SYSTEM, "USER: what will this image be like if ASSISTANT:"]
+
+
 def tokenizer_corpus(count: int = 4000, seed: int = 99) -> list[str]:
     # The template appears in every prompt: weighting it like the edits gives it whole-word pieces.
-    lines = [SYSTEM, "USER: what will this image be like if ASSISTANT:"] * count
+    lines = TEMPLATE * count
     for edit in edits(seed, count):
         lines += [edit.instruction, edit.expressive]
     return lines + [" ".join(COLOURS)] * 20
 
 
+def whole_words(corpus: list[str]) -> list[str]:
+    """The world's words as pieces of their own ("▁sunset"). With 512 pieces, half of them bytes, BPE has too few
+    merges left for them, and a word spelt in sub-word pieces (v8's s-u-ns-et) can repeat 3 tokens of the
+    instruction in its answer, which derivation's no-repeat rule then forbids (README, mgie-mini). SentencePiece
+    matches these pieces anywhere, longest first, so a word that begins a longer template word ("be", "between")
+    is left to BPE, which makes such short, frequent words whole anyway."""
+    template = {w for line in TEMPLATE for w in re.findall(r"[A-Za-z]+", line)}
+    words = {w for line in corpus for w in re.findall(r"[A-Za-z]+", line)} - template
+    return sorted("▁" + w for w in words if not any(t != w and t.startswith(w) for t in template))
+
+
 def train_tokenizer(vocab_size: int = 512) -> LegacyLlamaTokenizer:
     """A LLaMA-style SentencePiece BPE model on the world's vocabulary, plus MGIE's added tokens."""
     model = io.BytesIO()
+    corpus = tokenizer_corpus()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(tokenizer_corpus()), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        sentence_iterator=iter(corpus), model_writer=model, vocab_size=vocab_size, model_type="bpe",
         byte_fallback=True, split_digits=True, add_dummy_prefix=True, remove_extra_whitespaces=False,
         normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, hard_vocab_limit=False,
-        minloglevel=2, num_threads=1)
+        user_defined_symbols=whole_words(corpus), minloglevel=2, num_threads=1)
     proto = model.getvalue()
     base = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
     tokenizer = LegacyLlamaTokenizer(proto, {IM_PATCH: base, IM_START: base + 1, IM_END: base + 2})
