@@ -63,9 +63,9 @@ def tokenizer_corpus(count: int = 4000, seed: int = 99) -> list[str]:
 def whole_words(corpus: list[str]) -> list[str]:
     """The world's words as pieces of their own ("▁sunset"). With 512 pieces, half of them bytes, BPE has too few
     merges left for them, and a word spelt in sub-word pieces (v8's s-u-ns-et) can repeat 3 tokens of the
-    instruction in its answer, which derivation's no-repeat rule then forbids (README, mgie-mini). SentencePiece
-    matches these pieces anywhere, longest first, so a word that begins a longer template word ("be", "between")
-    is left to BPE, which makes such short, frequent words whole anyway."""
+    instruction in its answer, which derivation's no-repeat rule then forbids (README, mgie-mini). The template's
+    own words are left to BPE (weighted, it makes them whole), and since SentencePiece matches these pieces
+    anywhere, longest first, so is a word that begins a longer template word ("be", "between")."""
     template = {w for line in TEMPLATE for w in re.findall(r"[A-Za-z]+", line)}
     words = {w for line in corpus for w in re.findall(r"[A-Za-z]+", line)} - template
     return sorted("▁" + w for w in words if not any(t != w and t.startswith(w) for t in template))
