@@ -101,8 +101,6 @@ def test_the_shipped_model_recommends_the_guidance_chosen_for_it():
     assert load_model().recommended_sampling == RECOMMENDED_SAMPLING == {"guidance_scale": 2.0, "image_guidance_scale": 1.5}
 
 
-@pytest.mark.xfail(strict=True, reason="v8's 512-piece tokenizer spells 'sunset' and 'cool' in pieces that the prompts "
-                   "'make it look like sunset' and 'make it cooler' already hold, so the 3-gram ban forbids their answers")
 def test_the_shipped_model_can_say_every_true_expressive_instruction():
     from train.mini.derivation import unsayable
 

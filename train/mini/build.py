@@ -1,6 +1,7 @@
 """Train mgie-mini from scratch and write it as an MGIE bundle (the project's embedded default model).
 
-    python -m train.mini.build --out mgie_core/assets/mgie-mini.safetensors
+    python -m train.mini.build --out runs/mgie-mini-6400.safetensors              # 6,400 joint steps (v9)
+    python -m train.mini.build --resume --steps 9600 --out mgie_core/assets/mgie-mini.safetensors  # on to v10
 
 1. tokenizer: SentencePiece BPE on the world's vocabulary and the prompt template;
 2. VAE: a KL autoencoder (4x downsampling) on world pictures (the real MGIE reuses SD's pretrained VAE);
@@ -226,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="runs/mgie-mini")
     parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--ip2p-steps", type=int, default=2000, help="InstructPix2Pix steps of the UNet first")
-    parser.add_argument("--steps", type=int, default=3200, help="steps of MGIE's joint objective")
+    parser.add_argument("--steps", type=int, default=6400,
+                        help="steps of MGIE's joint objective (the shipped v10 went on with --resume --steps 9600)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)

@@ -5,7 +5,7 @@ instructions instead (the paper's "ExpI" ablation: the MLLM's words, fed to a te
 visual tokens); at test time it reads what MGIE-mini derives.
 
     python -m train.mini.twin --vae runs/mini/vae.safetensors --out runs/ip2p-twin.safetensors
-    python -m train.mini.twin --init runs/ip2p-twin.safetensors --start-step 5200 --steps 8400 --out ...  # train on
+    python -m train.mini.twin --init runs/ip2p-twin.safetensors --start-step 8400 --steps 11600 --out ...  # train on
 """
 
 from __future__ import annotations
@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vae", help="the trained mgie-mini VAE (runs/.../vae.safetensors); not with --init")
     parser.add_argument("--out", default="runs/ip2p-twin.safetensors")
-    parser.add_argument("--steps", type=int, default=5200,
-                        help="default: a default build's UNet steps (2,000 InstructPix2Pix + 3,200 joint); "
-                             "the shipped v8's are 8,400 (its joint stage ran 6,400)")
+    parser.add_argument("--steps", type=int, default=8400,
+                        help="default: a default build's UNet steps (2,000 InstructPix2Pix + 6,400 joint); "
+                             "the shipped v10's are 11,600 (its joint stage ran 6,400 + 3,200)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
