@@ -14,7 +14,7 @@ from PIL import Image
 from train.data import read_triplets
 from train.mini import world
 from train.mini.checks import edit_ok, expressive_ok
-from train.mini.evaluate import COLUMNS, format_table
+from train.mini.evaluate import COLUMNS, Result, ambiguous_group, format_table, paired, sign_test
 
 EDITS = world.edits(7, 60)  # every family, twelve each
 
@@ -35,6 +35,16 @@ def test_edits_are_deterministic_by_seed_and_cover_every_family():
     assert all((_array(a) == _array(b)).all() for e in EDITS[:10] for a, b in zip(world.images(e), world.images(e)))
     assert {e.family for e in EDITS} == set(world.FAMILIES)
     assert world.edits(8, 60) != EDITS
+
+
+def test_edits_of_chosen_families_only():
+    ambiguous = world.edits(7, 20, ("ambiguous",))
+    assert {e.family for e in ambiguous} == {"ambiguous"} and ambiguous == world.edits(7, 20, ("ambiguous",))
+    assert len({ambiguous_group(e) for e in ambiguous}) == 5  # every kind shows up
+    assert world.edits(7, 60, world.FAMILIES) == EDITS  # the default is every family in turn
+    assert [e.family for e in world.edits(7, 4, ("add", "remove"))] == ["add", "remove", "add", "remove"]
+    with pytest.raises(ValueError, match="recolour, remove, add, global, ambiguous; got smallest"):
+        world.edits(7, 4, ("smallest",))
 
 
 @pytest.mark.parametrize("edit", EDITS, ids=lambda e: f"{e.family}-{e.kind}")
@@ -124,3 +134,21 @@ def test_readme_table_is_the_one_in_bench_mini_eval_json(name, guidance):
     figures = json.loads((root / "bench" / name).read_text())
     assert figures.get("guidance_scale", 7.5) == guidance
     assert format_table(figures["mgie_mini"], {k: figures.get(k) for k in COLUMNS}) in (root / "README.md").read_text()
+
+
+def test_sign_test_is_the_exact_two_sided_binomial():
+    assert sign_test(10, 0) == sign_test(0, 10) == pytest.approx(2 / 1024)
+    assert sign_test(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)
+    assert sign_test(3, 3) == sign_test(0, 0) == 1.0
+
+
+def test_paired_counts_the_scenes_only_one_editor_got_right():
+    edits = world.edits(7, 10)  # two of each family
+    first = [Result(e, None, None, None, ok) for e, ok in zip(edits, [1, 1, 1, 0, 1, 1, 0, 0, 1, 1])]
+    second = [Result(e, None, None, None, ok) for e, ok in zip(edits, [1, 0, 0, 0, 0, 1, 1, 0, 0, 0])]
+    rows = paired(first, second)
+    assert rows["all"] == {"n": 10, "only_first": 5, "only_second": 1, "p": pytest.approx(sign_test(5, 1))}
+    assert (rows["ambiguous"]["only_first"], rows["ambiguous"]["only_second"]) == (2, 0)  # scenes 4 and 9
+    assert rows["add"] == {"n": 2, "only_first": 1, "only_second": 0, "p": 1.0}
+    with pytest.raises(AssertionError, match="same scenes"):
+        paired(first, second[::-1])

@@ -1,11 +1,13 @@
 """Measure mgie-mini (and its InstructPix2Pix twin) on held-out scenes of the edit world.
 
-    python -m train.mini.evaluate [--model PATH] [--twin PATH] [--count 200] [--seed 12345]
+    python -m train.mini.evaluate [--model PATH] [--twin PATH] [--count 200] [--seed 12345] [--family ambiguous]
 
 Prints, per instruction family (ambiguous ones also per kind): (a) expressive-instruction accuracy,
 (b) edit success (train/mini/checks.py), and the ceiling of (b): the success of the model's own VAE
-round trip of the ground truth, the best any sampler can do through that VAE. Held-out scenes come
-from another seed than training's stream. ``--grid FILE.png`` also draws input / instruction / expressive / output / ground truth.
+round trip of the ground truth, the best any sampler can do through that VAE. With ``--twin``, also
+scene by scene: where only one of MGIE-mini and the twin succeeded, and whether that split is chance
+(exact McNemar test). Held-out scenes come from another seed than training's stream. ``--grid FILE.png``
+also draws input / instruction / expressive / output / ground truth.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,20 +93,55 @@ def evaluate_ceiling(vae, edits: list[world.Edit], batch: int = 50) -> list[Resu
     return results
 
 
+def groups(edits: list[world.Edit]) -> dict[str, list[int]]:
+    """The table's rows (family, ambiguous kind, all; "all" last) and the indices of their edits."""
+    found: dict[str, list[int]] = defaultdict(list)
+    for i, edit in enumerate(edits):
+        found[edit.family].append(i)
+        if edit.family == "ambiguous":
+            found[ambiguous_group(edit)].append(i)
+        found["all"].append(i)
+    return dict(sorted(found.items(), key=lambda kv: (kv[0] == "all", kv[0])))
+
+
 def table(results: list[Result]) -> dict[str, dict[str, float]]:
-    groups: dict[str, list[Result]] = defaultdict(list)
-    for r in results:
-        groups[r.edit.family].append(r)
-        if r.edit.family == "ambiguous":
-            groups[ambiguous_group(r.edit)].append(r)
-        groups["all"].append(r)
     rows = {}
-    for name, rs in sorted(groups.items(), key=lambda kv: (kv[0] == "all", kv[0])):
+    for name, indices in groups([r.edit for r in results]).items():
+        rs = [results[i] for i in indices]
         row = {"n": len(rs), "edit_success": sum(r.edit_ok for r in rs) / len(rs)}
         if rs[0].expressive_ok is not None:
             row["expressive_accuracy"] = sum(r.expressive_ok for r in rs) / len(rs)
         rows[name] = row
     return rows
+
+
+def paired(first: list[Result], second: list[Result]) -> dict[str, dict]:
+    """Two editors on the same scenes, per row of :func:`table`: on how many scenes only the first or only
+    the second succeeded, and the exact two-sided McNemar p-value (a sign test on those scenes), the chance
+    of a split at least this uneven if neither editor were better."""
+    assert [r.edit for r in first] == [r.edit for r in second], "paired results must be on the same scenes"
+    rows = {}
+    for name, indices in groups([r.edit for r in first]).items():
+        only_first = sum(first[i].edit_ok and not second[i].edit_ok for i in indices)
+        only_second = sum(second[i].edit_ok and not first[i].edit_ok for i in indices)
+        rows[name] = {"n": len(indices), "only_first": only_first, "only_second": only_second,
+                      "p": sign_test(only_first, only_second)}
+    return rows
+
+
+def sign_test(a: int, b: int) -> float:
+    """Exact two-sided binomial test of an a:b split against 1/2."""
+    n = a + b
+    tail = sum(math.comb(n, k) for k in range(min(a, b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def format_paired(rows: dict[str, dict], first: str, second: str) -> str:
+    head = f"| family | n | {first} only | {second} only | p (McNemar, exact) |"
+    lines = [head, "|---|---|---|---|---|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['n']} | {row['only_first']} | {row['only_second']} | {row['p']:.2g} |")
+    return "\n".join(lines)
 
 
 def ambiguous_group(edit: world.Edit) -> str:
@@ -171,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--given-expressive", action="store_true",
                         help="also edit with the true expressive instruction teacher-forced (MLLM perception factored out)")
     parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--family", action="append", choices=world.FAMILIES,
+                        help="only this family's scenes (repeat for several; default: all, in turn)")
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     parser.add_argument("--steps", type=int, default=SampleConfig.num_inference_steps)
     parser.add_argument("--guidance-scale", type=float, default=SampleConfig.guidance_scale,
@@ -181,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
-    edits = world.edits(args.seed, args.count)
+    edits = world.edits(args.seed, args.count, tuple(args.family or world.FAMILIES))
     config = SampleConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                           image_guidance_scale=args.image_guidance_scale)
     model = load_model(args.model)
@@ -190,8 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     others = dict.fromkeys(COLUMNS)
     if args.given_expressive:
         others["given_expressive"] = table(evaluate_mgie(model, edits, config, args.seed, given_expressive=True))
+    head_to_head = None
     if args.twin:
-        others["ip2p_twin"] = table(evaluate_twin(load_twin(args.twin), edits, config, args.seed))
+        twin_results = evaluate_twin(load_twin(args.twin), edits, config, args.seed)
+        others["ip2p_twin"] = table(twin_results)
+        head_to_head = paired(results, twin_results)
     if args.expi_twin:
         derived = [r.expressive for r in results]
         others["expi_twin"] = table(evaluate_twin(load_twin(args.expi_twin), edits, config, args.seed, derived))
@@ -199,10 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"held-out scenes: {args.count} (seed {args.seed}), sampler: {config.scheduler}, {args.steps} steps, "
           f"guidance {config.guidance_scale} (text) / {config.image_guidance_scale} (image)")
     print(format_table(rows, others))
+    if head_to_head:
+        print("scene by scene against the IP2P twin:")
+        print(format_paired(head_to_head, "MGIE-mini", "IP2P twin"))
     if args.grid:
         print("grid:", draw_grid(results, Path(args.grid)))
     if args.json:
-        figures = {"mgie_mini": rows, **others, "count": args.count, "seed": args.seed, "steps": args.steps,
+        figures = {"mgie_mini": rows, **others, "paired_ip2p_twin": head_to_head,
+                   "families": args.family or list(world.FAMILIES), "count": args.count, "seed": args.seed, "steps": args.steps,
                    "guidance_scale": config.guidance_scale, "image_guidance_scale": config.image_guidance_scale}
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

@@ -258,10 +258,13 @@ def images(edit: Edit) -> tuple[Image.Image, Image.Image]:
     return before, render(edit.after)
 
 
-def edits(seed: int, count: int) -> list[Edit]:
-    """``count`` edits, families in turn (so every family is equally represented), deterministic by seed."""
+def edits(seed: int, count: int, families: tuple[str, ...] = FAMILIES) -> list[Edit]:
+    """``count`` edits, ``families`` in turn (so each is equally represented), deterministic by seed."""
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown or not families:
+        raise ValueError(f"families must be some of {', '.join(FAMILIES)}; got {', '.join(families) or 'none'}")
     rng = random.Random(seed)
-    return [make_edit(rng, FAMILIES[i % len(FAMILIES)]) for i in range(count)]
+    return [make_edit(rng, families[i % len(families)]) for i in range(count)]
 
 
 def write_dataset(out: Path, seed: int, count: int) -> Path:
