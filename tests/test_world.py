@@ -14,7 +14,7 @@ from PIL import Image
 from train.data import read_triplets
 from train.mini import world
 from train.mini.checks import edit_ok, expressive_ok
-from train.mini.evaluate import COLUMNS, Result, ambiguous_group, format_table, paired, sign_test
+from train.mini.evaluate import COLUMNS, Result, ambiguous_group, format_paired, format_table, paired, sign_test
 
 EDITS = world.edits(7, 60)  # every family, twelve each
 
@@ -127,13 +127,19 @@ def test_written_dataset_is_read_by_the_training_loader(tmp_path):
     assert (_array(Image.open(report.triplets[0].target)) == _array(world.images(first)[1])).all()
 
 
-@pytest.mark.parametrize("name, guidance", [("mini-eval.json", 7.5), ("mini-eval-g2.json", 2.0)])
+@pytest.mark.parametrize("name, guidance", [("mini-eval.json", 7.5), ("mini-eval-g2.json", 2.0),
+                                            ("mini-eval-ambiguous.json", 7.5), ("mini-eval-ambiguous-g2.json", 2.0)])
 def test_readme_table_is_the_one_in_bench_mini_eval_json(name, guidance):
-    """The README's mgie-mini figures are exactly those evaluate wrote to bench/ (paper's guidance, and 2)."""
+    """The README's mgie-mini figures are exactly those evaluate wrote to bench/ (paper's guidance, and 2;
+    every family, and the ambiguous one alone with the scene-by-scene comparison)."""
     root = Path(__file__).resolve().parents[1]
     figures = json.loads((root / "bench" / name).read_text())
+    readme = (root / "README.md").read_text()
     assert figures.get("guidance_scale", 7.5) == guidance
-    assert format_table(figures["mgie_mini"], {k: figures.get(k) for k in COLUMNS}) in (root / "README.md").read_text()
+    assert format_table(figures["mgie_mini"], {k: figures.get(k) for k in COLUMNS}) in readme
+    if "ambiguous" in name:
+        assert figures["families"] == ["ambiguous"] and figures["mgie_mini"]["all"]["n"] == 200
+        assert format_paired(figures["paired_ip2p_twin"], "MGIE-mini", "IP2P twin") in readme
 
 
 def test_sign_test_is_the_exact_two_sided_binomial():
