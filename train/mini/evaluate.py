@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         derived = [r.expressive for r in results]
         others["expi_twin"] = table(evaluate_twin(load_twin(args.expi_twin), edits, config, args.seed, derived))
     others["vae_ceiling"] = table(evaluate_ceiling(model.vae, edits))
-    print(f"held-out scenes: {args.count} (seed {args.seed}), sampler: {config.scheduler}, {args.steps} steps, "
+    families = ", ".join(args.family or ["every family"])
+    print(f"held-out scenes: {args.count} (seed {args.seed}; {families}), sampler: {config.scheduler}, {args.steps} steps, "
           f"guidance {config.guidance_scale} (text) / {config.image_guidance_scale} (image)")
     print(format_table(rows, others))
     if head_to_head:
