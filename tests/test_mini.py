@@ -106,3 +106,28 @@ def test_the_shipped_model_can_say_every_true_expressive_instruction():
 
     model = load_model()
     assert [e.instruction for e in world.edits(HELD_OUT_SEED, 200) if unsayable(model, e)] == []
+
+
+def test_evaluate_compares_with_a_twin_scene_by_scene_on_the_chosen_family(tmp_path, capsys):
+    import json
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    from train.mini.evaluate import main as evaluate_main
+    from train.mini.model import VAE, train_tokenizer
+    from train.mini.twin import Twin, save_twin
+
+    torch.manual_seed(0)
+    twin = save_twin(Twin(train_tokenizer(), AutoencoderKL(**VAE)), tmp_path / "twin.safetensors")  # untrained
+    out = tmp_path / "figures.json"
+    argv = ["--count", "4", "--steps", "4", "--family", "ambiguous", "--twin", str(twin), "--json", str(out)]
+    assert evaluate_main(argv) == 0
+    figures = json.loads(out.read_text())
+    assert figures["families"] == ["ambiguous"] and set(figures["mgie_mini"]) - {"all", "ambiguous"} <= {
+        f"ambiguous/{k}" for k in ("biggest", "smallest", "odd_one_out", "leftmost", "sunset")}
+    assert "IP2P twin only" in capsys.readouterr().out
+    for name, row in figures["paired_ip2p_twin"].items():  # who alone succeeded explains the two rates' gap
+        gap = figures["mgie_mini"][name]["edit_success"] - figures["ip2p_twin"][name]["edit_success"]
+        assert row["n"] == figures["mgie_mini"][name]["n"]
+        assert gap == pytest.approx((row["only_first"] - row["only_second"]) / row["n"])
