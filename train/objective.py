@@ -174,6 +174,18 @@ def dropout_masks(batch: int, p: float, generator: torch.Generator) -> tuple[tor
     return prob < 2 * p, ~((prob >= p) & (prob < 3 * p))
 
 
+def instruction_loss(model: MGIEModel, batch: Batch, rows: VisualRows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_ins of the teacher-forced conversation, and the LLM's final hidden states (B, T, H) it came from."""
+    spec, mllm = model.spec, model.mllm
+    features = mllm.image_features(batch.clip_pixels)  # (B, N, H); the vision tower trains only if asked to
+    embeds = _embed(model, batch.input_ids, rows)
+    embeds = embeds.masked_scatter((batch.input_ids == spec.im_patch_token_id)[..., None], features.to(embeds.dtype))
+    hidden = llm_states(mllm.llm, embeds, batch.attention_mask, shared_prefix(batch.input_ids, spec.im_patch_token_id))
+    logits = _logits(model, hidden, rows)
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), ignore_index=IGNORE)
+    return loss, hidden
+
+
 def mgie_loss(model: MGIEModel, batch: Batch, ddpm: DDPMScheduler, generator: torch.Generator,
               edit_weight: float = 0.5, dropout: float = 0.05, rows: VisualRows | None = None,
               tie_emb_to_rows: bool = False, sample_target_latent: bool = True) -> Losses:
@@ -182,16 +194,10 @@ def mgie_loss(model: MGIEModel, batch: Batch, ddpm: DDPMScheduler, generator: to
     ``sample_target_latent``: the reference draws the target latent from the VAE posterior; SD's VAE
     has a tiny posterior spread, a small VAE trained from scratch may not (then use its mode).
     """
-    device = model.mllm.device
-    spec, mllm = model.spec, model.mllm
+    device, spec = model.mllm.device, model.spec
 
     # 1. the multimodal LLM, teacher-forced on prompt + expressive instruction + [IMG] tokens
-    features = mllm.image_features(batch.clip_pixels)  # (B, N, H); the vision tower trains only if asked to
-    embeds = _embed(model, batch.input_ids, rows)
-    embeds = embeds.masked_scatter((batch.input_ids == spec.im_patch_token_id)[..., None], features.to(embeds.dtype))
-    hidden = llm_states(mllm.llm, embeds, batch.attention_mask, shared_prefix(batch.input_ids, spec.im_patch_token_id))
-    logits = _logits(model, hidden, rows)
-    loss_ins = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), ignore_index=IGNORE)
+    loss_ins, hidden = instruction_loss(model, batch, rows)
 
     # 2. visual tokens -> visual imagination (and the null imagination for dropout)
     visual = select_from_labels(hidden, batch.labels, spec.visual_token_ids[0], spec.num_visual_tokens)

@@ -95,12 +95,14 @@ def scheduler_config() -> dict[str, Any]:
     return {"_class_name": "EulerAncestralDiscreteScheduler", **dict(scheduler.config)}
 
 
-def build_mini(seed: int = 0) -> MGIEModel:
-    """A freshly initialised mgie-mini (random weights, trained tokenizer)."""
+def build_mini(seed: int = 0, patch_size: int = VISION["patch_size"]) -> MGIEModel:
+    """A freshly initialised mgie-mini (random weights, trained tokenizer); ``patch_size`` is the vision
+    tower's (16: 4x4 patches of a 64x64 picture, the shipped model's; 8: 8x8 patches)."""
     torch.manual_seed(seed)
     tokenizer = train_tokenizer()
     llava = {**LLM, "vocab_size": tokenizer.vocab_size}
-    mllm = MultimodalLLM(llama_config_from(llava, tokenizer.vocab_size), clip_vision_config_from(VISION), -2)
+    vision = {**VISION, "patch_size": patch_size}
+    mllm = MultimodalLLM(llama_config_from(llava, tokenizer.vocab_size), clip_vision_config_from(vision), -2)
     edit_head = EditHead(EditHeadConfig(llm_hidden_size=LLM["hidden_size"], num_visual_tokens=NUM_VISUAL, **EDIT_HEAD))
     with torch.no_grad():
         edit_head.emb.copy_(mllm.llm.embed_tokens.weight[-NUM_VISUAL:][None])
@@ -108,9 +110,9 @@ def build_mini(seed: int = 0) -> MGIEModel:
         im_patch_token_id=tokenizer.added_tokens[IM_PATCH], im_start_token_id=tokenizer.added_tokens[IM_START],
         im_end_token_id=tokenizer.added_tokens[IM_END],
         visual_token_ids=tuple(tokenizer.added_tokens[t] for t in visual_token_names(NUM_VISUAL)),
-        eos_token_id=tokenizer.eos_token_id, num_image_patches=(VISION["image_size"] // VISION["patch_size"]) ** 2,
+        eos_token_id=tokenizer.eos_token_id, num_image_patches=(vision["image_size"] // patch_size) ** 2,
         max_position_embeddings=LLM["max_position_embeddings"])
     clip = ClipImageConfig(shortest_edge=VISION["image_size"], crop_height=VISION["image_size"], crop_width=VISION["image_size"])
     return MGIEModel(tokenizer=tokenizer, mllm=mllm, edit_head=edit_head, unet=UNet2DConditionModel(**UNET),
                      vae=AutoencoderKL(**VAE), scheduler_config=scheduler_config(), clip_image_config=clip, spec=spec,
-                     source="mgie-mini", info={"format": "mini", "llava_config": llava, "clip_config": VISION})
+                     source="mgie-mini", info={"format": "mini", "llava_config": llava, "clip_config": vision})
