@@ -37,7 +37,7 @@ from mgie_core.cli import resolve_device
 from mgie_core.errors import InputError
 from mgie_core.model import MGIEModel
 from mgie_core.weights import read_state_dict
-from train.objective import Sample, collate, mgie_loss
+from train.objective import Batch, Sample, collate, mgie_loss
 from train.state import load_checkpoint, save_checkpoint
 
 from . import world
@@ -53,6 +53,12 @@ def edit_at(seed: int, index: int) -> world.Edit:
     """Training edit number ``index`` of an endless, reproducible stream (families in turn)."""
     rng = random.Random(seed * 1_000_003 + index)
     return world.make_edit(rng, world.FAMILIES[index % len(world.FAMILIES)])
+
+
+def batch_at(model: MGIEModel, seed: int, step: int, batch_size: int) -> Batch:
+    """Training batch ``step`` of the stream, collated for ``model``'s tokenizer (teacher forcing), on the CPU."""
+    edits = [edit_at(seed, step * batch_size + i) for i in range(batch_size)]
+    return collate([Sample(*world.images(e), e.instruction, e.expressive) for e in edits], model, world.SIZE, world.SIZE)
 
 
 def pictures(batch: list[world.Edit]) -> torch.Tensor:
@@ -135,9 +141,7 @@ def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: 
         module.train()
     began, seen = time.time(), 0
     for step in range(start, steps):
-        edits = [edit_at(seed, step * batch_size + i) for i in range(batch_size)]
-        samples = [Sample(*world.images(e), e.instruction, e.expressive) for e in edits]
-        batch = collate(samples, model, world.SIZE, world.SIZE).to(model.mllm.device)
+        batch = batch_at(model, seed, step, batch_size).to(model.mllm.device)
         # Mode target latents: this VAE's posterior spread (~0.25 of unit-variance latents, SD's is ~100x
         # smaller) would be noise the UNet cannot predict.
         losses = mgie_loss(model, batch, ddpm, torch.Generator().manual_seed(seed * 7 + step), tie_emb_to_rows=True,

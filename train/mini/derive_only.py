@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from train.objective import Sample, collate, instruction_loss
+from train.objective import instruction_loss
 
 from . import world
-from .build import edit_at, warmup_cosine
+from .build import batch_at, warmup_cosine
 from .derivation import VALIDATION_SEED, breakdown, derive_texts, format_breakdown
 from .model import VISION, build_mini
 
@@ -31,7 +31,7 @@ STREAM_SEED = 1234  # not the build's (0): an experiment's batches are its own
 
 def train_derivation(model, steps: int, batch_size: int, lr: float, every: int = 0, scenes: list | None = None):
     """Train ``model.mllm`` (vision tower, projector, LLM) on L_ins; every ``every`` steps and at the end,
-    yield (step, derivation breakdown on ``scenes``)."""
+    yield (step, that step's loss, the derivation breakdown on ``scenes``)."""
     mllm = model.mllm
     params = list(mllm.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -39,10 +39,7 @@ def train_derivation(model, steps: int, batch_size: int, lr: float, every: int =
     for step in range(steps):
         mllm.train().requires_grad_(True)
         mllm.train_vision_tower = True
-        edits = [edit_at(STREAM_SEED, step * batch_size + i) for i in range(batch_size)]
-        batch = collate([Sample(*world.images(e), e.instruction, e.expressive) for e in edits], model, world.SIZE,
-                        world.SIZE).to(mllm.device)
-        loss, _ = instruction_loss(model, batch)
+        loss, _ = instruction_loss(model, batch_at(model, STREAM_SEED, step, batch_size).to(mllm.device))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
