@@ -55,10 +55,15 @@ def edit_at(seed: int, index: int) -> world.Edit:
     return world.make_edit(rng, world.FAMILIES[index % len(world.FAMILIES)])
 
 
+def edits_at(seed: int, step: int, batch_size: int) -> list[world.Edit]:
+    """The edits of training batch ``step`` (the joint stage and the twin draw the same ones)."""
+    return [edit_at(seed, step * batch_size + i) for i in range(batch_size)]
+
+
 def batch_at(model: MGIEModel, seed: int, step: int, batch_size: int) -> Batch:
     """Training batch ``step`` of the stream, collated for ``model``'s tokenizer (teacher forcing), on the CPU."""
-    edits = [edit_at(seed, step * batch_size + i) for i in range(batch_size)]
-    return collate([Sample(*world.images(e), e.instruction, e.expressive) for e in edits], model, world.SIZE, world.SIZE)
+    samples = [Sample(*world.images(e), e.instruction, e.expressive) for e in edits_at(seed, step, batch_size)]
+    return collate(samples, model, world.SIZE, world.SIZE)
 
 
 def pictures(batch: list[world.Edit]) -> torch.Tensor:

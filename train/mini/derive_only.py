@@ -36,9 +36,9 @@ def train_derivation(model, steps: int, batch_size: int, lr: float, every: int =
     params = list(mllm.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
+    mllm.train().requires_grad_(True)
+    mllm.train_vision_tower = True
     for step in range(steps):
-        mllm.train().requires_grad_(True)
-        mllm.train_vision_tower = True
         loss, _ = instruction_loss(model, batch_at(model, STREAM_SEED, step, batch_size).to(mllm.device))
         optimizer.zero_grad()
         loss.backward()
@@ -49,6 +49,8 @@ def train_derivation(model, steps: int, batch_size: int, lr: float, every: int =
             mllm.eval().requires_grad_(False)
             mllm.train_vision_tower = False
             yield step + 1, loss.item(), breakdown(scenes, derive_texts(model, scenes))
+            mllm.train().requires_grad_(True)
+            mllm.train_vision_tower = True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from mgie_core.tokenizer import LegacyLlamaTokenizer
 from mgie_core.weights import read_state_dict
 from train.objective import diffusion_goal, dropout_masks
 
-from .build import calibrate_scaling, edit_at, parsed_device, pictures, warmup_cosine
+from .build import calibrate_scaling, edits_at, parsed_device, pictures, warmup_cosine
 from .model import UNET, VAE, scheduler_config, train_tokenizer
 
 logger = logging.getLogger("mgie.twin")
@@ -67,7 +67,7 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
     twin.text_encoder.train(), twin.unet.train(), twin.vae.eval().requires_grad_(False)
     began = time.time()
     for step in range(start, steps):
-        edits = [edit_at(seed, step * batch_size + i) for i in range(batch_size)]
+        edits = edits_at(seed, step, batch_size)
         pixels = pictures(edits).to(device)  # (2B, 3, 64, 64): input, target, input, target, ...
         generator = torch.Generator().manual_seed(seed * 7 + step)
         with torch.no_grad():
