@@ -86,6 +86,17 @@ def test_the_check_is_reachable_through_the_models_own_vae():
     assert sum(r.edit_ok for r in results) >= 16
 
 
+def test_the_decoder_keeps_a_global_edits_tint():
+    """Global edits through the VAE round trip: v10's decoder, trained with its encoder on sampled latents,
+    pulled colours back to the world's palette (11 of these 20 passed; warmer and cooler lost their tint);
+    the decoder fine-tuned alone (train/mini/decoder.py) passes all 20."""
+    from train.mini.evaluate import evaluate_ceiling
+
+    edits = world.edits(HELD_OUT_SEED + 1, 20, ("global",))
+    assert {e.kind for e in edits} == set(world.GLOBAL)
+    assert sum(r.edit_ok for r in evaluate_ceiling(load_model().vae, edits)) >= 18
+
+
 def test_cli_uses_the_embedded_model_by_default(tmp_path):
     out = tmp_path / "edited.png"
     done = subprocess.run([sys.executable, "-m", "mgie_core", "edit", "--image", "examples/scene.png", "--instruction",
