@@ -1,7 +1,8 @@
 """Train mgie-mini from scratch and write it as an MGIE bundle (the project's embedded default model).
 
     python -m train.mini.build --out runs/mgie-mini-6400.safetensors              # 6,400 joint steps (v9)
-    python -m train.mini.build --resume --steps 9600 --out mgie_core/assets/mgie-mini.safetensors  # on to v10
+    python -m train.mini.build --resume --steps 9600 --out runs/mgie-mini.safetensors  # on to v10
+    python -m train.mini.decoder --model runs/mgie-mini.safetensors --out mgie_core/assets/mgie-mini.safetensors  # v11
 
 1. tokenizer: SentencePiece BPE on the world's vocabulary and the prompt template;
 2. VAE: a KL autoencoder (4x downsampling) on world pictures (the real MGIE reuses SD's pretrained VAE);
@@ -11,7 +12,7 @@
    conditioning dropout) on freshly drawn edits, training the vision tower, projector, LLM, edit head
    and UNet together; the [IMG] embeddings the edit head adds are tied to the token table, as in
    Apple's training;
-5. the bundle, fp16.
+5. the bundle, fp16 (the shipped v11 then had its VAE decoder fine-tuned alone: train/mini/decoder.py).
 
 Checkpoints go to ``--work`` every few hundred steps; ``--resume`` continues a killed run.
 """
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--ip2p-steps", type=int, default=2000, help="InstructPix2Pix steps of the UNet first")
     parser.add_argument("--steps", type=int, default=6400,
-                        help="steps of MGIE's joint objective (the shipped v10 went on with --resume --steps 9600)")
+                        help="steps of MGIE's joint objective (v10, the shipped v11's base, went on with --resume --steps 9600)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
