@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import stat
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,26 +17,33 @@ from .errors import CheckpointError
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
     """Yield a binary handle; ``path`` appears (or is replaced) only if the block finishes, with the
-    permissions a plain ``open`` would give it (a replaced file keeps its own), not the temporary file's 0600:
+    permissions a plain ``open`` would give it (a replaced file keeps its own), not a temporary file's 0600:
     a model or picture written here must stay readable to ComfyUI running as another user."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    keep = stat.S_IMODE(path.stat().st_mode) if path.is_file() else None
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
-        os.chmod(tmp, mode)
+        if keep is not None:
+            os.chmod(tmp, keep)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new hidden file beside ``path``, created 0666 so the kernel applies the umask (as ``open`` does;
+    ``tempfile.mkstemp`` makes 0600, and reading the umask means setting it, racing other threads)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def read_json(path: Path, default: dict[str, Any] | None = None) -> dict[str, Any]:

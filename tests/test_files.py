@@ -14,14 +14,15 @@ def _mode(path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_a_new_file_gets_the_umask_mode_not_the_temporary_files_0600(tmp_path):
-    old = os.umask(0o022)
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_a_new_file_gets_the_mode_the_umask_gives_not_a_temporary_files_0600(tmp_path, umask, mode):
+    old = os.umask(umask)
     try:
         with atomic_write(tmp_path / "out.bin") as handle:
             handle.write(b"abc")
     finally:
         os.umask(old)
-    assert (tmp_path / "out.bin").read_bytes() == b"abc" and _mode(tmp_path / "out.bin") == 0o644
+    assert (tmp_path / "out.bin").read_bytes() == b"abc" and _mode(tmp_path / "out.bin") == mode
 
 
 def test_a_replaced_file_keeps_its_mode(tmp_path):
