@@ -40,7 +40,17 @@ def test_only_the_mllm_trains_and_derivation_is_measured_at_the_end():
 def test_command_writes_each_measurement(tmp_path, capsys):
     out = tmp_path / "derive.json"
     assert main(["--patch-size", "8", "--steps", "2", "--batch-size", "2", "--count", "5", "--eval-every", "1",
-                 "--json", str(out)]) == 0
+                 "--vision-lr-scale", "4", "--json", str(out)]) == 0
     found = json.loads(out.read_text())
-    assert [(f["step"], f["patch_size"], f["derivation"]["all"]["n"]) for f in found] == [(1, 8, 5), (2, 8, 5)]
+    assert [(f["step"], f["patch_size"], f["vision_lr_scale"], f["derivation"]["all"]["n"]) for f in found] == [
+        (1, 8, 4.0, 5), (2, 8, 4.0, 5)]
     assert "| all | 5 |" in capsys.readouterr().out
+
+
+def test_vision_lr_scale_scales_only_the_vision_towers_steps():
+    model = build_mini(0)
+    vision = {k: v.clone() for k, v in model.mllm.vision_tower.state_dict().items()}
+    llm = {k: v.clone() for k, v in model.mllm.llm.state_dict().items()}
+    list(train_derivation(model, steps=1, batch_size=2, lr=1e-3, vision_lr_scale=0.0))
+    assert all(torch.equal(v, model.mllm.vision_tower.state_dict()[k]) for k, v in vision.items())
+    assert any(not torch.equal(v, model.mllm.llm.state_dict()[k]) for k, v in llm.items())
