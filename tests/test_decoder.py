@@ -11,7 +11,7 @@ from safetensors import safe_open
 from mgie_core import load_model
 from mgie_core.bundle import save_bundle
 from mgie_core.errors import InputError
-from train.mini.build import edit_at, pictures
+from train.mini.build import edits_at, pictures
 from train.mini.decoder import finetune_decoder, main, same_encoder, swap_decoder
 from train.mini.model import VAE, build_mini, train_tokenizer
 from train.mini.twin import Twin, load_twin, save_twin
@@ -25,7 +25,7 @@ def _l1(vae: AutoencoderKL, x: torch.Tensor) -> float:
 def test_only_the_decoder_learns_and_the_round_trip_gets_closer():
     torch.manual_seed(0)
     vae = AutoencoderKL(**VAE)
-    x = pictures([edit_at(99, i) for i in range(4)])  # pictures the fine-tune never sees
+    x = pictures(edits_at(99, 0, 4))  # pictures the fine-tune never sees
     before, l1_before = {k: v.clone() for k, v in vae.state_dict().items()}, _l1(vae, x)
     rows = finetune_decoder(vae, steps=30, batch_size=4, lr=3e-3, log_every=10)
     assert [r["step"] for r in rows] == [10, 20, 30]

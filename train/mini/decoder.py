@@ -29,7 +29,7 @@ from mgie_core import load_model
 from mgie_core.bundle import save_bundle
 from mgie_core.errors import InputError
 
-from .build import edit_at, pictures
+from .build import edits_at, pictures
 from .twin import load_twin, save_twin
 
 logger = logging.getLogger("mgie.decoder")
@@ -54,7 +54,7 @@ def finetune_decoder(vae: AutoencoderKL, steps: int, batch_size: int = 16, lr: f
     vae.decoder.train()
     rows, began = [], time.time()
     for step in range(steps):
-        x = pictures([edit_at(seed, step * batch_size + i) for i in range(batch_size)]).to(vae.device, vae.dtype)
+        x = pictures(edits_at(seed, step, batch_size)).to(vae.device, vae.dtype)
         with torch.no_grad():
             latents = vae.encode(x).latent_dist.mode()
         recon = vae.decode(latents).sample
