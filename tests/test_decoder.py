@@ -85,3 +85,32 @@ def test_a_twin_with_another_encoder_is_refused_before_training(tmp_path, capsys
               "--twin-out", str(tmp_path / "y.safetensors")])
     assert "encoder" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_decoder_from_takes_another_bundles_decoder_without_training(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = build_mini(0)
+    bundle = save_bundle(model, tmp_path / "mini.safetensors", dtype="fp16")
+    tuned = tmp_path / "tuned.safetensors"  # the same encoder, a decoder fine-tuned on it
+    assert main(["--model", str(bundle), "--out", str(tuned), "--steps", "2", "--batch-size", "2"]) == 0
+    trained_on = build_mini(0)  # the model trained on: same VAE, another UNet
+    with torch.no_grad():
+        for param in trained_on.unet.parameters():
+            param.add_(0.01)
+    other = save_bundle(trained_on, tmp_path / "trained-on.safetensors", dtype="fp16")
+    out = tmp_path / "out.safetensors"
+    assert main(["--model", str(other), "--decoder-from", str(tuned), "--out", str(out)]) == 0
+    got, want, base = load_model(out), load_model(tuned), load_model(other)
+    for k, v in got.vae.state_dict().items():  # the tuned decoder, the shared encoder
+        assert torch.equal(v, want.vae.state_dict()[k]), k
+    for name, a in base.unet.state_dict().items():  # the model's own UNet, not the source's
+        assert torch.equal(a, got.unet.state_dict()[name]), name
+    assert got.info["extra"]["decoder_steps"] == 2 and got.info["extra"]["decoder_from"] == "tuned.safetensors"
+
+    stranger = build_mini(0)
+    stranger.vae = AutoencoderKL(**VAE)  # another encoder
+    foreign = save_bundle(stranger, tmp_path / "foreign.safetensors", dtype="fp16")
+    with pytest.raises(SystemExit):
+        main(["--model", str(other), "--decoder-from", str(foreign), "--out", str(tmp_path / "x.safetensors")])
+    assert "encoder" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()

@@ -2,6 +2,8 @@
 
     python -m train.mini.decoder --model runs/mgie-mini.safetensors --out mgie_core/assets/mgie-mini.safetensors \
         [--steps 2000] [--twin runs/ip2p-twin-v10.safetensors --twin-out runs/ip2p-twin-v11.safetensors]
+    python -m train.mini.decoder --model runs/mini-v12-raw.safetensors --decoder-from runs/mgie-mini-v11.safetensors \
+        --out runs/mgie-mini-v12.safetensors   # a decoder already fine-tuned for this encoder, no training
 
 The build's VAE stage trains encoder and decoder together on *sampled* latents, and leaves a decoder that
 pulls colours back to the world's palette: through its round trip a "cooler" or "warmer" ground truth
@@ -93,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=16, help="edits per step (each gives two pictures)")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--decoder-from", help="take the decoder of this bundle (same VAE encoder) instead of training "
+                        "one: a model trained on keeps the decoder fine-tuned for its encoder")
     parser.add_argument("--twin", help="an InstructPix2Pix twin trained on the same VAE: give it the new decoder too")
     parser.add_argument("--twin-out", help="where to write that twin (required with --twin)")
     args = parser.parse_args(argv)
@@ -105,11 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     if twin is not None and not same_encoder(twin.vae, vae):
         parser.error(f"{args.twin}: its VAE encoder is not {args.model or 'the embedded model'}'s, so the new decoder "
                      "would not fit it")
+    source = load_model(args.decoder_from) if args.decoder_from else None
+    if source is not None and not same_encoder(source.vae, vae):
+        parser.error(f"{args.decoder_from}: its VAE encoder is not {args.model or 'the embedded model'}'s, so its "
+                     "decoder would not fit")
     began = time.time()
-    rows = finetune_decoder(vae, args.steps, args.batch_size, args.lr)
     extra = model.info.setdefault("extra", {})
-    extra.update({"decoder_steps": args.steps, "decoder_minutes": round((time.time() - began) / 60, 1),
-                  "decoder_l1_of_255": round(rows[-1]["l1_of_255"], 2) if rows else None})
+    if source is not None:
+        swap_decoder(vae, source.vae.float())
+        taken = source.info.get("extra", {})
+        extra.update({k: taken[k] for k in ("decoder_steps", "decoder_minutes", "decoder_l1_of_255") if k in taken})
+        extra["decoder_from"] = Path(args.decoder_from).name
+    else:
+        rows = finetune_decoder(vae, args.steps, args.batch_size, args.lr)
+        extra.update({"decoder_steps": args.steps, "decoder_minutes": round((time.time() - began) / 60, 1),
+                      "decoder_l1_of_255": round(rows[-1]["l1_of_255"], 2) if rows else None})
     save_bundle(model, args.out, dtype="fp16")
     if twin is not None:
         swap_decoder(twin.vae, vae)
