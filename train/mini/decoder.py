@@ -1,6 +1,6 @@
 """Fine-tune mgie-mini's VAE decoder alone, the encoder frozen: a better picture from the same latents.
 
-    python -m train.mini.decoder --model runs/mgie-mini.safetensors --out mgie_core/assets/mgie-mini.safetensors \
+    python -m train.mini.decoder --model runs/mgie-mini.safetensors --out runs/mgie-mini-v11.safetensors \
         [--steps 2000] [--twin runs/ip2p-twin-v10.safetensors --twin-out runs/ip2p-twin-v11.safetensors]
     python -m train.mini.decoder --model runs/mini-v12-raw.safetensors --decoder-from runs/mgie-mini-v11.safetensors \
         --out runs/mgie-mini-v12.safetensors   # a decoder already fine-tuned for this encoder, no training
@@ -82,8 +82,8 @@ def same_encoder(a: AutoencoderKL, b: AutoencoderKL) -> bool:
 def swap_decoder(vae: AutoencoderKL, source: AutoencoderKL) -> None:
     """Give ``vae`` the decoder of ``source``; refused when their encoders differ."""
     if not same_encoder(vae, source):
-        raise InputError("the twin's VAE encoder is not the model's: a decoder only fits the encoder it was trained on "
-                         "(give the twin that was trained with this model's VAE)")
+        raise InputError("the two VAE encoders differ: a decoder only fits the encoder it was trained on "
+                         "(give a twin or bundle trained with this model's VAE)")
     state = {k: v for k, v in source.state_dict().items() if k.startswith(("decoder.", "post_quant_conv."))}
     vae.load_state_dict(state, strict=False)
 
