@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache as _memo
+from inspect import signature
 
 import torch
 from transformers import DynamicCache, NoRepeatNGramLogitsProcessor
@@ -156,6 +158,18 @@ def _teacher_forced(model: MGIEModel, instruction: str, expressive: str, feature
     return ids[0].cpu(), prompt_length, states, expressive, True
 
 
+@_memo
+def _cache_keyword(llm_class: type) -> str:
+    names = signature(llm_class.forward).parameters
+    return "cache" if "cache" in names else "past_key_values"
+
+
+def with_cache(llm: torch.nn.Module, cache: DynamicCache) -> dict:
+    """The keyword by which ``llm``'s forward takes a KV cache: ``cache`` in recent transformers 5
+    releases (where ``past_key_values`` is deprecated and goes in 5.40), ``past_key_values`` before."""
+    return {_cache_keyword(type(llm)): cache}
+
+
 def greedy_generate(model: MGIEModel, prompt_ids: torch.Tensor, embeds: torch.Tensor, config: DeriveConfig,
                     callback: ProgressCallback | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Greedy decoding with a KV cache, as ``generate(do_sample=False, num_beams=1)`` did, for G prompts of one length.
@@ -167,7 +181,7 @@ def greedy_generate(model: MGIEModel, prompt_ids: torch.Tensor, embeds: torch.Te
     llm, lm_head, eos = model.mllm.llm, model.mllm.lm_head, model.spec.eos_token_id
     ban = NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size) if config.no_repeat_ngram_size > 0 else None
     cache = DynamicCache()
-    hidden = llm(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state  # (G, L, H)
+    hidden = llm(inputs_embeds=embeds, use_cache=True, **with_cache(llm, cache)).last_hidden_state  # (G, L, H)
     states, ids = [hidden], prompt_ids
     lengths = torch.full((ids.shape[0],), ids.shape[1])
     finished = torch.zeros(ids.shape[0], dtype=torch.bool)
@@ -182,7 +196,7 @@ def greedy_generate(model: MGIEModel, prompt_ids: torch.Tensor, embeds: torch.Te
         report(callback, step + 1, config.max_new_tokens)
         if bool(finished.all()) or step + 1 == config.max_new_tokens:
             break
-        hidden = llm(inputs_embeds=llm.embed_tokens(next_id), past_key_values=cache, use_cache=True).last_hidden_state
+        hidden = llm(inputs_embeds=llm.embed_tokens(next_id), use_cache=True, **with_cache(llm, cache)).last_hidden_state
         states.append(hidden)
     states = torch.cat(states, dim=1)  # (G, T_max - 1, H)
     return [(ids[g, : lengths[g]], states[g, : lengths[g] - 1]) for g in range(ids.shape[0])]

@@ -51,16 +51,22 @@ def test_matches_transformers_generate(tiny_model, image, instruction):
 
 
 def test_one_state_fewer_than_tokens(tiny_model, image):
+    import warnings
+
     from mgie_core.derive import greedy_generate
 
     ids = torch.tensor([tiny_model.tokenizer.encode(build_prompt("make the sky blue", tiny_model.spec))])
     pixels = clip_pixel_values(image, tiny_model.clip_image_config)[None]
     with torch.no_grad():
         embeds = tiny_model.mllm.embed(ids, tiny_model.mllm.image_features(pixels), tiny_model.spec.im_patch_token_id)
-        [(seq, states)] = greedy_generate(tiny_model, ids, embeds, SHORT)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            [(seq, states)] = greedy_generate(tiny_model, ids, embeds, SHORT)
         full = tiny_model.mllm.llm(inputs_embeds=tiny_model.mllm.embed(seq[None], tiny_model.mllm.image_features(pixels),
                                                                       tiny_model.spec.im_patch_token_id)).last_hidden_state[0]
     assert len(states) == len(seq) - 1
+    # the cache goes in by the keyword this transformers reads (no deprecation, nothing dropped)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
     # cached decoding gives the states of one full forward pass over the sequence
     torch.testing.assert_close(states, full[:-1], rtol=1e-4, atol=1e-4)
 

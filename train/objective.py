@@ -15,6 +15,7 @@ from diffusers import DDPMScheduler
 from torch import nn
 from transformers import DynamicCache
 
+from mgie_core.derive import with_cache
 from mgie_core.images import clip_pixel_values
 from mgie_core.model import MGIEModel
 from mgie_core.prompt import build_conversation, build_prompt
@@ -149,10 +150,10 @@ def llm_states(llm: nn.Module, embeds: torch.Tensor, attention_mask: torch.Tenso
     if prefix < 2 or batch == 1 or checkpointing:
         return llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
     cache = DynamicCache()
-    head = llm(inputs_embeds=embeds[:1, :prefix], past_key_values=cache, use_cache=True).last_hidden_state
+    head = llm(inputs_embeds=embeds[:1, :prefix], use_cache=True, **with_cache(llm, cache)).last_hidden_state
     cache.batch_repeat_interleave(batch)
-    tail = llm(inputs_embeds=embeds[:, prefix:], attention_mask=attention_mask, past_key_values=cache,
-               use_cache=True).last_hidden_state
+    tail = llm(inputs_embeds=embeds[:, prefix:], attention_mask=attention_mask, use_cache=True,
+               **with_cache(llm, cache)).last_hidden_state
     return torch.cat([head.expand(batch, -1, -1), tail], dim=1)
 
 
