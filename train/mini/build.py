@@ -4,6 +4,7 @@
     python -m train.mini.build --resume --steps 9600 --out runs/mgie-mini.safetensors  # on to v10
     python -m train.mini.decoder --model runs/mgie-mini.safetensors --out runs/mgie-mini-v11.safetensors  # v11
     python -m train.mini.build --resume --steps 12800 --out runs/mini-v12-raw.safetensors  # on again, then v11's decoder: v12
+    python -m train.mini.build --resume --steps 15200 --out runs/mini-v13-raw.safetensors  # and again: v13
 
 1. tokenizer: SentencePiece BPE on the world's vocabulary and the prompt template;
 2. VAE: a KL autoencoder (4x downsampling) on world pictures (the real MGIE reuses SD's pretrained VAE);
@@ -13,8 +14,8 @@
    conditioning dropout) on freshly drawn edits, training the vision tower, projector, LLM, edit head
    and UNet together; the [IMG] embeddings the edit head adds are tied to the token table, as in
    Apple's training;
-5. the bundle, fp16 (v11 then had its VAE decoder fine-tuned alone, train/mini/decoder.py; the shipped v12
-   is v10 trained on to 12,800 joint steps, with that decoder).
+5. the bundle, fp16 (v11 then had its VAE decoder fine-tuned alone, train/mini/decoder.py; the shipped v13
+   is v10 trained on to 15,200 joint steps, with that decoder).
 
 Checkpoints go to ``--work`` every few hundred steps; ``--resume`` continues a killed run.
 """
@@ -240,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--ip2p-steps", type=int, default=2000, help="InstructPix2Pix steps of the UNet first")
     parser.add_argument("--steps", type=int, default=6400,
-                        help="steps of MGIE's joint objective (v10 went on with --resume --steps 9600, the shipped v12 to 12800)")
+                        help="steps of MGIE's joint objective (v10 went on with --resume --steps 9600, v12 to 12800, "
+                             "the shipped v13 to 15200)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
