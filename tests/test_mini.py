@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,105 @@ def test_evaluate_compares_with_a_twin_scene_by_scene_on_the_chosen_family(tmp_p
         gap = figures["mgie_mini"][name]["edit_success"] - figures["ip2p_twin"][name]["edit_success"]
         assert row["n"] == figures["mgie_mini"][name]["n"]
         assert gap == pytest.approx((row["only_first"] - row["only_second"]) / row["n"])
+
+
+def test_evaluate_keeps_each_scenes_outcome_and_pairs_a_later_run_with_it(tmp_path, capsys):
+    import json
+
+    from train.mini.evaluate import main as evaluate_main
+
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    argv = ["--count", "5", "--steps", "3", "--given-expressive"]
+    assert evaluate_main([*argv, "--json", str(first)]) == 0
+    kept = json.loads(first.read_text())
+    for column in ("mgie_mini", "given_expressive", "expressive_ok", "vae_ceiling"):
+        assert len(kept["outcomes"][column]) == 5 and set(kept["outcomes"][column]) <= {"0", "1"}
+    share = kept["outcomes"]["mgie_mini"].count("1") / 5
+    assert kept["mgie_mini"]["all"]["edit_success"] == pytest.approx(share)
+    assert len(kept["derived"]) == 5 and kept["model"].endswith("mgie-mini.safetensors")
+    capsys.readouterr()
+
+    # the same model, sampler and scenes again: against its own mgie_mini column, no scene splits
+    assert evaluate_main([*argv, "--against", str(first), "--json", str(second)]) == 0
+    assert "scene by scene against" in capsys.readouterr().out
+    again = json.loads(second.read_text())["paired_against"]["all"]
+    assert (again["only_first"], again["only_second"]) == (0, 0)
+    # against the true-words column, the split is the two columns' difference, scene by scene
+    evaluate_main(["--count", "5", "--steps", "3", "--against", f"{first}:given_expressive", "--json", str(second)])
+    split = json.loads(second.read_text())["paired_against"]["all"]
+    ours, theirs = kept["outcomes"]["mgie_mini"], kept["outcomes"]["given_expressive"]
+    assert split["only_first"] == sum(a == "1" and b == "0" for a, b in zip(ours, theirs))
+    assert split["only_second"] == sum(a == "0" and b == "1" for a, b in zip(ours, theirs))
+
+
+@pytest.mark.parametrize("column, steps, message", [
+    ("", "4", "another setting (steps 3 here 4)"),
+    (":ip2p_twin", "3", "no scene-by-scene outcomes for 'ip2p_twin'"),
+])
+def test_evaluate_refuses_to_pair_with_a_run_of_other_scenes_or_a_missing_column(column, steps, message, tmp_path,
+                                                                                   capsys):
+    import json
+
+    from train.mini.evaluate import main as evaluate_main
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"families": list(world.FAMILIES), "count": 5, "seed": HELD_OUT_SEED, "steps": 3,
+                               "guidance_scale": 7.5, "image_guidance_scale": 1.5,
+                               "outcomes": {"mgie_mini": "10101"}}))
+    with pytest.raises(SystemExit) as stop:
+        evaluate_main(["--count", "5", "--steps", steps, "--against", f"{old}{column}"])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_leg_from_the_shipped_bundle_trains_on_and_records_itself(tmp_path):
+    import torch
+
+    from mgie_core.bundle import load_bundle
+    from mgie_core.weights import read_state_dict
+    from train.mini.build import main as build_main
+
+    work, out = tmp_path / "work", tmp_path / "leg.safetensors"
+    argv = ["--init", str(default_model_path()), "--start-step", "15200", "--steps", "15202", "--batch-size", "2",
+            "--lr", "1e-3", "--work", str(work), "--out", str(out)]
+    assert build_main(argv) == 0
+    before, after = load_model(), load_bundle(out)
+    legs = after.info["extra"]["legs"]
+    assert legs[-1] | {"minutes": 0} == {"init": default_model_path().name, "init_fingerprint": before.fingerprint(),
+                                         "start_step": 15200, "steps": 15202, "lr": 1e-3, "batch_size": 2, "seed": 0,
+                                         "minutes": 0, "device": "cpu"}
+    assert after.info["extra"]["decoder_from"] == before.info["extra"]["decoder_from"]  # the old record is kept
+    assert after.recommended_sampling == before.recommended_sampling
+    for name, tensor in before.vae.state_dict().items():  # the VAE is not trained in a leg
+        assert torch.equal(after.vae.state_dict()[name], tensor)
+    # the leg started from the bundle's weights (fp16, exact in fp32) and moved them; it stopped at 15,202
+    trained = read_state_dict(work / "checkpoints" / "step-015202" / "trainable.safetensors")
+    unet = before.unet.state_dict()
+    moved = [not torch.equal(trained[f"unet.{k}"], v.float()) for k, v in unet.items()]
+    assert sum(moved) > 0.9 * len(moved)
+    assert all((trained[f"unet.{k}"] - v.float()).abs().max() < 1e-3 for k, v in unet.items())  # two small steps
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--init", "model.safetensors"], "--init needs --start-step"),
+    (["--init", "model.safetensors", "--start-step", "100", "--steps", "100"], "--init needs --start-step"),
+    (["--start-step", "100"], "--start-step goes with --init"),
+])
+def test_a_leg_needs_its_start_step(argv, message, tmp_path, capsys):
+    from train.mini.build import main as build_main
+
+    with pytest.raises(SystemExit) as stop:
+        build_main([*argv, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out.safetensors")])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_leg_schedule_warms_up_then_falls_to_a_tenth():
+    from train.mini.build import leg_cosine
+
+    factor = leg_cosine(1000, warmup=100)
+    assert factor(0) == pytest.approx(0.01)  # a hundredth of the peak: fresh Adam moments take full-size steps
+    assert factor(99) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 99 / 1000)))
+    assert factor(500) == pytest.approx(0.55) and factor(1000) == pytest.approx(0.1)
+    assert all(factor(s) >= factor(s + 1) for s in range(100, 1000))

@@ -5,6 +5,8 @@
     python -m train.mini.decoder --model runs/mgie-mini.safetensors --out runs/mgie-mini-v11.safetensors  # v11
     python -m train.mini.build --resume --steps 12800 --out runs/mini-v12-raw.safetensors  # on again, then v11's decoder: v12
     python -m train.mini.build --resume --steps 15200 --out runs/mini-v13-raw.safetensors  # and again: v13
+    python -m train.mini.build --init runs/mgie-mini-v13.safetensors --start-step 15200 --steps 17600 \
+        --lr 2e-4 --work runs/mini-v14 --out runs/mgie-mini-v14.safetensors  # a leg from a bundle: v14
 
 1. tokenizer: SentencePiece BPE on the world's vocabulary and the prompt template;
 2. VAE: a KL autoencoder (4x downsampling) on world pictures (the real MGIE reuses SD's pretrained VAE);
@@ -14,10 +16,12 @@
    conditioning dropout) on freshly drawn edits, training the vision tower, projector, LLM, edit head
    and UNet together; the [IMG] embeddings the edit head adds are tied to the token table, as in
    Apple's training;
-5. the bundle, fp16 (v11 then had its VAE decoder fine-tuned alone, train/mini/decoder.py; the shipped v13
-   is v10 trained on to 15,200 joint steps, with that decoder).
+5. the bundle, fp16 (v11 then had its VAE decoder fine-tuned alone, train/mini/decoder.py; v13 is v10
+   trained on to 15,200 joint steps, with that decoder; the shipped v14 is v13 and a leg to 17,600).
 
-Checkpoints go to ``--work`` every few hundred steps; ``--resume`` continues a killed run.
+Checkpoints go to ``--work`` every few hundred steps; ``--resume`` continues a killed run. ``--init BUNDLE``
+trains on from a saved model instead of a work folder (a fresh optimizer; a warmup, then a cosine from ``--lr``
+down to a tenth of it over the leg's steps ``--start-step`` .. ``--steps`` of the stream; its VAE is kept).
 """
 
 from __future__ import annotations
@@ -137,14 +141,28 @@ def warmup_cosine(steps: int, start: int = 0):
     return factor
 
 
+def leg_cosine(length: int, warmup: int = 100):
+    """The learning-rate factor at step s of a leg begun from saved weights with a fresh optimizer: a warmup of its
+    own (fresh Adam moments make full-size first steps), then a cosine down to 0.1 at the leg's ``length``."""
+
+    def factor(s: int) -> float:
+        return min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, length) / length)))
+
+    return factor
+
+
 def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: int, work: Path, log: Path,
-                resume: bool, save_every: int = 250, ema_decay: float = 0.999) -> None:
+                resume: bool, save_every: int = 250, ema_decay: float = 0.999, start: int = 0) -> None:
+    """Joint steps ``start`` .. ``steps`` of the stream. ``start`` > 0 is a leg from saved weights (``--init``):
+    its learning rate follows :func:`leg_cosine`; a build from scratch follows :func:`warmup_cosine`."""
     params = joint_parameters(model)
     optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
+    factor = leg_cosine(steps - start) if start else warmup_cosine(steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     # An exponential moving average of the weights is what ships: diffusion samples from it are much cleaner.
     ema = {k: v.detach().clone() for k, v in params.items()}
-    start = _resume_joint(work, params, ema, optimizer, schedule) if resume else 0
+    if resume:
+        start = _resume_joint(work, params, ema, optimizer, schedule, start)
     ddpm = DDPMScheduler.from_config(model.scheduler_config)
     for module in (model.mllm, model.edit_head, model.unet):
         module.train()
@@ -181,11 +199,15 @@ def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: 
     model.mllm.train_vision_tower = False
 
 
-def _resume_joint(work: Path, params: dict, ema: dict, optimizer, schedule) -> int:
+def _resume_joint(work: Path, params: dict, ema: dict, optimizer, schedule, start: int = 0) -> int:
     found = sorted((work / "checkpoints").glob("step-*"))
     if not found:
-        return 0
-    start, state, optimizer_state, schedule_state = load_checkpoint(found[-1])
+        return start
+    step, state, optimizer_state, schedule_state = load_checkpoint(found[-1])
+    if step < start:
+        raise InputError(f"{found[-1]} is step {step}, before this leg's --start-step {start}; "
+                         "give the leg its own --work folder")
+    start = step
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(state[name])
@@ -242,14 +264,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ip2p-steps", type=int, default=2000, help="InstructPix2Pix steps of the UNet first")
     parser.add_argument("--steps", type=int, default=6400,
                         help="steps of MGIE's joint objective (v10 went on with --resume --steps 9600, v12 to 12800, "
-                             "the shipped v13 to 15200)")
+                             "v13 to 15200; the shipped v14 is a leg to 17600, --init)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work")
+    parser.add_argument("--init", help="an MGIE bundle (e.g. the shipped mgie-mini) to train on from: no VAE or "
+                                       "InstructPix2Pix stage; needs --start-step")
+    parser.add_argument("--start-step", type=int, default=0,
+                        help="with --init: the joint steps that model was trained for (the leg draws the stream's "
+                             "batches from there on)")
     parser.add_argument("--device", default="cpu",
                         help="cpu (the shipped model's recipe) or cuda; every random draw stays on the CPU either way")
     args = parser.parse_args(argv)
+    if args.init and not 0 < args.start_step < args.steps:
+        parser.error("--init needs --start-step N, the joint steps that model was trained for (0 < N < --steps)")
+    if args.start_step and not args.init:
+        parser.error("--start-step goes with --init (a build from scratch starts at step 0)")
     device = parsed_device(parser, args.device)
     logging.basicConfig(level=logging.INFO, format="[mgie-mini] %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -257,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.jsonl"
     began = time.time()
+    if args.init:
+        return train_leg(args, device, work, log, began)
 
     model = build_mini(args.seed).to(device)
     vae_file = work / "vae.safetensors"
@@ -280,6 +313,27 @@ def main(argv: list[str] | None = None) -> int:
                            "minutes": round(minutes, 1), "device": args.device,
                            "world": "train/mini/world.py"}
     model.info["sampling"] = RECOMMENDED_SAMPLING
+    out = save_bundle(model, args.out, dtype="fp16")
+    logger.info("wrote %s (%.1f MB) after %.1f minutes", out, out.stat().st_size / 1e6, minutes)
+    return 0
+
+
+def train_leg(args: argparse.Namespace, device: torch.device, work: Path, log: Path, began: float) -> int:
+    """``--init``: joint steps ``--start-step`` .. ``--steps`` from a saved bundle, written as a new bundle that
+    keeps the old one's VAE, tokenizer and record, and adds this leg to it."""
+    from mgie_core.bundle import load_bundle
+
+    model = load_bundle(args.init).to(device, torch.float32)
+    train_joint(model, args.steps, args.batch_size, args.lr, args.seed, work, log, args.resume, start=args.start_step)
+    minutes = (time.time() - began) / 60
+    extra = dict(model.info.get("extra", {}))
+    legs = list(extra.get("legs", []))
+    legs.append({"init": Path(args.init).name, "init_fingerprint": model.info.get("fingerprint"),
+                 "start_step": args.start_step, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
+                 "seed": args.seed, "minutes": round(minutes, 1), "device": args.device})
+    extra.update({"trained_by": "python -m train.mini.build", "steps": args.steps, "legs": legs})
+    model.info["extra"] = extra
+    model.info["sampling"] = model.info.get("sampling", RECOMMENDED_SAMPLING)
     out = save_bundle(model, args.out, dtype="fp16")
     logger.info("wrote %s (%.1f MB) after %.1f minutes", out, out.stat().st_size / 1e6, minutes)
     return 0

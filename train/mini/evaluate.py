@@ -8,6 +8,10 @@ round trip of the ground truth, the best any sampler can do through that VAE. Wi
 scene by scene: where only one of MGIE-mini and the twin succeeded, and whether that split is chance
 (exact McNemar test). Held-out scenes come from another seed than training's stream. ``--grid FILE.png``
 also draws input / instruction / expressive / output / ground truth.
+
+``--json`` keeps every scene's outcome too (one "1"/"0" character per scene and column), so a later run
+can be paired with it without the models that made it: ``--against OLD.json`` (MGIE-mini's column of that
+run) or ``--against OLD.json:ip2p_twin`` (its twin's), on the same scenes, sampler and guidance.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from mgie_core import DeriveConfig, MGIEPipeline, SampleConfig, load_model, make_generator, sample
+from mgie_core.errors import InputError
+from mgie_core.files import atomic_write
 from mgie_core.images import pil_to_tensor, tensor_to_pil
 from mgie_core.imagine import Imagination
 
@@ -129,6 +135,41 @@ def paired(first: list[Result], second: list[Result]) -> dict[str, dict]:
     return rows
 
 
+def outcomes(results: list[Result]) -> str:
+    """Each scene's edit success, one character per scene ("1" or "0"), in scene order."""
+    return "".join("1" if r.edit_ok else "0" for r in results)
+
+
+def stored(edits: list[world.Edit], path_and_column: str, settings: dict) -> list[Result]:
+    """A stored run's column (``FILE.json`` or ``FILE.json:column``, default ``mgie_mini``) as results on ``edits``;
+    its scenes, sampler and guidance must be the ones of this run."""
+    path, _, column = path_and_column.partition(":")
+    column = column or "mgie_mini"
+    try:
+        figures = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"--against {path}: cannot read it as a figures file of this command ({err})") from None
+    kept = figures.get("outcomes") or {}
+    if column not in kept:
+        raise InputError(f"--against {path}: it holds no scene-by-scene outcomes for {column!r} (it has: "
+                         f"{', '.join(kept) or 'none; it was written before --json kept them'})")
+    differ = [f"{k} {figures.get(k)!r} here {v!r}" for k, v in settings.items() if figures.get(k) != v]
+    if differ:
+        raise InputError(f"--against {path}: another setting ({'; '.join(differ)}); pair runs of the same scenes")
+    flags = kept[column]
+    if len(flags) != len(edits) or set(flags) - {"0", "1"}:
+        raise InputError(f"--against {path}: {column!r} has {len(flags)} outcomes for {len(edits)} scenes")
+    return [Result(e, None, None, None, flag == "1") for e, flag in zip(edits, flags)]
+
+
+def _shown(source: str) -> str:
+    """A model's path as the figures file records it: relative to here when it lies below (no home folders)."""
+    try:
+        return str(Path(source).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return source
+
+
 def sign_test(a: int, b: int) -> float:
     """Exact two-sided binomial test of an a:b split against 1/2."""
     n = a + b
@@ -165,11 +206,13 @@ COLUMNS = {"given_expressive": "edit success (MGIE-mini, true expressive given)"
            "vae_ceiling": "ceiling (VAE round trip)"}
 
 
-def format_table(rows: dict, others: dict[str, dict | None]) -> str:
-    """Markdown: expressive accuracy and edit success per family, then the other edit-success columns."""
+def format_table(rows: dict, others: dict[str, dict | None], labels: dict[str, str] | None = None) -> str:
+    """Markdown: expressive accuracy and edit success per family, then the other edit-success columns, headed
+    by :data:`COLUMNS` or ``labels`` (for columns from other runs, such as an earlier model's)."""
+    labels = {**COLUMNS, **(labels or {})}
     others = {name: other for name, other in others.items() if other}
     head = "| family | n | expressive accuracy | edit success (MGIE-mini) |"
-    head += "".join(f" {COLUMNS[name]} |" for name in others)
+    head += "".join(f" {labels[name]} |" for name in others)
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, row in rows.items():
         cells = [name, str(row["n"]), f"{row['expressive_accuracy']:.0%}", f"{row['edit_success']:.0%}"]
@@ -217,28 +260,43 @@ def main(argv: list[str] | None = None) -> int:
                         help="text (imagination) guidance; the paper's 7.5 by default")
     parser.add_argument("--image-guidance-scale", type=float, default=SampleConfig.image_guidance_scale)
     parser.add_argument("--grid", help="write a picture grid here (.png)")
-    parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--json", help="write the figures here (with each scene's outcome)")
+    parser.add_argument("--against", metavar="FILE.json[:COLUMN]",
+                        help="pair MGIE-mini scene by scene with a column of an earlier --json run of the same scenes "
+                             "(default column mgie_mini; ip2p_twin, given_expressive, ...)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     edits = world.edits(args.seed, args.count, tuple(args.family or world.FAMILIES))
     config = SampleConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                           image_guidance_scale=args.image_guidance_scale)
+    settings = {"families": args.family or list(world.FAMILIES), "count": args.count, "seed": args.seed,
+                "steps": args.steps, "guidance_scale": config.guidance_scale,
+                "image_guidance_scale": config.image_guidance_scale}
+    try:
+        earlier = stored(edits, args.against, settings) if args.against else None
+    except InputError as err:
+        parser.error(str(err))
     model = load_model(args.model)
     results = evaluate_mgie(model, edits, config, args.seed)
     rows = table(results)
     others = dict.fromkeys(COLUMNS)
+    kept = {"mgie_mini": outcomes(results), "expressive_ok": "".join("1" if r.expressive_ok else "0" for r in results)}
     if args.given_expressive:
-        others["given_expressive"] = table(evaluate_mgie(model, edits, config, args.seed, given_expressive=True))
+        given = evaluate_mgie(model, edits, config, args.seed, given_expressive=True)
+        others["given_expressive"], kept["given_expressive"] = table(given), outcomes(given)
     head_to_head = None
     if args.twin:
         twin_results = evaluate_twin(load_twin(args.twin), edits, config, args.seed)
-        others["ip2p_twin"] = table(twin_results)
+        others["ip2p_twin"], kept["ip2p_twin"] = table(twin_results), outcomes(twin_results)
         head_to_head = paired(results, twin_results)
     if args.expi_twin:
         derived = [r.expressive for r in results]
-        others["expi_twin"] = table(evaluate_twin(load_twin(args.expi_twin), edits, config, args.seed, derived))
-    others["vae_ceiling"] = table(evaluate_ceiling(model.vae, edits))
+        expi = evaluate_twin(load_twin(args.expi_twin), edits, config, args.seed, derived)
+        others["expi_twin"], kept["expi_twin"] = table(expi), outcomes(expi)
+    ceiling = evaluate_ceiling(model.vae, edits)
+    others["vae_ceiling"], kept["vae_ceiling"] = table(ceiling), outcomes(ceiling)
+    against = paired(results, earlier) if earlier else None
     families = ", ".join(args.family or ["every family"])
     print(f"held-out scenes: {args.count} (seed {args.seed}; {families}), sampler: {config.scheduler}, {args.steps} steps, "
           f"guidance {config.guidance_scale} (text) / {config.image_guidance_scale} (image)")
@@ -246,13 +304,18 @@ def main(argv: list[str] | None = None) -> int:
     if head_to_head:
         print("scene by scene against the IP2P twin:")
         print(format_paired(head_to_head, "MGIE-mini", "IP2P twin"))
+    if against:
+        print(f"scene by scene against {args.against}:")
+        print(format_paired(against, "MGIE-mini", "earlier"))
     if args.grid:
         print("grid:", draw_grid(results, Path(args.grid)))
     if args.json:
-        figures = {"mgie_mini": rows, **others, "paired_ip2p_twin": head_to_head,
-                   "families": args.family or list(world.FAMILIES), "count": args.count, "seed": args.seed, "steps": args.steps,
-                   "guidance_scale": config.guidance_scale, "image_guidance_scale": config.image_guidance_scale}
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+        figures = {"mgie_mini": rows, **others, "paired_ip2p_twin": head_to_head, **settings,
+                   "model": _shown(model.source), "derived": [r.expressive for r in results], "outcomes": kept}
+        if against:
+            figures["paired_against"] = {"file": args.against, **against}
+        with atomic_write(args.json) as handle:
+            handle.write(json.dumps(figures, indent=2).encode())
     return 0
 
 
