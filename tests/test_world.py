@@ -174,3 +174,12 @@ def test_paired_counts_the_scenes_only_one_editor_got_right():
     assert rows["add"] == {"n": 2, "only_first": 1, "only_second": 0, "p": 1.0}
     with pytest.raises(AssertionError, match="same scenes"):
         paired(first, second[::-1])
+
+
+def test_a_stored_run_that_is_missing_names_the_file(tmp_path):
+    from mgie_core.errors import InputError
+    from train.mini.evaluate import stored
+
+    for given in (f"{tmp_path / 'old.json'}", f"{tmp_path / 'old.json'}:ip2p_twin"):
+        with pytest.raises(InputError, match=r"--against .*old\.json: cannot read it"):
+            stored(world.edits(7, 5), given, {})

@@ -143,7 +143,9 @@ def outcomes(results: list[Result]) -> str:
 def stored(edits: list[world.Edit], path_and_column: str, settings: dict) -> list[Result]:
     """A stored run's column (``FILE.json`` or ``FILE.json:column``, default ``mgie_mini``) as results on ``edits``;
     its scenes, sampler and guidance must be the ones of this run."""
-    path, _, column = path_and_column.partition(":")
+    path, colon, column = path_and_column.rpartition(":")
+    if not colon or any(c in column for c in "/\\") or column.endswith(".json"):  # no column; C:\ is a drive
+        path, column = path_and_column, ""
     column = column or "mgie_mini"
     try:
         figures = json.loads(Path(path).read_text())
