@@ -238,9 +238,9 @@ def test_a_leg_needs_its_start_step(argv, message, tmp_path, capsys):
 
 
 def test_a_leg_schedule_warms_up_then_falls_to_a_tenth():
-    from train.mini.build import leg_cosine
+    from train.mini.build import warmup_cosine
 
-    factor = leg_cosine(1000, warmup=100)
+    factor = warmup_cosine(1000, warmup=100)  # what a 1,000-step leg from saved weights follows
     assert factor(0) == pytest.approx(0.01)  # a hundredth of the peak: fresh Adam moments take full-size steps
     assert factor(99) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 99 / 1000)))
     assert factor(500) == pytest.approx(0.55) and factor(1000) == pytest.approx(0.1)

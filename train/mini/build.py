@@ -129,10 +129,12 @@ def joint_parameters(model: MGIEModel) -> dict[str, torch.nn.Parameter]:
     return named
 
 
-def warmup_cosine(steps: int, start: int = 0):
+def warmup_cosine(steps: int, start: int = 0, warmup: int | None = None):
     """The learning-rate factor at scheduler step s of a run begun at stream step ``start``: a short warmup,
-    then a cosine down to 0.1 at ``steps`` (a run resumed with more steps takes it up where that schedule stands)."""
-    warmup = min(200, steps // 10 + 1)
+    then a cosine down to 0.1 at ``steps`` (a run resumed with more steps takes it up where that schedule stands).
+    A leg from saved weights with a fresh optimizer (``--init``) is its own ``steps``-long schedule from 0 with
+    ``warmup=100``: fresh Adam moments make full-size first steps."""
+    warmup = warmup or min(200, steps // 10 + 1)
 
     def factor(s: int) -> float:
         s += start
@@ -141,23 +143,13 @@ def warmup_cosine(steps: int, start: int = 0):
     return factor
 
 
-def leg_cosine(length: int, warmup: int = 100):
-    """The learning-rate factor at step s of a leg begun from saved weights with a fresh optimizer: a warmup of its
-    own (fresh Adam moments make full-size first steps), then a cosine down to 0.1 at the leg's ``length``."""
-
-    def factor(s: int) -> float:
-        return min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, length) / length)))
-
-    return factor
-
-
 def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: int, work: Path, log: Path,
                 resume: bool, save_every: int = 250, ema_decay: float = 0.999, start: int = 0) -> None:
     """Joint steps ``start`` .. ``steps`` of the stream. ``start`` > 0 is a leg from saved weights (``--init``):
-    its learning rate follows :func:`leg_cosine`; a build from scratch follows :func:`warmup_cosine`."""
+    its learning rate is a schedule of the leg's own, warmed up again (:func:`warmup_cosine`)."""
     params = joint_parameters(model)
     optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.01)
-    factor = leg_cosine(steps - start) if start else warmup_cosine(steps)
+    factor = warmup_cosine(steps - start, warmup=100) if start else warmup_cosine(steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     # An exponential moving average of the weights is what ships: diffusion samples from it are much cleaner.
     ema = {k: v.detach().clone() for k, v in params.items()}

@@ -135,9 +135,9 @@ def paired(first: list[Result], second: list[Result]) -> dict[str, dict]:
     return rows
 
 
-def outcomes(results: list[Result]) -> str:
-    """Each scene's edit success, one character per scene ("1" or "0"), in scene order."""
-    return "".join("1" if r.edit_ok else "0" for r in results)
+def outcomes(results: list[Result], check: str = "edit_ok") -> str:
+    """Each scene's edit success (or ``check``), one character per scene ("1" or "0"), in scene order."""
+    return "".join("1" if getattr(r, check) else "0" for r in results)
 
 
 def stored(edits: list[world.Edit], path_and_column: str, settings: dict) -> list[Result]:
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     results = evaluate_mgie(model, edits, config, args.seed)
     rows = table(results)
     others = dict.fromkeys(COLUMNS)
-    kept = {"mgie_mini": outcomes(results), "expressive_ok": "".join("1" if r.expressive_ok else "0" for r in results)}
+    kept = {"mgie_mini": outcomes(results), "expressive_ok": outcomes(results, "expressive_ok")}
     if args.given_expressive:
         given = evaluate_mgie(model, edits, config, args.seed, given_expressive=True)
         others["given_expressive"], kept["given_expressive"] = table(given), outcomes(given)
