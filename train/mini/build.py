@@ -45,7 +45,7 @@ from mgie_core.cli import resolve_device
 from mgie_core.errors import InputError
 from mgie_core.model import MGIEModel
 from mgie_core.weights import read_state_dict
-from train.objective import Batch, Sample, collate, mgie_loss
+from train.objective import Batch, Sample, collate, instruction_loss, mgie_loss
 from train.state import load_checkpoint, save_checkpoint
 
 from . import world
@@ -117,13 +117,18 @@ def train_ip2p(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: i
     train_twin(twin, steps, batch_size, lr, seed + 3, log, phase="ip2p")
 
 
-def joint_parameters(model: MGIEModel) -> dict[str, torch.nn.Parameter]:
-    model.mllm.train_vision_tower = True
+def joint_parameters(model: MGIEModel, train_vision_tower: bool = True) -> dict[str, torch.nn.Parameter]:
+    """What the joint objective trains: the MLLM (its vision tower too, unless it is a frozen perception
+    tower, as MGIE freezes CLIP), the edit head and the UNet."""
+    model.mllm.train_vision_tower = train_vision_tower
     named = {}
     for part in ("mllm", "edit_head", "unet"):
         for name, param in model.modules()[part].named_parameters():
             if part == "edit_head" and name == "emb":
                 continue  # tied to the [IMG] rows of the token table while training
+            if part == "mllm" and name.startswith("vision_tower.") and not train_vision_tower:
+                param.requires_grad_(False)
+                continue
             param.requires_grad_(True)
             named[f"{part}.{name}"] = param
     return named
@@ -144,10 +149,11 @@ def warmup_cosine(steps: int, start: int = 0, warmup: int | None = None):
 
 
 def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: int, work: Path, log: Path,
-                resume: bool, save_every: int = 250, ema_decay: float = 0.999, start: int = 0) -> None:
+                resume: bool, save_every: int = 250, ema_decay: float = 0.999, start: int = 0,
+                train_vision_tower: bool = True) -> None:
     """Joint steps ``start`` .. ``steps`` of the stream. ``start`` > 0 is a leg from saved weights (``--init``):
     its learning rate is a schedule of the leg's own, warmed up again (:func:`warmup_cosine`)."""
-    params = joint_parameters(model)
+    params = joint_parameters(model, train_vision_tower)
     optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.01)
     factor = warmup_cosine(steps - start, warmup=100) if start else warmup_cosine(steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -210,6 +216,31 @@ def _resume_joint(work: Path, params: dict, ema: dict, optimizer, schedule, star
     return start
 
 
+def adapt_mllm(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: int, log: Path) -> None:
+    """The instruction loss alone on the projector and the LLM, the vision tower frozen: after a new tower is
+    grafted, the LLM learns to read it before the joint objective asks the UNet to follow it (LLaVA's
+    feature-alignment stage does this for a new projector)."""
+    mllm = model.mllm
+    params = [p for name, p in mllm.named_parameters() if not name.startswith("vision_tower.")]
+    for param in params:
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, warmup=100))
+    mllm.train()
+    mllm.vision_tower.eval()
+    began = time.time()
+    for step in range(steps):
+        loss, _ = instruction_loss(model, batch_at(model, seed, step, batch_size).to(mllm.device))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % 25 == 0 or step + 1 == steps:
+            _log(log, {"phase": "adapt", "step": step + 1, "loss_ins": loss.item(), "seconds": time.time() - began})
+    mllm.eval().requires_grad_(False)
+
+
 def tie_emb(model: MGIEModel) -> None:
     """The stored ``emb`` is the trained [IMG] rows (what Apple's release ships as mllm.pt's ``emb``)."""
     with torch.no_grad():
@@ -266,11 +297,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-step", type=int, default=0,
                         help="with --init: the joint steps that model was trained for (the leg draws the stream's "
                              "batches from there on)")
+    parser.add_argument("--vision-tower", help="with --init: a perception tower (python -m train.mini.perception) to "
+                                               "put in the model's MLLM, frozen, before the leg")
+    parser.add_argument("--adapt-steps", type=int, default=3000,
+                        help="with --vision-tower: steps of the instruction loss alone (projector and LLM) first")
+    parser.add_argument("--adapt-lr", type=float, default=3e-4)
     parser.add_argument("--device", default="cpu",
                         help="cpu (the shipped model's recipe) or cuda; every random draw stays on the CPU either way")
     args = parser.parse_args(argv)
     if args.init and not 0 < args.start_step < args.steps:
         parser.error("--init needs --start-step N, the joint steps that model was trained for (0 < N < --steps)")
+    if args.vision_tower and not args.init:
+        parser.error("--vision-tower goes with --init (a leg from a saved model)")
     if args.start_step and not args.init:
         parser.error("--start-step goes with --init (a build from scratch starts at step 0)")
     device = parsed_device(parser, args.device)
@@ -316,19 +354,45 @@ def train_leg(args: argparse.Namespace, device: torch.device, work: Path, log: P
     from mgie_core.bundle import load_bundle
 
     model = load_bundle(args.init).to(device, torch.float32)
-    train_joint(model, args.steps, args.batch_size, args.lr, args.seed, work, log, args.resume, start=args.start_step)
+    fingerprint = model.info.get("fingerprint")
+    graft = {}
+    if args.vision_tower:
+        graft = _graft_and_adapt(model, args, work, log)
+    train_joint(model, args.steps, args.batch_size, args.lr, args.seed, work, log, args.resume, start=args.start_step,
+                train_vision_tower=not args.vision_tower)
     minutes = (time.time() - began) / 60
     extra = dict(model.info.get("extra", {}))
     legs = list(extra.get("legs", []))
-    legs.append({"init": Path(args.init).name, "init_fingerprint": model.info.get("fingerprint"),
+    legs.append({"init": Path(args.init).name, "init_fingerprint": fingerprint,
                  "start_step": args.start_step, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
-                 "seed": args.seed, "minutes": round(minutes, 1), "device": args.device})
+                 "seed": args.seed, "minutes": round(minutes, 1), "device": args.device, **graft})
     extra.update({"trained_by": "python -m train.mini.build", "steps": args.steps, "legs": legs})
     model.info["extra"] = extra
     model.info["sampling"] = model.info.get("sampling", RECOMMENDED_SAMPLING)
     out = save_bundle(model, args.out, dtype="fp16")
     logger.info("wrote %s (%.1f MB) after %.1f minutes", out, out.stat().st_size / 1e6, minutes)
     return 0
+
+
+def _graft_and_adapt(model: MGIEModel, args: argparse.Namespace, work: Path, log: Path) -> dict:
+    """``--vision-tower``: graft the perception tower, then ``--adapt-steps`` of the instruction loss alone
+    (kept in the work folder, so ``--resume`` does not repeat them). Returns what the leg records."""
+    from mgie_core.bundle import load_bundle
+
+    from .perception import graft, load_tower
+
+    tower, config, record = load_tower(args.vision_tower)
+    adapted = work / "adapted.safetensors"
+    if args.resume and adapted.is_file():
+        loaded = load_bundle(adapted).to(model.mllm.device, torch.float32)
+        graft(model, loaded.mllm.vision_tower, config)
+        model.mllm.load_state_dict(loaded.mllm.state_dict())
+    else:
+        graft(model, tower, config)
+        adapt_mllm(model, args.adapt_steps, args.batch_size, args.adapt_lr, args.seed + 4, log)
+        save_bundle(model, adapted, dtype="fp32")
+    return {"vision_tower": Path(args.vision_tower).name, "vision_tower_record": record,
+            "adapt_steps": args.adapt_steps, "adapt_lr": args.adapt_lr}
 
 
 if __name__ == "__main__":

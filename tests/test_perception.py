@@ -1,0 +1,139 @@
+"""mgie-mini's perception stage (train/mini/perception.py) and a leg that grafts its tower (build --vision-tower)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from mgie_core import default_model_path, load_model
+from mgie_core.bundle import load_bundle
+from mgie_core.errors import CheckpointError
+from train.mini import world
+from train.mini.perception import (
+    NOTHING,
+    Readout,
+    accuracy,
+    cell_centre,
+    graft,
+    load_tower,
+    losses,
+    new_tower,
+    save_tower,
+    scene_batch,
+    targets,
+    train_perception,
+)
+
+
+def test_targets_are_each_objects_centre_and_every_empty_cell():
+    square = world.Obj("square", "blue", "small", cell=0, dx=3.0, dy=-2.0)
+    circle = world.Obj("circle", "red", "large", cell=4)
+    xy, rows, labels = targets([world.Scene("light", (square, circle)), world.Scene("sand", (circle,))])
+    assert len(xy) == 9 + 9 and rows.tolist() == [0] * 9 + [1] * 9
+    # the square is read where it is drawn (jitter included), in grid_sample's [-1, 1] coordinates
+    cx, cy = square.center()
+    assert xy[0].tolist() == pytest.approx([cx / 32 - 1, cy / 32 - 1])
+    assert labels[0].tolist() == [world.SHAPES.index("square"), list(world.COLOURS).index("blue"), 0]
+    assert labels[1].tolist() == [world.SHAPES.index("circle"), list(world.COLOURS).index("red"), 1]
+    # the seven empty cells of the first scene: nothing there, no colour or size to learn
+    assert labels[2:9].tolist() == [[NOTHING, -100, -100]] * 7
+    assert xy[2].tolist() == pytest.approx([c / 32 - 1 for c in cell_centre(1)])
+    assert xy[1].tolist() == pytest.approx([0.0, 0.0])  # cell 4 is the centre of the picture
+
+
+def test_the_readout_reads_the_patch_under_each_point():
+    readout = Readout(2)
+    with torch.no_grad():
+        readout.linear.weight.zero_()
+        readout.linear.bias.zero_()
+        readout.linear.weight[0, 0] = 1.0  # "circle" logit = feature 0
+    patches = torch.zeros(1, 16, 2)
+    patches[0, 4 * 1 + 3, 0] = 5.0  # the patch in row 1, column 3 (4x4 patches, row-major)
+    right_of_top = torch.tensor([[(3.5 * 16) / 32 - 1, (1.5 * 16) / 32 - 1]])  # its centre
+    left_of_top = torch.tensor([[(0.5 * 16) / 32 - 1, (1.5 * 16) / 32 - 1]])
+    rows = torch.tensor([0])
+    assert readout(patches, right_of_top, rows)["shape"][0, 0].item() == pytest.approx(5.0)
+    assert readout(patches, left_of_top, rows)["shape"][0, 0].item() == pytest.approx(0.0)
+
+
+def test_training_teaches_the_tower_colour_and_where_nothing_is():
+    tower = new_tower(patch_size=16)
+    untrained = accuracy(tower, Readout(tower.config.hidden_size), count=60)
+    scenes, pixels = scene_batch(random.Random(5), 16)
+    before = losses(tower, Readout(tower.config.hidden_size), scenes, pixels)
+    readout = train_perception(tower, steps=60, batch_size=16, lr=3e-3)
+    after = accuracy(tower, readout, count=60)
+    assert after["colour"] > max(0.5, untrained["colour"] + 0.2)
+    assert after["nothing"] > 0.9
+    assert not any(p.requires_grad for p in tower.parameters())  # frozen once trained
+    assert sum(losses(tower, readout, scenes, pixels).values()) < sum(before.values())
+
+
+def test_a_saved_tower_comes_back_with_its_patch_size_and_record(tmp_path):
+    tower = new_tower(patch_size=8, seed=3)
+    path = save_tower(tower, 8, tmp_path / "tower.safetensors", {"steps": 0})
+    loaded, config, record = load_tower(path)
+    assert config["patch_size"] == 8 and record == {"steps": 0}
+    for name, tensor in tower.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor)
+
+
+def test_a_missing_or_foreign_tower_file_is_refused_clearly(tmp_path):
+    with pytest.raises(CheckpointError, match="no perception tower at .*nowhere.safetensors"):
+        load_tower(tmp_path / "nowhere.safetensors")
+    from mgie_core.aligned import save_aligned
+
+    other = save_aligned({"w": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="not a perception tower"):
+        load_tower(other)
+
+
+@pytest.mark.skipif(not default_model_path().is_file(), reason="mgie-mini is not built")
+def test_a_grafted_tower_sets_the_image_patches_and_survives_a_bundle(tmp_path):
+    from mgie_core.bundle import save_bundle
+
+    model = load_model().to("cpu", torch.float32)
+    tower = new_tower(patch_size=8)
+    graft(model, tower, {**model.info["clip_config"], "patch_size": 8})
+    assert model.spec.num_image_patches == 64
+    assert model.mllm.image_features(torch.rand(1, 3, 64, 64)).shape[1] == 64
+    loaded = load_bundle(save_bundle(model, tmp_path / "grafted.safetensors", dtype="fp32"))
+    assert loaded.spec.num_image_patches == 64 and loaded.info["clip_config"]["patch_size"] == 8
+    for name, tensor in tower.state_dict().items():
+        assert torch.equal(loaded.mllm.vision_tower.state_dict()[name], tensor)
+
+
+@pytest.mark.skipif(not default_model_path().is_file(), reason="mgie-mini is not built")
+def test_a_leg_with_a_perception_tower_keeps_it_frozen_and_records_it(tmp_path):
+    from train.mini.build import main as build_main
+
+    tower = new_tower(patch_size=8, seed=1)
+    tower_file = save_tower(tower, 8, tmp_path / "tower.safetensors", {"steps": 7})
+    work, out = tmp_path / "work", tmp_path / "leg.safetensors"
+    argv = ["--init", str(default_model_path()), "--vision-tower", str(tower_file), "--adapt-steps", "2",
+            "--start-step", "17600", "--steps", "17602", "--batch-size", "2", "--work", str(work), "--out", str(out)]
+    assert build_main(argv) == 0
+    before, after = load_model(), load_bundle(out)
+    leg = after.info["extra"]["legs"][-1]
+    assert leg["vision_tower"] == "tower.safetensors" and leg["vision_tower_record"] == {"steps": 7}
+    assert leg["adapt_steps"] == 2 and leg["init_fingerprint"] == before.fingerprint()
+    assert after.spec.num_image_patches == 64
+    for name, tensor in tower.state_dict().items():  # the tower was not trained (fp16 in the bundle)
+        assert torch.equal(after.mllm.vision_tower.state_dict()[name], tensor.half().float())
+    # the LLM learnt to read it (the adapted MLLM is kept, fp32, for --resume), the tower stayed as it was
+    adapted = load_bundle(work / "adapted.safetensors")
+    llm = before.mllm.llm.float().state_dict()
+    assert all(not torch.equal(adapted.mllm.llm.state_dict()[k], v) for k, v in llm.items())
+    for name, tensor in tower.state_dict().items():
+        assert torch.equal(adapted.mllm.vision_tower.state_dict()[name], tensor)
+
+
+def test_vision_tower_goes_with_init(tmp_path, capsys):
+    from train.mini.build import main as build_main
+
+    with pytest.raises(SystemExit) as stop:
+        build_main(["--vision-tower", "t.safetensors", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
+    assert stop.value.code == 2
+    assert "--vision-tower goes with --init" in capsys.readouterr().err
