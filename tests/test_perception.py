@@ -137,3 +137,24 @@ def test_vision_tower_goes_with_init(tmp_path, capsys):
         build_main(["--vision-tower", "t.safetensors", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
     assert stop.value.code == 2
     assert "--vision-tower goes with --init" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not default_model_path().is_file(), reason="mgie-mini is not built")
+def test_probe_measures_what_a_models_tower_already_sees(capsys):
+    import json
+
+    from train.mini.perception import main
+
+    assert main(["--probe", str(default_model_path()), "--steps", "20", "--batch-size", "8"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert set(found["accuracy"]) == {"shape", "shape, small", "colour", "size", "nothing"}
+    assert found["accuracy"]["colour"] > 0.3  # 20 steps of a readout already find colour (chance 1/6)
+
+
+@pytest.mark.parametrize("argv", [[], ["--out", "t.safetensors", "--probe", "m.safetensors"]])
+def test_perception_wants_out_or_probe(argv, capsys):
+    from train.mini.perception import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and "give --out" in capsys.readouterr().err

@@ -122,15 +122,16 @@ def accuracy(tower, readout, count: int = 500, select_layer: int = -2) -> dict[s
 
 
 def train_perception(tower: CLIPVisionModel, steps: int, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                     log: Path | None = None) -> Readout:
-    """Train ``tower`` (and a readout) on what each point of a scene holds; returns the readout, tower frozen."""
+                     log: Path | None = None, train_tower: bool = True) -> Readout:
+    """Train ``tower`` (and a readout) on what each point of a scene holds; returns the readout, tower frozen.
+    ``train_tower=False`` trains the readout alone: a linear probe of what a tower already sees."""
     from .build import warmup_cosine  # build.py imports this module
 
     readout = Readout(tower.config.hidden_size).to(tower.device)
-    params = list(tower.parameters()) + list(readout.parameters())
+    params = list(readout.parameters()) + (list(tower.parameters()) if train_tower else [])
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
-    tower.train().requires_grad_(True)
+    tower.train(train_tower).requires_grad_(train_tower)
     rng, began = random.Random(seed), time.time()
     for step in range(steps):
         parts = losses(tower, readout, *scene_batch(rng, batch_size))
@@ -187,15 +188,27 @@ def graft(model, tower: CLIPVisionModel, config: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="the tower, a .safetensors file")
+    parser.add_argument("--out", help="the tower, a .safetensors file")
+    parser.add_argument("--probe", metavar="MODEL", help="instead: how well a linear readout reads shape, colour and "
+                                                          "size from an MGIE model's frozen vision tower")
     parser.add_argument("--patch-size", type=int, default=8, choices=(4, 8, 16, 32))
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if bool(args.out) == bool(args.probe):
+        parser.error("give --out (train a tower) or --probe MODEL (measure one), not both")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.probe:
+        from mgie_core import load_model
+
+        mllm = load_model(args.probe).to("cpu", torch.float32).mllm
+        readout = train_perception(mllm.vision_tower, args.steps, args.batch_size, args.lr, args.seed, train_tower=False)
+        print(json.dumps({"probe": args.probe, "steps": args.steps,
+                          "accuracy": accuracy(mllm.vision_tower, readout, select_layer=mllm.vision_select_layer)}))
+        return 0
     out = Path(args.out)
     log = out.with_suffix(".log.jsonl")
     began = time.time()
