@@ -128,28 +128,31 @@ def test_written_dataset_is_read_by_the_training_loader(tmp_path):
 
 
 SETTINGS = ("families", "count", "seed", "steps", "guidance_scale", "image_guidance_scale")
-EARLIER = "edit success (v13)"  # the README's column for the previous model, run beside its twin
+EARLIER = "edit success (v14)"  # the README's column for the previous model
 
 
-@pytest.mark.parametrize("name, guidance, beside", [
-    ("mini-eval.json", 7.5, "mini-eval-v13-twin.json"), ("mini-eval-g2.json", 2.0, "mini-eval-v13-twin-g2.json"),
-    ("mini-eval-ambiguous.json", 7.5, None), ("mini-eval-ambiguous-g2.json", 2.0, None)])
-def test_readme_table_is_the_one_in_bench_mini_eval_json(name, guidance, beside):
+@pytest.mark.parametrize("name, guidance, earlier, twin", [
+    ("mini-eval.json", 7.5, "mini-eval-v14.json", "mini-eval-v13-twin.json"),
+    ("mini-eval-g2.json", 2.0, "mini-eval-v14-g2.json", "mini-eval-v13-twin-g2.json"),
+    ("mini-eval-ambiguous.json", 7.5, None, None), ("mini-eval-ambiguous-g2.json", 2.0, None, None)])
+def test_readme_table_is_the_one_in_bench_mini_eval_json(name, guidance, earlier, twin):
     """The README's mgie-mini figures are exactly those evaluate wrote to bench/ (paper's guidance, and 2;
-    every family, beside the previous model's run with its twin; the ambiguous family alone with the
-    scene-by-scene comparison)."""
+    every family, beside the previous model's run and the twin's stored run; the ambiguous family alone with
+    the scene-by-scene comparison)."""
     root = Path(__file__).resolve().parents[1]
     figures = json.loads((root / "bench" / name).read_text())
     readme = (root / "README.md").read_text()
     assert figures.get("guidance_scale", 7.5) == guidance
     others = {k: figures.get(k) for k in COLUMNS}
-    if beside:
-        earlier = json.loads((root / "bench" / beside).read_text())
-        assert {k: earlier[k] for k in SETTINGS} == {k: figures[k] for k in SETTINGS}  # the same scenes and sampler
-        others = {"given_expressive": figures["given_expressive"], "earlier": earlier["mgie_mini"],
-                  "ip2p_twin": earlier["ip2p_twin"], "vae_ceiling": figures["vae_ceiling"]}
+    if earlier:
+        before, twins = (json.loads((root / "bench" / f).read_text()) for f in (earlier, twin))
+        for other in (before, twins):  # the same scenes and sampler
+            assert {k: other[k] for k in SETTINGS} == {k: figures[k] for k in SETTINGS}
+        others = {"given_expressive": figures["given_expressive"], "earlier": before["mgie_mini"],
+                  "ip2p_twin": twins["ip2p_twin"], "vae_ceiling": figures["vae_ceiling"]}
         # the pairing with the earlier model is the one their stored outcomes give
-        ours, theirs = figures["outcomes"]["mgie_mini"], earlier["outcomes"]["mgie_mini"]
+        assert figures["paired_against"]["file"] == f"bench/{earlier}:mgie_mini"
+        ours, theirs = figures["outcomes"]["mgie_mini"], before["outcomes"]["mgie_mini"]
         assert figures["paired_against"]["all"]["only_first"] == sum(a > b for a, b in zip(ours, theirs))
         assert figures["paired_against"]["all"]["only_second"] == sum(a < b for a, b in zip(ours, theirs))
     assert format_table(figures["mgie_mini"], others, {"earlier": EARLIER}) in readme

@@ -1,15 +1,17 @@
 """mgie-mini's stand-in for CLIP's pretraining: its vision tower learns to see every object before the MLLM does.
 
     python -m train.mini.perception --out runs/perception-8.safetensors [--patch-size 8] [--steps 3000]
+    python -m train.mini.perception --probe MODEL [--steps 1000]   # what a model's frozen tower already sees
 
 MGIE's vision tower is CLIP ViT-L/14, pretrained on 400M pictures and frozen (MGIE.md); mgie-mini's is a
 4-layer ViT trained from scratch. Trained only through the instruction and diffusion losses, that tower
-learns colour and size but hardly shape: a probe on the shipped v14's patch features reads an object's
-colour 99% right and its shape 41% (README, mgie-mini), and most of its derivation misses are an object of
-the wrong shape. Here the tower learns what each point of the scene holds instead: at every object's centre
-its shape, colour and size, at every empty cell of the 3x3 grid "nothing", each a linear readout of the
-features the projector reads (layer ``mm_vision_select_layer``). With 8 px patches it sees shape within
-minutes (99% on held-out scenes); the build then freezes it, as LLaVA and MGIE freeze CLIP.
+learns colour and size but hardly shape: a linear readout of v14's patch features (``--probe``) names an
+object's colour 99% of the time and its shape 30% (small ones 17%), and most of v14's derivation misses
+are an object of the wrong shape. Here the tower learns what each point of the scene holds instead: at
+every object's centre its shape, colour and size, at every empty cell of the 3x3 grid "nothing", each a
+linear readout of the features the projector reads (layer ``mm_vision_select_layer``). With 8 px patches
+it sees shape within minutes (3,000 steps, 12 minutes here: 99.7% of held-out objects' shapes, every
+small one's); the build then freezes it, as LLaVA and MGIE freeze CLIP (``build --vision-tower``).
 """
 
 from __future__ import annotations
