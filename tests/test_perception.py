@@ -95,12 +95,13 @@ def test_a_grafted_tower_sets_the_image_patches_and_survives_a_bundle(tmp_path):
     from mgie_core.bundle import save_bundle
 
     model = load_model().to("cpu", torch.float32)
-    tower = new_tower(patch_size=8)
-    graft(model, tower, {**model.info["clip_config"], "patch_size": 8})
-    assert model.spec.num_image_patches == 64
-    assert model.mllm.image_features(torch.rand(1, 3, 64, 64)).shape[1] == 64
+    assert model.spec.num_image_patches == 64  # the shipped v16's tower: 8 px patches
+    tower = new_tower(patch_size=16)
+    graft(model, tower, {**model.info["clip_config"], "patch_size": 16})
+    assert model.spec.num_image_patches == 16
+    assert model.mllm.image_features(torch.rand(1, 3, 64, 64)).shape[1] == 16
     loaded = load_bundle(save_bundle(model, tmp_path / "grafted.safetensors", dtype="fp32"))
-    assert loaded.spec.num_image_patches == 64 and loaded.info["clip_config"]["patch_size"] == 8
+    assert loaded.spec.num_image_patches == 16 and loaded.info["clip_config"]["patch_size"] == 16
     for name, tensor in tower.state_dict().items():
         assert torch.equal(loaded.mllm.vision_tower.state_dict()[name], tensor)
 
@@ -109,8 +110,8 @@ def test_a_grafted_tower_sets_the_image_patches_and_survives_a_bundle(tmp_path):
 def test_a_leg_with_a_perception_tower_keeps_it_frozen_and_records_it(tmp_path):
     from train.mini.build import main as build_main
 
-    tower = new_tower(patch_size=8, seed=1)
-    tower_file = save_tower(tower, 8, tmp_path / "tower.safetensors", {"steps": 7})
+    tower = new_tower(patch_size=16, seed=1)  # not the shipped model's 8 px, so the spec must follow it
+    tower_file = save_tower(tower, 16, tmp_path / "tower.safetensors", {"steps": 7})
     work, out = tmp_path / "work", tmp_path / "leg.safetensors"
     argv = ["--init", str(default_model_path()), "--vision-tower", str(tower_file), "--adapt-steps", "2",
             "--start-step", "17600", "--steps", "17602", "--batch-size", "2", "--work", str(work), "--out", str(out)]
@@ -119,7 +120,7 @@ def test_a_leg_with_a_perception_tower_keeps_it_frozen_and_records_it(tmp_path):
     leg = after.info["extra"]["legs"][-1]
     assert leg["vision_tower"] == "tower.safetensors" and leg["vision_tower_record"] == {"steps": 7}
     assert leg["adapt_steps"] == 2 and leg["init_fingerprint"] == before.fingerprint()
-    assert after.spec.num_image_patches == 64
+    assert after.spec.num_image_patches == 16
     for name, tensor in tower.state_dict().items():  # the tower was not trained (fp16 in the bundle)
         assert torch.equal(after.mllm.vision_tower.state_dict()[name], tensor.half().float())
     # the LLM learnt to read it (the adapted MLLM is kept, fp32, for --resume), the tower stayed as it was
@@ -128,6 +129,12 @@ def test_a_leg_with_a_perception_tower_keeps_it_frozen_and_records_it(tmp_path):
     assert all(not torch.equal(adapted.mllm.llm.state_dict()[k], v) for k, v in llm.items())
     for name, tensor in tower.state_dict().items():
         assert torch.equal(adapted.mllm.vision_tower.state_dict()[name], tensor)
+    # --resume takes the adapted MLLM from the work folder instead of adapting again
+    log = work / "log.jsonl"
+    adapt_rows = log.read_text().count('"phase": "adapt"')
+    assert build_main([*argv, "--resume", "--steps", "17603"]) == 0
+    assert log.read_text().count('"phase": "adapt"') == adapt_rows
+    assert load_bundle(out).info["extra"]["legs"][-1]["steps"] == 17603
 
 
 def test_vision_tower_goes_with_init(tmp_path, capsys):
