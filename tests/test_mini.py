@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -35,9 +36,16 @@ def test_embedded_default_is_small_and_loads():
     assert model.info["format"] == "bundle" and model.info["extra"]["trained_by"] == "python -m train.mini.build"
 
 
-@pytest.mark.parametrize("family, least", [("recolour", 7), ("global", 8)])
+def held_out_ambiguous(kind: str, count: int) -> list[world.Edit]:
+    rng = random.Random(HELD_OUT_SEED + 2)
+    return [world.make_ambiguous(rng, kind) for _ in range(count)]
+
+
+# v16's perception tower sees shape: v14 named the right object in 7 of 10 recolour and 7 of 10 remove scenes
+# here and 8 of 10 "biggest" ones, v16 in all of them.
+@pytest.mark.parametrize("family, least", [("recolour", 9), ("remove", 9), ("global", 8), ("ambiguous/biggest", 9)])
 def test_derived_instruction_names_the_right_object(pipe, family, least):
-    edits = held_out(family, 10)
+    edits = held_out_ambiguous(family.split("/")[1], 10) if "/" in family else held_out(family, 10)
     d = pipe.derive([world.images(e)[0] for e in edits], [e.instruction for e in edits], DeriveConfig(max_new_tokens=48))
     hits = [expressive_ok(e, text) for e, text in zip(edits, d.expressive_instructions)]
     assert sum(hits) >= least, list(zip([e.expressive for e in edits], d.expressive_instructions))
