@@ -236,16 +236,23 @@ def adapt_mllm(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: i
     mllm.train()
     mllm.vision_tower.eval()
     began = time.time()
+    for step, loss in instruction_steps(model, params, optimizer, schedule, steps, batch_size, seed):
+        if step % 25 == 0 or step == steps:
+            _log(log, {"phase": "adapt", "step": step, "loss_ins": loss.item(), "seconds": time.time() - began})
+    mllm.eval().requires_grad_(False)
+
+
+def instruction_steps(model: MGIEModel, params: list, optimizer, schedule, steps: int, batch_size: int, seed: int):
+    """``steps`` optimizer steps of the instruction loss alone on batches 0.. of stream ``seed``; yields each
+    step's number (from 1) and loss, so a caller can log or measure between them."""
     for step in range(steps):
-        loss, _ = instruction_loss(model, batch_at(model, seed, step, batch_size).to(mllm.device))
+        loss, _ = instruction_loss(model, batch_at(model, seed, step, batch_size).to(model.mllm.device))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        if (step + 1) % 25 == 0 or step + 1 == steps:
-            _log(log, {"phase": "adapt", "step": step + 1, "loss_ins": loss.item(), "seconds": time.time() - began})
-    mllm.eval().requires_grad_(False)
+        yield step + 1, loss
 
 
 def tie_emb(model: MGIEModel) -> None:

@@ -19,10 +19,8 @@ from pathlib import Path
 
 import torch
 
-from train.objective import instruction_loss
-
 from . import world
-from .build import batch_at, warmup_cosine
+from .build import instruction_steps, warmup_cosine
 from .derivation import VALIDATION_SEED, breakdown, derive_texts, format_breakdown
 from .model import VISION, build_mini
 
@@ -43,17 +41,11 @@ def train_derivation(model, steps: int, batch_size: int, lr: float, every: int =
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
     mllm.train().requires_grad_(True)
     mllm.train_vision_tower = True
-    for step in range(steps):
-        loss, _ = instruction_loss(model, batch_at(model, STREAM_SEED, step, batch_size).to(mllm.device))
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        if scenes and ((every and (step + 1) % every == 0) or step + 1 == steps):
+    for step, loss in instruction_steps(model, params, optimizer, schedule, steps, batch_size, STREAM_SEED):
+        if scenes and ((every and step % every == 0) or step == steps):
             mllm.eval().requires_grad_(False)
             mllm.train_vision_tower = False
-            yield step + 1, loss.item(), breakdown(scenes, derive_texts(model, scenes))
+            yield step, loss.item(), breakdown(scenes, derive_texts(model, scenes))
             mllm.train().requires_grad_(True)
             mllm.train_vision_tower = True
 
@@ -61,7 +53,8 @@ def train_derivation(model, steps: int, batch_size: int, lr: float, every: int =
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patch-size", type=int, default=VISION["patch_size"], choices=(4, 8, 16, 32),
-                        help="the vision tower's patches of the 64x64 picture (the shipped model: 16)")
+                        help="the vision tower's patches of the 64x64 picture (16: the from-scratch build's; "
+                             "the shipped v16's perception tower has 8)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
