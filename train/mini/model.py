@@ -95,6 +95,12 @@ def scheduler_config() -> dict[str, Any]:
     return {"_class_name": "EulerAncestralDiscreteScheduler", **dict(scheduler.config)}
 
 
+def clip_image_config() -> ClipImageConfig:
+    """The CLIP processor's settings: the 64x64 world picture as it is (no resize, no crop)."""
+    side = VISION["image_size"]
+    return ClipImageConfig(shortest_edge=side, crop_height=side, crop_width=side)
+
+
 def build_mini(seed: int = 0, patch_size: int = VISION["patch_size"]) -> MGIEModel:
     """A freshly initialised mgie-mini (random weights, trained tokenizer); ``patch_size`` is the vision
     tower's (16: 4x4 patches of a 64x64 picture, the shipped model's; 8: 8x8 patches)."""
@@ -112,7 +118,7 @@ def build_mini(seed: int = 0, patch_size: int = VISION["patch_size"]) -> MGIEMod
         visual_token_ids=tuple(tokenizer.added_tokens[t] for t in visual_token_names(NUM_VISUAL)),
         eos_token_id=tokenizer.eos_token_id, num_image_patches=(vision["image_size"] // patch_size) ** 2,
         max_position_embeddings=LLM["max_position_embeddings"])
-    clip = ClipImageConfig(shortest_edge=VISION["image_size"], crop_height=VISION["image_size"], crop_width=VISION["image_size"])
     return MGIEModel(tokenizer=tokenizer, mllm=mllm, edit_head=edit_head, unet=UNet2DConditionModel(**UNET),
-                     vae=AutoencoderKL(**VAE), scheduler_config=scheduler_config(), clip_image_config=clip, spec=spec,
-                     source="mgie-mini", info={"format": "mini", "llava_config": llava, "clip_config": vision})
+                     vae=AutoencoderKL(**VAE), scheduler_config=scheduler_config(),
+                     clip_image_config=clip_image_config(), spec=spec, source="mgie-mini",
+                     info={"format": "mini", "llava_config": llava, "clip_config": vision})

@@ -30,17 +30,17 @@ from transformers import CLIPVisionModel
 
 from mgie_core.aligned import save_aligned
 from mgie_core.errors import CheckpointError
-from mgie_core.images import ClipImageConfig, clip_pixel_values
+from mgie_core.images import clip_pixel_values
 from mgie_core.model import clip_vision_config_from
 from mgie_core.weights import read_state_dict
 
 from . import world
-from .model import VISION
+from .model import VISION, clip_image_config
 
 COLOURS = list(world.COLOURS)
 NOTHING = len(world.SHAPES)  # the shape class of an empty cell
 HEADS = {"shape": len(world.SHAPES) + 1, "colour": len(COLOURS), "size": len(world.RADIUS)}
-VALIDATION_SEED = 99  # held-out scenes of the accuracy check (training draws from seed + step)
+VALIDATION_SEED = 99  # the accuracy check's scenes (training draws its own from --seed's stream)
 
 
 def tower_config(patch_size: int) -> dict:
@@ -92,13 +92,9 @@ def patch_features(tower: CLIPVisionModel, pixels: torch.Tensor, select_layer: i
     return tower(pixels, output_hidden_states=True).hidden_states[select_layer][:, 1:]
 
 
-def clip_config() -> ClipImageConfig:
-    return ClipImageConfig(shortest_edge=world.SIZE, crop_height=world.SIZE, crop_width=world.SIZE)
-
-
 def scene_batch(rng: random.Random, count: int) -> tuple[list[world.Scene], torch.Tensor]:
     scenes = [world.random_scene(rng) for _ in range(count)]
-    return scenes, torch.stack([clip_pixel_values(world.render(s), clip_config()) for s in scenes])
+    return scenes, torch.stack([clip_pixel_values(world.render(s), clip_image_config()) for s in scenes])
 
 
 def losses(tower, readout, scenes, pixels, select_layer: int = -2) -> dict[str, torch.Tensor]:
