@@ -397,13 +397,11 @@ def _graft_and_adapt(model: MGIEModel, args: argparse.Namespace, work: Path, log
     from .perception import graft, load_tower
 
     tower, config, record = load_tower(args.vision_tower)
+    graft(model, tower, config)
     adapted = work / "adapted.safetensors"
     if args.resume and adapted.is_file():
-        loaded = load_bundle(adapted).to(model.mllm.device, torch.float32)
-        graft(model, loaded.mllm.vision_tower, config)
-        model.mllm.load_state_dict(loaded.mllm.state_dict())
+        model.mllm.load_state_dict(load_bundle(adapted).mllm.state_dict())
     else:
-        graft(model, tower, config)
         adapt_mllm(model, args.adapt_steps, args.batch_size, args.adapt_lr, args.seed + 4, log)
         save_bundle(model, adapted, dtype="fp32")
     return {"vision_tower": Path(args.vision_tower).name, "vision_tower_record": record,

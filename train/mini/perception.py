@@ -120,7 +120,7 @@ def accuracy(tower, readout, count: int = 500, select_layer: int = -2) -> dict[s
 
 
 def train_perception(tower: CLIPVisionModel, steps: int, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                     log: Path | None = None, train_tower: bool = True) -> Readout:
+                     log: Path | None = None, train_tower: bool = True, select_layer: int = -2) -> Readout:
     """Train ``tower`` (and a readout) on what each point of a scene holds; returns the readout, tower frozen.
     ``train_tower=False`` trains the readout alone: a linear probe of what a tower already sees."""
     from .build import warmup_cosine  # build.py imports this module
@@ -132,7 +132,7 @@ def train_perception(tower: CLIPVisionModel, steps: int, batch_size: int = 64, l
     tower.train(train_tower).requires_grad_(train_tower)
     rng, began = random.Random(seed), time.time()
     for step in range(steps):
-        parts = losses(tower, readout, *scene_batch(rng, batch_size))
+        parts = losses(tower, readout, *scene_batch(rng, batch_size), select_layer)
         loss = sum(parts.values())
         optimizer.zero_grad()
         loss.backward()
@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         from mgie_core import load_model
 
         mllm = load_model(args.probe).to("cpu", torch.float32).mllm
-        readout = train_perception(mllm.vision_tower, args.steps, args.batch_size, args.lr, args.seed, train_tower=False)
+        readout = train_perception(mllm.vision_tower, args.steps, args.batch_size, args.lr, args.seed, train_tower=False,
+                                   select_layer=mllm.vision_select_layer)
         print(json.dumps({"probe": args.probe, "steps": args.steps,
                           "accuracy": accuracy(mllm.vision_tower, readout, select_layer=mllm.vision_select_layer)}))
         return 0
