@@ -1,7 +1,8 @@
-"""mgie-mini's perception stage (train/mini/perception.py) and a leg that grafts its tower (build --vision-tower)."""
+"""mgie-mini's perception stage (train/mini/perception.py) and builds that graft its tower (build --vision-tower)."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -35,10 +36,10 @@ def test_targets_are_each_objects_centre_and_every_empty_cell():
     # the square is read where it is drawn (jitter included), in grid_sample's [-1, 1] coordinates
     cx, cy = square.center()
     assert xy[0].tolist() == pytest.approx([cx / 32 - 1, cy / 32 - 1])
-    assert labels[0].tolist() == [world.SHAPES.index("square"), list(world.COLOURS).index("blue"), 0]
-    assert labels[1].tolist() == [world.SHAPES.index("circle"), list(world.COLOURS).index("red"), 1]
+    assert labels[0].tolist() == [world.SHAPES.index("square"), list(world.COLOURS).index("blue"), 0, 0, 0]
+    assert labels[1].tolist() == [world.SHAPES.index("circle"), list(world.COLOURS).index("red"), 1, 1, 1]  # column, row
     # the seven empty cells of the first scene: nothing there, no colour or size to learn
-    assert labels[2:9].tolist() == [[NOTHING, -100, -100]] * 7
+    assert labels[2:9].tolist() == [[NOTHING, -100, -100, -100, -100]] * 7
     assert xy[2].tolist() == pytest.approx([c / 32 - 1 for c in cell_centre(1)])
     assert xy[1].tolist() == pytest.approx([0.0, 0.0])  # cell 4 is the centre of the picture
 
@@ -69,6 +70,20 @@ def test_training_teaches_the_tower_colour_and_where_nothing_is():
     assert after["nothing"] > 0.9
     assert not any(p.requires_grad for p in tower.parameters())  # frozen once trained
     assert sum(losses(tower, readout, scenes, pixels).values()) < sum(before.values())
+
+
+def test_position_readouts_keep_where_each_object_is_which_the_others_wash_out():
+    # v16's tower, trained on shape / colour / size alone, kept an object's column for a linear probe 44% of the
+    # time (chance 33%); the same training with --position keeps it
+    where = new_tower(patch_size=16, seed=2)
+    readout = train_perception(where, steps=60, batch_size=16, lr=3e-3, position=True)
+    assert set(readout.heads) == {"shape", "colour", "size", "column", "row"}
+    found = accuracy(where, readout, count=60)
+    what = new_tower(patch_size=16, seed=2)
+    assert "column" not in accuracy(what, train_perception(what, steps=60, batch_size=16, lr=3e-3), count=60)
+    probe = accuracy(what, train_perception(what, steps=60, batch_size=16, lr=3e-3, train_tower=False, position=True),
+                     count=60)
+    assert found["column"] > max(0.6, probe["column"] + 0.2) and found["row"] > max(0.6, probe["row"] + 0.2)
 
 
 def test_a_saved_tower_comes_back_with_its_patch_size_and_record(tmp_path):
@@ -137,19 +152,33 @@ def test_a_leg_with_a_perception_tower_keeps_it_frozen_and_records_it(tmp_path):
     assert load_bundle(out).info["extra"]["legs"][-1]["steps"] == 17603
 
 
-def test_vision_tower_goes_with_init(tmp_path, capsys):
+def test_a_build_from_scratch_on_a_perception_tower_never_trains_it(tmp_path):
     from train.mini.build import main as build_main
 
-    with pytest.raises(SystemExit) as stop:
-        build_main(["--vision-tower", "t.safetensors", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
-    assert stop.value.code == 2
-    assert "--vision-tower goes with --init" in capsys.readouterr().err
+    tower = new_tower(patch_size=8, seed=4)
+    tower_file = save_tower(tower, 8, tmp_path / "tower.safetensors", {"steps": 9})
+    work, out = tmp_path / "work", tmp_path / "scratch.safetensors"
+    argv = ["--vision-tower", str(tower_file), "--vae-steps", "2", "--ip2p-steps", "2", "--adapt-steps", "2",
+            "--steps", "2", "--batch-size", "2", "--work", str(work), "--out", str(out)]
+    assert build_main(argv) == 0
+    built = load_bundle(out)
+    extra = built.info["extra"]
+    assert extra["vision_tower"] == "tower.safetensors" and extra["vision_tower_record"] == {"steps": 9}
+    assert extra["adapt_steps"] == 2 and built.spec.num_image_patches == 64
+    assert built.info["clip_config"]["patch_size"] == 8
+    for name, tensor in tower.state_dict().items():
+        assert torch.equal(built.mllm.vision_tower.state_dict()[name], tensor.half().float())
+    log = work / "log.jsonl"
+    phases = [json.loads(line)["phase"] for line in log.read_text().splitlines()]
+    assert phases.index("adapt") > phases.index("ip2p") and phases[-1] == "joint"  # LLaVA's reading, then MGIE's
+    adapt_rows = phases.count("adapt")
+    assert build_main([*argv, "--resume", "--steps", "3"]) == 0  # the adapted MLLM is taken from the work folder
+    assert log.read_text().count('"phase": "adapt"') == adapt_rows
+    assert load_bundle(out).info["extra"]["steps"] == 3
 
 
 @pytest.mark.skipif(not default_model_path().is_file(), reason="mgie-mini is not built")
 def test_probe_measures_what_a_models_tower_already_sees(capsys):
-    import json
-
     from train.mini.perception import main
 
     assert main(["--probe", str(default_model_path()), "--steps", "20", "--batch-size", "8"]) == 0

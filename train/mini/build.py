@@ -26,9 +26,10 @@
 Checkpoints go to ``--work`` every few hundred steps; ``--resume`` continues a killed run. ``--init BUNDLE``
 trains on from a saved model instead of a work folder (a fresh optimizer; a warmup, then a cosine from ``--lr``
 down to a tenth of it over the leg's steps ``--start-step`` .. ``--steps`` of the stream; its VAE is kept).
-``--vision-tower FILE`` (with ``--init``) first puts a perception tower (train/mini/perception.py) into the
-MLLM, frozen from then on as MGIE freezes CLIP, and trains the projector and LLM on the instruction loss
-alone for ``--adapt-steps`` so that they read it, before the leg's joint steps (v16).
+``--vision-tower FILE`` first puts a perception tower (train/mini/perception.py) into the MLLM, frozen from then
+on as MGIE freezes CLIP, and trains the projector and LLM on the instruction loss alone for ``--adapt-steps`` so
+that they read it, before the joint steps: of a leg (v16), or of a build from scratch (after its InstructPix2Pix
+stage, as MGIE starts from a trained LLaVA and InstructPix2Pix).
 """
 
 from __future__ import annotations
@@ -261,24 +262,6 @@ def tie_emb(model: MGIEModel) -> None:
         model.edit_head.emb.copy_(model.mllm.llm.embed_tokens.weight[list(model.spec.visual_token_ids)][None])
 
 
-def model_from_work(work: Path, seed: int = 0) -> MGIEModel:
-    """The model of the newest checkpoint in a build's work folder (to look at a run in progress)."""
-    model = build_mini(seed)
-    model.vae.load_state_dict(read_state_dict(work / "vae.safetensors"))
-    calibrate_scaling(model.vae, seed)
-    params = joint_parameters(model)
-    step, state, _, _ = load_checkpoint(sorted((work / "checkpoints").glob("step-*"))[-1])
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(state.get(f"ema.{name}", state[name]))
-    tie_emb(model)
-    model.mllm.train_vision_tower = False
-    model.info["extra"] = {"checkpoint_step": step}
-    for module in model.modules().values():
-        module.eval().requires_grad_(False)
-    return model
-
-
 def parsed_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
     """``--device`` checked up front: an absent GPU is argparse's one-line usage error, as in the CLI."""
     try:
@@ -312,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-step", type=int, default=0,
                         help="with --init: the joint steps that model was trained for (the leg draws the stream's "
                              "batches from there on)")
-    parser.add_argument("--vision-tower", help="with --init: a perception tower (python -m train.mini.perception) to "
-                                               "put in the model's MLLM, frozen, before the leg")
+    parser.add_argument("--vision-tower", help="a perception tower (python -m train.mini.perception) to put in the "
+                                               "model's MLLM, frozen: before a leg (--init) or a build from scratch")
     parser.add_argument("--adapt-steps", type=int, default=3000,
                         help="with --vision-tower: steps of the instruction loss alone (projector and LLM) first")
     parser.add_argument("--adapt-lr", type=float, default=3e-4)
@@ -322,8 +305,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.init and not 0 < args.start_step < args.steps:
         parser.error("--init needs --start-step N, the joint steps that model was trained for (0 < N < --steps)")
-    if args.vision_tower and not args.init:
-        parser.error("--vision-tower goes with --init (a leg from a saved model)")
     if args.start_step and not args.init:
         parser.error("--start-step goes with --init (a build from scratch starts at step 0)")
     device = parsed_device(parser, args.device)
@@ -337,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         return train_leg(args, device, work, log, began)
 
     model = build_mini(args.seed).to(device)
+    graft = _graft(model, args.vision_tower) if args.vision_tower else {}  # frozen from the start, as MGIE's CLIP
     vae_file = work / "vae.safetensors"
     if args.resume and vae_file.is_file():
         model.vae.load_state_dict(read_state_dict(vae_file))
@@ -351,12 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.ip2p_steps:
         train_ip2p(model, args.ip2p_steps, args.batch_size, args.lr, args.seed, log)
         save_aligned(model.unet.state_dict(), ip2p_file)
-    train_joint(model, args.steps, args.batch_size, args.lr, args.seed, work, log, args.resume)
+    if args.vision_tower:
+        graft |= _adapt(model, args, work, log)
+    train_joint(model, args.steps, args.batch_size, args.lr, args.seed, work, log, args.resume,
+                train_vision_tower=not args.vision_tower)
     minutes = (time.time() - began) / 60
     model.info["extra"] = {"trained_by": "python -m train.mini.build", "steps": args.steps, "vae_steps": args.vae_steps,
                            "ip2p_steps": args.ip2p_steps, "batch_size": args.batch_size, "seed": args.seed,
                            "minutes": round(minutes, 1), "device": args.device,
-                           "world": "train/mini/world.py"}
+                           "world": "train/mini/world.py", **graft}
     model.info["sampling"] = RECOMMENDED_SAMPLING
     out = save_bundle(model, args.out, dtype="fp16")
     logger.info("wrote %s (%.1f MB) after %.1f minutes", out, out.stat().st_size / 1e6, minutes)
@@ -372,7 +357,7 @@ def train_leg(args: argparse.Namespace, device: torch.device, work: Path, log: P
     fingerprint = model.info.get("fingerprint")
     graft = {}
     if args.vision_tower:
-        graft = _graft_and_adapt(model, args, work, log)
+        graft = _graft(model, args.vision_tower) | _adapt(model, args, work, log)
     train_joint(model, args.steps, args.batch_size, args.lr, args.seed, work, log, args.resume, start=args.start_step,
                 train_vision_tower=not args.vision_tower)
     minutes = (time.time() - began) / 60
@@ -389,23 +374,27 @@ def train_leg(args: argparse.Namespace, device: torch.device, work: Path, log: P
     return 0
 
 
-def _graft_and_adapt(model: MGIEModel, args: argparse.Namespace, work: Path, log: Path) -> dict:
-    """``--vision-tower``: graft the perception tower, then ``--adapt-steps`` of the instruction loss alone
-    (kept in the work folder, so ``--resume`` does not repeat them). Returns what the leg records."""
-    from mgie_core.bundle import load_bundle
-
+def _graft(model: MGIEModel, path: str) -> dict:
+    """``--vision-tower``: put the perception tower into the MLLM, frozen. Returns what the bundle records."""
     from .perception import graft, load_tower
 
-    tower, config, record = load_tower(args.vision_tower)
+    tower, config, record = load_tower(path)
     graft(model, tower, config)
+    return {"vision_tower": Path(path).name, "vision_tower_record": record}
+
+
+def _adapt(model: MGIEModel, args: argparse.Namespace, work: Path, log: Path) -> dict:
+    """``--adapt-steps`` of the instruction loss alone on a grafted tower (kept in the work folder, so
+    ``--resume`` does not repeat them). Returns what the bundle records."""
+    from mgie_core.bundle import load_bundle
+
     adapted = work / "adapted.safetensors"
     if args.resume and adapted.is_file():
         model.mllm.load_state_dict(load_bundle(adapted).mllm.state_dict())
-    else:
+    elif args.adapt_steps:
         adapt_mllm(model, args.adapt_steps, args.batch_size, args.adapt_lr, args.seed + 4, log)
         save_bundle(model, adapted, dtype="fp32")
-    return {"vision_tower": Path(args.vision_tower).name, "vision_tower_record": record,
-            "adapt_steps": args.adapt_steps, "adapt_lr": args.adapt_lr}
+    return {"adapt_steps": args.adapt_steps, "adapt_lr": args.adapt_lr}
 
 
 if __name__ == "__main__":

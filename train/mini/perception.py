@@ -1,7 +1,7 @@
 """mgie-mini's stand-in for CLIP's pretraining: its vision tower learns to see every object before the MLLM does.
 
     python -m train.mini.perception --out runs/perception-8.safetensors [--patch-size 8] [--steps 3000]
-    python -m train.mini.perception --probe MODEL [--steps 1000]   # what a model's frozen tower already sees
+    python -m train.mini.perception --probe MODEL [--steps 1000] [--position]   # what a model's frozen tower sees
 
 MGIE's vision tower is CLIP ViT-L/14, pretrained on 400M pictures and frozen (MGIE.md); mgie-mini's is a
 4-layer ViT trained from scratch. Trained only through the instruction and diffusion losses, that tower
@@ -40,6 +40,8 @@ from .model import VISION, clip_image_config
 COLOURS = list(world.COLOURS)
 NOTHING = len(world.SHAPES)  # the shape class of an empty cell
 HEADS = {"shape": len(world.SHAPES) + 1, "colour": len(COLOURS), "size": len(world.RADIUS)}
+WHERE = {"column": world.GRID, "row": world.GRID}  # --position: where each object is, too (its cell of the grid)
+LABELS = [*HEADS, *WHERE]  # the columns of targets()'s labels
 VALIDATION_SEED = 99  # the accuracy check's scenes (training draws its own from --seed's stream)
 
 
@@ -59,32 +61,36 @@ def cell_centre(cell: int) -> tuple[float, float]:
 
 def targets(scenes: list[world.Scene]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where to read and what is there: (P, 2) points in grid_sample's [-1, 1] coordinates, (P,) scene of
-    each point, (P, 3) labels shape / colour / size (-100, ignored, for the colour and size of nothing)."""
+    each point, (P, 5) labels shape / colour / size / column / row (``LABELS``; -100, ignored, for all but the
+    shape of nothing)."""
     points, rows, labels = [], [], []
     for row, scene in enumerate(scenes):
         for obj in scene.objects:
             points.append(obj.center())
-            labels.append((world.SHAPES.index(obj.shape), COLOURS.index(obj.colour), list(world.RADIUS).index(obj.size)))
+            labels.append((world.SHAPES.index(obj.shape), COLOURS.index(obj.colour), list(world.RADIUS).index(obj.size),
+                           obj.cell % world.GRID, obj.cell // world.GRID))
         for cell in sorted(set(range(world.GRID**2)) - {o.cell for o in scene.objects}):
             points.append(cell_centre(cell))
-            labels.append((NOTHING, -100, -100))
+            labels.append((NOTHING, -100, -100, -100, -100))
         rows += [row] * (len(points) - len(rows))
     xy = torch.tensor(points) / (world.SIZE / 2) - 1
     return xy, torch.tensor(rows), torch.tensor(labels)
 
 
 class Readout(nn.Module):
-    """Linear readouts of shape, colour and size from the tower's patch features at given points."""
+    """Linear readouts of shape, colour and size (and with ``position``, an object's column and row of the grid)
+    from the tower's patch features at given points."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, position: bool = False):
         super().__init__()
-        self.linear = nn.Linear(hidden_size, sum(HEADS.values()))
+        self.heads = {**HEADS, **(WHERE if position else {})}
+        self.linear = nn.Linear(hidden_size, sum(self.heads.values()))
 
     def forward(self, patches: torch.Tensor, xy: torch.Tensor, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         side = int(patches.shape[1] ** 0.5)
         grid = patches.reshape(len(patches), side, side, -1).permute(0, 3, 1, 2)  # (B, C, h, w), row-major patches
         features = F.grid_sample(grid[rows], xy.to(grid)[:, None, None], align_corners=False)[:, :, 0, 0]  # (P, C)
-        return dict(zip(HEADS, self.linear(features).split(list(HEADS.values()), dim=-1)))
+        return dict(zip(self.heads, self.linear(features).split(list(self.heads.values()), dim=-1)))
 
 
 def patch_features(tower: CLIPVisionModel, pixels: torch.Tensor, select_layer: int) -> torch.Tensor:
@@ -101,31 +107,33 @@ def losses(tower, readout, scenes, pixels, select_layer: int = -2) -> dict[str, 
     xy, rows, labels = targets(scenes)
     logits = readout(patch_features(tower, pixels.to(tower.device), select_layer), xy, rows.to(tower.device))
     labels = labels.to(tower.device)
-    return {name: F.cross_entropy(logits[name], labels[:, i]) for i, name in enumerate(HEADS)}
+    return {name: F.cross_entropy(logits[name], labels[:, LABELS.index(name)]) for name in readout.heads}
 
 
 @torch.no_grad()
 def accuracy(tower, readout, count: int = 500, select_layer: int = -2) -> dict[str, float]:
-    """Held-out accuracy: the shape of objects (and of small ones), their colour and size, and empty cells."""
+    """Held-out accuracy: the shape of objects (and of small ones), their colour and size (and column and row,
+    where the readout has them), and empty cells."""
     scenes, pixels = scene_batch(random.Random(VALIDATION_SEED), count)
     xy, rows, labels = targets(scenes)
     logits = readout(patch_features(tower, pixels.to(tower.device), select_layer), xy, rows.to(tower.device))
-    right = {name: (logits[name].argmax(-1).cpu() == labels[:, i]) for i, name in enumerate(HEADS)}
+    right = {name: (logits[name].argmax(-1).cpu() == labels[:, LABELS.index(name)]) for name in readout.heads}
     objects, small = labels[:, 0] != NOTHING, labels[:, 2] == list(world.RADIUS).index("small")
     return {"shape": right["shape"][objects].float().mean().item(),
             "shape, small": right["shape"][small].float().mean().item(),
-            "colour": right["colour"][objects].float().mean().item(),
-            "size": right["size"][objects].float().mean().item(),
+            **{name: right[name][objects].float().mean().item() for name in readout.heads if name != "shape"},
             "nothing": right["shape"][~objects].float().mean().item()}
 
 
 def train_perception(tower: CLIPVisionModel, steps: int, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                     log: Path | None = None, train_tower: bool = True, select_layer: int = -2) -> Readout:
-    """Train ``tower`` (and a readout) on what each point of a scene holds; returns the readout, tower frozen.
-    ``train_tower=False`` trains the readout alone: a linear probe of what a tower already sees."""
+                     log: Path | None = None, train_tower: bool = True, select_layer: int = -2,
+                     position: bool = False) -> Readout:
+    """Train ``tower`` (and a readout) on what each point of a scene holds (with ``position``, where it is too);
+    returns the readout, tower frozen. ``train_tower=False`` trains the readout alone: a linear probe of what a
+    tower already sees."""
     from .build import warmup_cosine  # build.py imports this module
 
-    readout = Readout(tower.config.hidden_size).to(tower.device)
+    readout = Readout(tower.config.hidden_size, position).to(tower.device)
     params = list(readout.parameters()) + (list(tower.parameters()) if train_tower else [])
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
@@ -194,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--position", action="store_true", help="read each object's column and row of the grid too "
+                                                                 "(\"the leftmost shape\" needs where, not only what)")
     args = parser.parse_args(argv)
     if bool(args.out) == bool(args.probe):
         parser.error("give --out (train a tower) or --probe MODEL (measure one), not both")
@@ -204,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
         mllm = load_model(args.probe).to("cpu", torch.float32).mllm
         readout = train_perception(mllm.vision_tower, args.steps, args.batch_size, args.lr, args.seed, train_tower=False,
-                                   select_layer=mllm.vision_select_layer)
+                                   select_layer=mllm.vision_select_layer, position=args.position)
         print(json.dumps({"probe": args.probe, "steps": args.steps,
                           "accuracy": accuracy(mllm.vision_tower, readout, select_layer=mllm.vision_select_layer)}))
         return 0
@@ -212,10 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     log = out.with_suffix(".log.jsonl")
     began = time.time()
     tower = new_tower(args.patch_size, args.seed)
-    readout = train_perception(tower, args.steps, args.batch_size, args.lr, args.seed, log)
+    readout = train_perception(tower, args.steps, args.batch_size, args.lr, args.seed, log, position=args.position)
     found = accuracy(tower, readout)
     record = {"trained_by": "python -m train.mini.perception", "steps": args.steps, "batch_size": args.batch_size,
-              "lr": args.lr, "seed": args.seed, "minutes": round((time.time() - began) / 60, 1), "accuracy": found}
+              "lr": args.lr, "seed": args.seed, "position": args.position,
+              "minutes": round((time.time() - began) / 60, 1), "accuracy": found}
     save_tower(tower, args.patch_size, out, record)
     print(json.dumps(record))
     return 0
