@@ -41,9 +41,11 @@ def held_out_ambiguous(kind: str, count: int) -> list[world.Edit]:
     return [world.make_ambiguous(rng, kind) for _ in range(count)]
 
 
-# v16's perception tower sees shape: v14 named the right object in 7 of 10 recolour and 7 of 10 remove scenes
-# here and 8 of 10 "biggest" ones, v16 in all of them.
-@pytest.mark.parametrize("family, least", [("recolour", 9), ("remove", 9), ("global", 8), ("ambiguous/biggest", 9)])
+# The perception tower sees shape: v14 named the right object in 7 of 10 recolour and 7 of 10 remove scenes here
+# and 8 of 10 "biggest" ones, v16 and v17 in all of them. v17's tower also keeps where each object is: v16 named
+# the leftmost shape in 1 of 10 scenes and the smallest in 5, v17 in 9 and 10.
+@pytest.mark.parametrize("family, least", [("recolour", 9), ("remove", 9), ("global", 8), ("ambiguous/biggest", 9),
+                                           ("ambiguous/leftmost", 8), ("ambiguous/smallest", 8)])
 def test_derived_instruction_names_the_right_object(pipe, family, least):
     edits = held_out_ambiguous(family.split("/")[1], 10) if "/" in family else held_out(family, 10)
     d = pipe.derive([world.images(e)[0] for e in edits], [e.instruction for e in edits], DeriveConfig(max_new_tokens=48))

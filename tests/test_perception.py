@@ -110,7 +110,7 @@ def test_a_grafted_tower_sets_the_image_patches_and_survives_a_bundle(tmp_path):
     from mgie_core.bundle import save_bundle
 
     model = load_model().to("cpu", torch.float32)
-    assert model.spec.num_image_patches == 64  # the shipped v16's tower: 8 px patches
+    assert model.spec.num_image_patches == 64  # the shipped model's tower: 8 px patches
     tower = new_tower(patch_size=16)
     graft(model, tower, {**model.info["clip_config"], "patch_size": 16})
     assert model.spec.num_image_patches == 16

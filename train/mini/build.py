@@ -10,6 +10,9 @@
     python -m train.mini.perception --out runs/perception-8.safetensors  # a vision tower that sees shape
     python -m train.mini.build --init runs/mgie-mini-v14.safetensors --vision-tower runs/perception-8.safetensors \
         --start-step 17600 --steps 19600 --lr 2e-4 --work runs/mini-v16 --out runs/mgie-mini-v16.safetensors  # v16
+    python -m train.mini.perception --position --out runs/perception-8pos.safetensors  # sees where, too
+    python -m train.mini.build --init runs/mgie-mini-v14.safetensors --vision-tower runs/perception-8pos.safetensors \
+        --start-step 17600 --steps 19600 --lr 2e-4 --work runs/mini-v17 --out runs/mgie-mini-v17.safetensors  # v17
 
 1. tokenizer: SentencePiece BPE on the world's vocabulary and the prompt template;
 2. VAE: a KL autoencoder (4x downsampling) on world pictures (the real MGIE reuses SD's pretrained VAE);
@@ -20,8 +23,9 @@
    and UNet together; the [IMG] embeddings the edit head adds are tied to the token table, as in
    Apple's training;
 5. the bundle, fp16 (v11 then had its VAE decoder fine-tuned alone, train/mini/decoder.py; v13 is v10
-   trained on to 15,200 joint steps, with that decoder; v14 is v13 and a leg to 17,600; the shipped v16
-   is v14 with a perception tower, train/mini/perception.py, and a leg to 19,600).
+   trained on to 15,200 joint steps, with that decoder; v14 is v13 and a leg to 17,600; v16 is v14
+   with a perception tower, train/mini/perception.py, and a leg to 19,600; the shipped v17 is the same leg with
+   a tower that also learnt where each object is, --position).
 
 Checkpoints go to ``--work`` every few hundred steps; ``--resume`` continues a killed run. ``--init BUNDLE``
 trains on from a saved model instead of a work folder (a fresh optimizer; a warmup, then a cosine from ``--lr``
@@ -284,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ip2p-steps", type=int, default=2000, help="InstructPix2Pix steps of the UNet first")
     parser.add_argument("--steps", type=int, default=6400,
                         help="steps of MGIE's joint objective (v10 went on with --resume --steps 9600, v12 to 12800, "
-                             "v13 to 15200; v14 is a leg to 17600, --init; the shipped v16 a leg to 19600 with "
-                             "--vision-tower)")
+                             "v13 to 15200; v14 is a leg to 17600, --init; v16 and the shipped v17 legs to 19600 "
+                             "with --vision-tower)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)

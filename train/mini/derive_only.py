@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patch-size", type=int, default=VISION["patch_size"], choices=(4, 8, 16, 32),
                         help="the vision tower's patches of the 64x64 picture (16: the from-scratch build's; "
-                             "the shipped v16's perception tower has 8)")
+                             "the shipped model's perception tower has 8)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
