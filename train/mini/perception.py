@@ -1,6 +1,6 @@
 """mgie-mini's stand-in for CLIP's pretraining: its vision tower learns to see every object before the MLLM does.
 
-    python -m train.mini.perception --out runs/perception-8.safetensors [--patch-size 8] [--steps 3000]
+    python -m train.mini.perception --out runs/perception-8pos.safetensors --position [--patch-size 8] [--steps 3000]
     python -m train.mini.perception --probe MODEL [--steps 1000] [--position]   # what a model's frozen tower sees
 
 MGIE's vision tower is CLIP ViT-L/14, pretrained on 400M pictures and frozen (MGIE.md); mgie-mini's is a
@@ -12,6 +12,9 @@ every object's centre its shape, colour and size, at every empty cell of the 3x3
 linear readout of the features the projector reads (layer ``mm_vision_select_layer``). With 8 px patches
 it sees shape within minutes (3,000 steps, 12 minutes here: 99.7% of held-out objects' shapes, every
 small one's); the build then freezes it, as LLaVA and MGIE freeze CLIP (``build --vision-tower``).
+Those readouts wash out where an object is (v16's tower keeps its column for a probe 44% of the time, chance
+33%, and v16 named "the leftmost shape" in 38% of validation scenes); ``--position`` also reads each object's
+column and row of the grid, and v17's tower, trained so, lifted leftmost to 95%.
 """
 
 from __future__ import annotations
