@@ -359,9 +359,7 @@ def train_leg(args: argparse.Namespace, device: torch.device, work: Path, log: P
 
     model = load_bundle(args.init).to(device, torch.float32)
     fingerprint = model.info.get("fingerprint")
-    graft = {}
-    if args.vision_tower:
-        graft = _graft(model, args.vision_tower) | _adapt(model, args, work, log)
+    graft = _graft(model, args.vision_tower) | _adapt(model, args, work, log) if args.vision_tower else {}
     train_joint(model, args.steps, args.batch_size, args.lr, args.seed, work, log, args.resume, start=args.start_step,
                 train_vision_tower=not args.vision_tower)
     minutes = (time.time() - began) / 60

@@ -106,22 +106,25 @@ def scene_batch(rng: random.Random, count: int) -> tuple[list[world.Scene], torc
     return scenes, torch.stack([clip_pixel_values(world.render(s), clip_image_config()) for s in scenes])
 
 
-def losses(tower, readout, scenes, pixels, select_layer: int = -2) -> dict[str, torch.Tensor]:
+def read(tower, readout, scenes, pixels, select_layer: int = -2) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The readout's logits at every point of ``scenes`` and, beside each head's, its labels (on the CPU)."""
     xy, rows, labels = targets(scenes)
     logits = readout(patch_features(tower, pixels.to(tower.device), select_layer), xy, rows.to(tower.device))
-    labels = labels.to(tower.device)
-    return {name: F.cross_entropy(logits[name], labels[:, LABELS.index(name)]) for name in readout.heads}
+    return logits, {name: labels[:, LABELS.index(name)] for name in readout.heads}
+
+
+def losses(tower, readout, scenes, pixels, select_layer: int = -2) -> dict[str, torch.Tensor]:
+    logits, labels = read(tower, readout, scenes, pixels, select_layer)
+    return {name: F.cross_entropy(logits[name], labels[name].to(tower.device)) for name in readout.heads}
 
 
 @torch.no_grad()
 def accuracy(tower, readout, count: int = 500, select_layer: int = -2) -> dict[str, float]:
     """Held-out accuracy: the shape of objects (and of small ones), their colour and size (and column and row,
     where the readout has them), and empty cells."""
-    scenes, pixels = scene_batch(random.Random(VALIDATION_SEED), count)
-    xy, rows, labels = targets(scenes)
-    logits = readout(patch_features(tower, pixels.to(tower.device), select_layer), xy, rows.to(tower.device))
-    right = {name: (logits[name].argmax(-1).cpu() == labels[:, LABELS.index(name)]) for name in readout.heads}
-    objects, small = labels[:, 0] != NOTHING, labels[:, 2] == list(world.RADIUS).index("small")
+    logits, labels = read(tower, readout, *scene_batch(random.Random(VALIDATION_SEED), count), select_layer)
+    right = {name: logits[name].argmax(-1).cpu() == labels[name] for name in readout.heads}
+    objects, small = labels["shape"] != NOTHING, labels["size"] == list(world.RADIUS).index("small")
     return {"shape": right["shape"][objects].float().mean().item(),
             "shape, small": right["shape"][small].float().mean().item(),
             **{name: right[name][objects].float().mean().item() for name in readout.heads if name != "shape"},
