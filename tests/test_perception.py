@@ -158,13 +158,15 @@ def test_a_build_from_scratch_on_a_perception_tower_never_trains_it(tmp_path):
     tower = new_tower(patch_size=8, seed=4)
     tower_file = save_tower(tower, 8, tmp_path / "tower.safetensors", {"steps": 9})
     work, out = tmp_path / "work", tmp_path / "scratch.safetensors"
-    argv = ["--vision-tower", str(tower_file), "--vae-steps", "2", "--ip2p-steps", "2", "--adapt-steps", "2",
-            "--steps", "2", "--batch-size", "2", "--work", str(work), "--out", str(out)]
+    argv = ["--vision-tower", str(tower_file), "--vae-steps", "2", "--vae-lr", "1e-3", "--vae-object-weight", "5",
+            "--ip2p-steps", "2", "--adapt-steps", "2", "--steps", "2", "--batch-size", "2", "--work", str(work),
+            "--out", str(out)]
     assert build_main(argv) == 0
     built = load_bundle(out)
     extra = built.info["extra"]
     assert extra["vision_tower"] == "tower.safetensors" and extra["vision_tower_record"] == {"steps": 9}
     assert extra["adapt_steps"] == 2 and built.spec.num_image_patches == 64
+    assert extra["vae_object_weight"] == 5 and extra["vae_lr"] == 1e-3  # the one-hour recipe's VAE stage
     assert built.info["clip_config"]["patch_size"] == 8
     for name, tensor in tower.state_dict().items():
         assert torch.equal(built.mllm.vision_tower.state_dict()[name], tensor.half().float())
