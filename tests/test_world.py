@@ -134,14 +134,15 @@ EARLIER = "edit success (v16)"  # the README's column for the previous model
 @pytest.mark.parametrize("name, guidance, earlier, twin", [
     ("mini-eval.json", 7.5, "mini-eval-v16.json", "mini-eval-v13-twin.json"),
     ("mini-eval-g2.json", 2.0, "mini-eval-v16-g2.json", "mini-eval-v13-twin-g2.json"),
-    ("mini-eval-ambiguous.json", 7.5, None, None), ("mini-eval-ambiguous-g2.json", 2.0, None, None)])
+    ("mini-eval-ambiguous.json", 7.5, None, None), ("mini-eval-ambiguous-g2.json", 2.0, None, None),
+    ("mini-fast-eval-g2.json", 2.0, None, None), ("mini-fast-eval-ambiguous-g2.json", 2.0, None, None)])
 def test_readme_table_is_the_one_in_bench_mini_eval_json(name, guidance, earlier, twin):
     """The README's mgie-mini figures are exactly those evaluate wrote to bench/ (paper's guidance, and 2;
     every family, beside the previous model's run and the twin's stored run); so are docs/mgie-mini.md's for
-    the ambiguous family alone, with the scene-by-scene comparison against the twin."""
+    the ambiguous family alone, with the scene-by-scene comparison against the twin, and for the one-hour build."""
     root = Path(__file__).resolve().parents[1]
     figures = json.loads((root / "bench" / name).read_text())
-    readme = (root / ("docs/mgie-mini.md" if "ambiguous" in name else "README.md")).read_text()
+    readme = (root / ("docs/mgie-mini.md" if "ambiguous" in name or "fast" in name else "README.md")).read_text()
     assert figures.get("guidance_scale", 7.5) == guidance
     others = {k: figures.get(k) for k in COLUMNS}
     if earlier:
