@@ -9,11 +9,13 @@ import math
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from train.mini.build import edit_at, train_ip2p
+from train.mini.build import edit_at, pictures, train_ip2p
 from train.mini.build import main as build_main
 from train.mini.model import VAE, build_mini, train_tokenizer
-from train.mini.twin import Twin, load_twin, save_twin, train_twin
+from train.mini.twin import Twin, load_twin, save_twin, starting_vae, train_twin
 from train.mini.twin import main as twin_main
 
 
@@ -94,3 +96,45 @@ def test_twin_arguments_are_checked_before_anything_is_loaded(argv, message, cap
         twin_main(argv)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_new_twin_takes_a_bundles_vae_with_its_scaling_factor():
+    """v17's budget-matched twin starts from the shipped bundle's VAE: the same weights (fp16 in the bundle)
+    and the latent scaling the model was trained with, not one calibrated again from the rounded weights."""
+    from mgie_core import default_model_path
+
+    bundle = default_model_path()
+    vae = starting_vae(bundle, seed=0)
+    with safe_open(str(bundle), framework="pt") as handle:
+        stored = {k.removeprefix("vae."): handle.get_tensor(k) for k in handle.keys() if k.startswith("vae.")}
+        config = json.loads(handle.metadata()["vae_config"])
+    assert vae.dtype == torch.float32 and set(vae.state_dict()) == set(stored)
+    for name, weight in vae.state_dict().items():
+        assert torch.equal(weight, stored[name].float()), name
+    assert vae.config.scaling_factor == config["scaling_factor"]
+
+
+def test_a_vae_file_is_scaled_as_the_build_scales_it(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "vae.safetensors"
+    save_file(AutoencoderKL(**VAE).state_dict(), str(path))
+    vae = starting_vae(path, seed=0)
+    x = pictures([edit_at(2, i) for i in range(128)])
+    assert vae.encode(x).latent_dist.mode().std().item() * vae.config.scaling_factor == pytest.approx(1.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("make, message", [
+    (None, "weight file not found"),
+    (lambda p: save_file({"unet.conv_in.weight": torch.zeros(2)}, str(p)), "neither an mgie-mini bundle nor a VAE"),
+    (lambda p: p.write_bytes(b"not a safetensors file"), "not a readable safetensors file"),
+])
+def test_a_vae_that_is_not_one_is_a_one_line_error_before_training(make, message, tmp_path, capsys):
+    path = tmp_path / "vae.safetensors"
+    if make:
+        make(path)
+    with pytest.raises(SystemExit) as stop:
+        twin_main(["--vae", str(path), "--out", str(tmp_path / "twin.safetensors")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err
+    assert not (tmp_path / "twin.safetensors").exists()

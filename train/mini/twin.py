@@ -5,6 +5,7 @@ instructions instead (the paper's "ExpI" ablation: the MLLM's words, fed to a te
 visual tokens); at test time it reads what MGIE-mini derives.
 
     python -m train.mini.twin --vae runs/mini/vae.safetensors --out runs/ip2p-twin.safetensors
+    python -m train.mini.twin --vae mgie_core/assets/mgie-mini.safetensors --steps 21600 --out ...  # v17's VAE, budget
     python -m train.mini.twin --init runs/ip2p-twin.safetensors --start-step 8400 --steps 11600 --out ...  # train on
 """
 
@@ -24,6 +25,8 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from mgie_core.aligned import save_aligned
+from mgie_core.errors import MGIEError
+from mgie_core.loader import load_model
 from mgie_core.tokenizer import LegacyLlamaTokenizer
 from mgie_core.weights import read_state_dict
 from train.objective import diffusion_goal, dropout_masks
@@ -116,9 +119,30 @@ def load_twin(path: str | Path) -> Twin:
     return twin.eval().requires_grad_(False)
 
 
+def starting_vae(path: str | Path, seed: int) -> AutoencoderKL:
+    """The VAE a new twin trains on and decodes with: an mgie-mini bundle's (its scaling factor kept, so the
+    twin sees the latents that model saw), or a build's ``work/vae.safetensors`` (scaled as the build scales it)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            bundle = (handle.metadata() or {}).get("format") == "mgie-bundle"
+    except Exception:  # missing or unreadable: read_state_dict below says which
+        bundle = False
+    if bundle:
+        return load_model(path).vae.float()
+    vae = AutoencoderKL(**VAE)
+    state = read_state_dict(path)
+    if set(state) != set(vae.state_dict()):
+        raise MGIEError(f"{path} is neither an mgie-mini bundle nor a VAE file of train.mini.build "
+                        f"(<work>/vae.safetensors): its tensors are not mgie-mini's VAE's ({len(state)} tensors)")
+    vae.load_state_dict(state)
+    calibrate_scaling(vae, seed)
+    return vae
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vae", help="the trained mgie-mini VAE (runs/.../vae.safetensors); not with --init")
+    parser.add_argument("--vae", help="the trained mgie-mini VAE (runs/.../vae.safetensors) or an mgie-mini bundle "
+                                      "(its VAE); not with --init")
     parser.add_argument("--out", default="runs/ip2p-twin.safetensors")
     parser.add_argument("--steps", type=int, default=8400,
                         help="default: a default build's UNet steps (2,000 InstructPix2Pix + 6,400 joint); "
@@ -143,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.init:
         twin = load_twin(args.init).requires_grad_(True).to(device)
     else:
-        vae = AutoencoderKL(**VAE)
-        vae.load_state_dict(read_state_dict(args.vae))
-        calibrate_scaling(vae, args.seed)
+        try:
+            vae = starting_vae(args.vae, args.seed)
+        except MGIEError as err:
+            parser.error(str(err))
         twin = Twin(train_tokenizer(), vae, args.text).to(device)
     began = time.time()
     out = Path(args.out)
