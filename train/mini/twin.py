@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -125,7 +125,7 @@ def starting_vae(path: str | Path, seed: int) -> AutoencoderKL:
     try:
         with safe_open(str(path), framework="pt") as handle:
             bundle = (handle.metadata() or {}).get("format") == "mgie-bundle"
-    except Exception:  # missing or unreadable: read_state_dict below says which
+    except (OSError, SafetensorError, ValueError):  # missing or unreadable: read_state_dict below says which
         bundle = False
     if bundle:
         return load_model(path).vae.float()
