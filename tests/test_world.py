@@ -132,7 +132,7 @@ EARLIER = "edit success (v16)"  # the README's column for the previous model
 
 
 @pytest.mark.parametrize("name, guidance, earlier, twin", [
-    ("mini-eval.json", 7.5, "mini-eval-v16.json", "mini-eval-v13-twin.json"),
+    ("mini-eval.json", 7.5, "mini-eval-v16.json", "mini-eval-v17-twin.json"),
     ("mini-eval-g2.json", 2.0, "mini-eval-v16-g2.json", "mini-eval-v17-twin-g2.json"),
     ("mini-eval-ambiguous.json", 7.5, None, None), ("mini-eval-ambiguous-g2.json", 2.0, None, None),
     ("mini-eval-ambiguous-v17-twin.json", 7.5, None, None), ("mini-eval-ambiguous-v17-twin-g2.json", 2.0, None, None),
