@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from mgie_core.aligned import save_aligned
+from mgie_core.bundle import is_bundle
 from mgie_core.errors import MGIEError
 from mgie_core.loader import load_model
 from mgie_core.tokenizer import LegacyLlamaTokenizer
@@ -122,12 +123,7 @@ def load_twin(path: str | Path) -> Twin:
 def starting_vae(path: str | Path, seed: int) -> AutoencoderKL:
     """The VAE a new twin trains on and decodes with: an mgie-mini bundle's (its scaling factor kept, so the
     twin sees the latents that model saw), or a build's ``work/vae.safetensors`` (scaled as the build scales it)."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            bundle = (handle.metadata() or {}).get("format") == "mgie-bundle"
-    except (OSError, SafetensorError, ValueError):  # missing or unreadable: read_state_dict below says which
-        bundle = False
-    if bundle:
+    if is_bundle(path):  # False for a missing or unreadable file: read_state_dict below says which
         return load_model(path).vae.float()
     vae = AutoencoderKL(**VAE)
     state = read_state_dict(path)
