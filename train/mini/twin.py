@@ -26,7 +26,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from mgie_core.aligned import save_aligned
 from mgie_core.bundle import is_bundle
-from mgie_core.errors import MGIEError
+from mgie_core.errors import CheckpointError, MGIEError
 from mgie_core.loader import load_model
 from mgie_core.tokenizer import LegacyLlamaTokenizer
 from mgie_core.weights import read_state_dict
@@ -128,7 +128,7 @@ def starting_vae(path: str | Path, seed: int) -> AutoencoderKL:
     vae = AutoencoderKL(**VAE)
     state = read_state_dict(path)
     if set(state) != set(vae.state_dict()):
-        raise MGIEError(f"{path} is neither an mgie-mini bundle nor a VAE file of train.mini.build "
+        raise CheckpointError(f"{path} is neither an mgie-mini bundle nor a VAE file of train.mini.build "
                         f"(<work>/vae.safetensors): its tensors are not mgie-mini's VAE's ({len(state)} tensors)")
     vae.load_state_dict(state)
     calibrate_scaling(vae, seed)
