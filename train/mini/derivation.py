@@ -1,6 +1,6 @@
 """Where mgie-mini's derivation goes wrong, in seconds (the MLLM only, no diffusion).
 
-    python -m train.mini.derivation [--model PATH] [--count 500] [--seed 777]
+    python -m train.mini.derivation [--model PATH] [--count 500] [--seed 777] [--family ambiguous]
 
 Prints expressive-instruction accuracy per family and per size of the object the edit is about
 (recolour, remove and the ambiguous kinds name one), and sorts the wrong answers that name an object:
@@ -118,12 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="an MGIE model (default: the embedded mgie-mini)")
     parser.add_argument("--count", type=int, default=500, help="scenes, the families in turn")
     parser.add_argument("--seed", type=int, default=VALIDATION_SEED)
+    parser.add_argument("--family", action="append", choices=world.FAMILIES,
+                        help="only these families (repeatable; default: all, in turn)")
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error(f"--count must be at least 1, got {args.count}")
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
-    edits = world.edits(args.seed, args.count)
+    edits = world.edits(args.seed, args.count, tuple(args.family or world.FAMILIES))
     model = load_model(args.model)
     print(f"scenes: {args.count} (seed {args.seed}); unsayable: true answers the {DeriveConfig.no_repeat_ngram_size}"
           "-gram ban forbids; misses: what the wrong answers name")
