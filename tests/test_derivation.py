@@ -61,6 +61,14 @@ def test_command_prints_the_table_for_the_shipped_model(capsys):
     assert "scenes: 10 (seed 777)" in out and "| all | 10 |" in out and "| recolour, " in out
 
 
+@pytest.mark.skipif(not default_model_path().is_file(), reason="mgie-mini is not built")
+def test_family_limits_the_scenes_to_it(capsys):
+    assert derivation.main(["--count", "10", "--family", "ambiguous"]) == 0
+    rows = [line.split(" | ")[0].lstrip("| ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    groups = {row.split(",")[0] for row in rows[1:]} - {"all"}
+    assert groups and all(g.startswith("ambiguous/") for g in groups)
+
+
 def test_a_count_below_one_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         derivation.main(["--count", "0"])
