@@ -135,6 +135,11 @@ class MGIEModel:
             self.info["fingerprint"] = compute_fingerprint(self)
         return self.info["fingerprint"]
 
+    def weights_changed(self) -> None:
+        """Training changed the weights: the next :meth:`fingerprint` is computed from them, not the one carried
+        over from the file they were loaded from (a LoRA trained on that file must not pass as this model's)."""
+        self.info.pop("fingerprint", None)
+
 
 def compute_fingerprint(model: MGIEModel) -> str:
     digest = hashlib.sha256(model.tokenizer.sp_model_proto)

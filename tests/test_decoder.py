@@ -69,6 +69,7 @@ def test_command_writes_a_bundle_and_a_twin_that_share_the_new_decoder(tmp_path)
     for k in decoder:  # the twin stores fp32, the bundle fp16: the same decoder up to that rounding
         torch.testing.assert_close(new_twin.state_dict()[k].half(), new.state_dict()[k].half(), rtol=0, atol=0)
     assert after.info["extra"]["decoder_steps"] == 2
+    assert after.fingerprint() != before.fingerprint()  # a new decoder is a new model for LoRA files
     for part in ("mllm", "edit_head", "unet"):  # nothing but the decoder moved
         for name, a in before.modules()[part].state_dict().items():
             assert torch.equal(a, after.modules()[part].state_dict()[name]), (part, name)

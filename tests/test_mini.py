@@ -221,6 +221,10 @@ def test_a_leg_from_the_shipped_bundle_trains_on_and_records_itself(tmp_path):
                                          "start_step": 15200, "steps": 15202, "lr": 1e-3, "batch_size": 2, "seed": 0,
                                          "minutes": 0, "device": "cpu"}
     assert after.info["extra"]["decoder_from"] == before.info["extra"]["decoder_from"]  # the old record is kept
+    # new weights, a new fingerprint: a LoRA trained on the starting bundle must not pass as this one's
+    from mgie_core.model import compute_fingerprint
+
+    assert after.fingerprint() == compute_fingerprint(after) != before.fingerprint()
     assert after.recommended_sampling == before.recommended_sampling
     for name, tensor in before.vae.state_dict().items():  # the VAE is not trained in a leg
         assert torch.equal(after.vae.state_dict()[name], tensor)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mgie_core.bundle import load_bundle, save_bundle
+from mgie_core.model import compute_fingerprint
 from train.mini import world
 from train.mini.evaluate import ambiguous_group
 from train.mini.model import build_mini
@@ -71,6 +72,8 @@ def test_command_writes_a_bundle_with_the_diffusion_side_unchanged_and_the_leg_r
                    for k, v in before.modules()[part].state_dict().items()), part
     leg = after.info["extra"]["legs"][-1]
     assert (leg["trained_by"], leg["steps"], leg["kinds"]) == ("python -m train.mini.words", 2, ["odd_one_out"])
+    # the record names the starting weights; the new bundle carries its own weights' fingerprint
+    assert leg["init_fingerprint"] == before.fingerprint() != after.fingerprint() == compute_fingerprint(after)
     assert (tmp_path / "work" / "log.jsonl").is_file()
 
 

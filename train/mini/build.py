@@ -219,6 +219,7 @@ def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: 
         for name, param in params.items():
             param.copy_(ema[name])
     tie_emb(model)
+    model.weights_changed()
     for module in model.modules().values():
         module.eval().requires_grad_(False)
     model.mllm.train_vision_tower = False
@@ -259,6 +260,7 @@ def adapt_mllm(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: i
     for step, loss in instruction_steps(model, params, optimizer, schedule, steps, batch_size, seed):
         if step % 25 == 0 or step == steps:
             _log(log, {"phase": "adapt", "step": step, "loss_ins": loss.item(), "seconds": time.time() - began})
+    model.weights_changed()
     mllm.eval().requires_grad_(False)
 
 
@@ -378,7 +380,7 @@ def train_leg(args: argparse.Namespace, device: torch.device, work: Path, log: P
     from mgie_core.bundle import load_bundle
 
     model = load_bundle(args.init).to(device, torch.float32)
-    fingerprint = model.info.get("fingerprint")
+    fingerprint = model.fingerprint()  # of the weights the leg starts from
     graft = _graft(model, args.vision_tower) | _adapt(model, args, work, log) if args.vision_tower else {}
     train_joint(model, args.steps, args.batch_size, args.lr, args.seed, work, log, args.resume, start=args.start_step,
                 train_vision_tower=not args.vision_tower)

@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = finetune_decoder(vae, args.steps, args.batch_size, args.lr)
         extra.update({"decoder_steps": args.steps, "decoder_minutes": round((time.time() - began) / 60, 1),
                       "decoder_l1_of_255": round(rows[-1]["l1_of_255"], 2) if rows else None})
+    model.weights_changed()
     save_bundle(model, args.out, dtype="fp16")
     if twin is not None:
         swap_decoder(twin.vae, vae)

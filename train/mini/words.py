@@ -108,6 +108,7 @@ def train_words(model: MGIEModel, steps: int, batch_size: int, lr: float, keep: 
                     param.requires_grad_(True)
                 student.vision_tower.eval()
             yield step, loss_ins.item(), drift.item(), table
+    model.weights_changed()
     student.eval().requires_grad_(False)
 
 
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_bundle(args.init).to("cpu", torch.float32)
     except (InputError, CheckpointError) as error:
         parser.error(str(error))
+    init_fingerprint = model.fingerprint()  # of the weights the leg starts from
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     scenes = world.edits(VALIDATION_SEED, 500, ("ambiguous",))
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.time() - began) / 60
     extra = dict(model.info.get("extra", {}))
     legs = list(extra.get("legs", []))
-    legs.append({"words": Path(args.init).name, "init_fingerprint": model.info.get("fingerprint"),
+    legs.append({"words": Path(args.init).name, "init_fingerprint": init_fingerprint,
                  "trained_by": "python -m train.mini.words", "steps": args.steps, "lr": args.lr, "keep": args.keep,
                  "kinds": list(args.kinds), "share": args.share, "batch_size": args.batch_size, "seed": args.seed,
                  "minutes": round(minutes, 1)})
