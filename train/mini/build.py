@@ -27,8 +27,9 @@
    Apple's training;
 5. the bundle, fp16 (v11 then had its VAE decoder fine-tuned alone, train/mini/decoder.py; v13 is v10
    trained on to 15,200 joint steps, with that decoder; v14 is v13 and a leg to 17,600; v16 is v14
-   with a perception tower, train/mini/perception.py, and a leg to 19,600; the shipped v17 is the same leg with
-   a tower that also learnt where each object is, --position).
+   with a perception tower, train/mini/perception.py, and a leg to 19,600; v17 is the same leg with
+   a tower that also learnt where each object is, --position; the shipped v18 is v17 after two words
+   legs, train/mini/words.py, which train its LLM alone).
 
 Checkpoints go to ``--work`` every few hundred steps; ``--resume`` continues a killed run. ``--init BUNDLE``
 trains on from a saved model instead of a work folder (a fresh optimizer; a warmup, then a cosine from ``--lr``
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ip2p-steps", type=int, default=2000, help="InstructPix2Pix steps of the UNet first")
     parser.add_argument("--steps", type=int, default=6400,
                         help="steps of MGIE's joint objective (v10 went on with --resume --steps 9600, v12 to 12800, "
-                             "v13 to 15200; v14 is a leg to 17600, --init; v16 and the shipped v17 legs to 19600 "
+                             "v13 to 15200; v14 is a leg to 17600, --init; v16 and v17 legs to 19600 "
                              "with --vision-tower)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)

@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/ip2p-twin.safetensors")
     parser.add_argument("--steps", type=int, default=8400,
                         help="default: a default build's UNet steps (2,000 InstructPix2Pix + 6,400 joint); "
-                             "v13's are 17,200 (its joint stage ran 6,400 + 3,200 + 3,200 + 2,400), the shipped v17's 21,600 "
-                             "(2,000 + 19,600 joint)")
+                             "v13's are 17,200 (its joint stage ran 6,400 + 3,200 + 3,200 + 2,400), v17's and the shipped v18's "
+                             "21,600 (2,000 + 19,600 joint; v18's words legs train the LLM alone)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
