@@ -250,6 +250,20 @@ def adapt_mllm(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: i
     grafted, the LLM learns to read it before the joint objective asks the UNet to follow it (LLaVA's
     feature-alignment stage does this for a new projector)."""
     mllm = model.mllm
+    params, optimizer, schedule = reader_training(model, steps, lr)
+    began = time.time()
+    for step, loss in instruction_steps(model, params, optimizer, schedule, steps, batch_size, seed):
+        if step % 25 == 0 or step == steps:
+            _log(log, {"phase": "adapt", "step": step, "loss_ins": loss.item(), "seconds": time.time() - began})
+    model.weights_changed()
+    mllm.eval().requires_grad_(False)
+
+
+def reader_training(model: MGIEModel, steps: int, lr: float) -> tuple[list, torch.optim.Optimizer, object]:
+    """The projector and LLM set to train, the vision tower frozen (in eval mode), with AdamW and a schedule
+    warmed up over 100 steps, then a cosine over ``steps``: what the adapt steps and a words leg train.
+    Returns (parameters, optimizer, schedule)."""
+    mllm = model.mllm
     params = [p for name, p in mllm.named_parameters() if not name.startswith("vision_tower.")]
     for param in params:
         param.requires_grad_(True)
@@ -257,12 +271,7 @@ def adapt_mllm(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: i
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, warmup=100))
     mllm.train()
     mllm.vision_tower.eval()
-    began = time.time()
-    for step, loss in instruction_steps(model, params, optimizer, schedule, steps, batch_size, seed):
-        if step % 25 == 0 or step == steps:
-            _log(log, {"phase": "adapt", "step": step, "loss_ins": loss.item(), "seconds": time.time() - began})
-    model.weights_changed()
-    mllm.eval().requires_grad_(False)
+    return params, optimizer, schedule
 
 
 def instruction_steps(model: MGIEModel, params: list, optimizer, schedule, steps: int, batch_size: int, seed: int):

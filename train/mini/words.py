@@ -37,7 +37,7 @@ from mgie_core.model import MGIEModel
 from train.objective import Sample, collate, instruction_loss, select_from_labels
 
 from . import world
-from .build import _log, warmup_cosine
+from .build import _log, reader_training
 from .derivation import VALIDATION_SEED, breakdown, derive_texts, format_breakdown
 
 logger = logging.getLogger("mgie.mini")
@@ -69,13 +69,7 @@ def train_words(model: MGIEModel, steps: int, batch_size: int, lr: float, keep: 
     student = model.mllm
     for part in (model.edit_head, model.unet, model.vae, student.vision_tower):
         part.eval().requires_grad_(False)
-    params = [p for name, p in student.named_parameters() if not name.startswith("vision_tower.")]
-    for param in params:
-        param.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, warmup=100))
-    student.train()
-    student.vision_tower.eval()
+    params, optimizer, schedule = reader_training(model, steps, lr)
     student.train_vision_tower = False
     began = time.time()
     for step in range(1, steps + 1):
