@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import logging
 import random
 import time
@@ -65,7 +66,7 @@ def train_words(model: MGIEModel, steps: int, batch_size: int, lr: float, keep: 
                 share: float, seed: int, log: Path | None = None, every: int = 0, scenes: list | None = None):
     """Train ``model``'s projector and LLM (in place) as the module says; every ``every`` steps and at the end
     yield (step, L_ins, imagination drift, the derivation breakdown on ``scenes`` or None)."""
-    teacher = copy.deepcopy(model.mllm).eval().requires_grad_(False)
+    teacher = dataclasses.replace(model, mllm=copy.deepcopy(model.mllm).eval().requires_grad_(False))
     student = model.mllm
     for part in (model.edit_head, model.unet, model.vae, student.vision_tower):
         part.eval().requires_grad_(False)
@@ -78,10 +79,8 @@ def train_words(model: MGIEModel, steps: int, batch_size: int, lr: float, keep: 
         batch = collate(samples, model, world.SIZE, world.SIZE).to(student.device)
         loss_ins, hidden = instruction_loss(model, batch)
         with torch.no_grad():
-            model.mllm = teacher
-            _, hidden_0 = instruction_loss(model, batch)
-            model.mllm = student
-            goal = imagination(model, hidden_0, batch.labels)
+            _, hidden_0 = instruction_loss(teacher, batch)
+            goal = imagination(teacher, hidden_0, batch.labels)
         drift = F.mse_loss(imagination(model, hidden, batch.labels), goal) / goal.var()
         loss = loss_ins + keep * drift
         optimizer.zero_grad()
