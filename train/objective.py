@@ -175,13 +175,18 @@ def dropout_masks(batch: int, p: float, generator: torch.Generator) -> tuple[tor
     return prob < 2 * p, ~((prob >= p) & (prob < 3 * p))
 
 
-def instruction_loss(model: MGIEModel, batch: Batch, rows: VisualRows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_ins of the teacher-forced conversation, and the LLM's final hidden states (B, T, H) it came from."""
+def conversation_states(model: MGIEModel, batch: Batch, rows: VisualRows | None = None) -> torch.Tensor:
+    """The LLM's final hidden states (B, T, H) over the teacher-forced conversation, image patches spliced in."""
     spec, mllm = model.spec, model.mllm
     features = mllm.image_features(batch.clip_pixels)  # (B, N, H); the vision tower trains only if asked to
     embeds = _embed(model, batch.input_ids, rows)
     embeds = embeds.masked_scatter((batch.input_ids == spec.im_patch_token_id)[..., None], features.to(embeds.dtype))
-    hidden = llm_states(mllm.llm, embeds, batch.attention_mask, shared_prefix(batch.input_ids, spec.im_patch_token_id))
+    return llm_states(mllm.llm, embeds, batch.attention_mask, shared_prefix(batch.input_ids, spec.im_patch_token_id))
+
+
+def instruction_loss(model: MGIEModel, batch: Batch, rows: VisualRows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_ins of the teacher-forced conversation, and the LLM's final hidden states (B, T, H) it came from."""
+    hidden = conversation_states(model, batch, rows)
     logits = _logits(model, hidden, rows)
     loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), ignore_index=IGNORE)
     return loss, hidden

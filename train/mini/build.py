@@ -86,7 +86,12 @@ def edits_at(seed: int, step: int, batch_size: int) -> list[world.Edit]:
 
 def batch_at(model: MGIEModel, seed: int, step: int, batch_size: int) -> Batch:
     """Training batch ``step`` of the stream, collated for ``model``'s tokenizer (teacher forcing), on the CPU."""
-    samples = [Sample(*world.images(e), e.instruction, e.expressive) for e in edits_at(seed, step, batch_size)]
+    return batch_of(model, edits_at(seed, step, batch_size))
+
+
+def batch_of(model: MGIEModel, edits: list[world.Edit]) -> Batch:
+    """``edits`` as a training batch for ``model``'s tokenizer (teacher forcing), on the CPU."""
+    samples = [Sample(*world.images(e), e.instruction, e.expressive) for e in edits]
     return collate(samples, model, world.SIZE, world.SIZE)
 
 

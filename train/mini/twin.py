@@ -129,7 +129,7 @@ def starting_vae(path: str | Path, seed: int) -> AutoencoderKL:
     state = read_state_dict(path)
     if set(state) != set(vae.state_dict()):
         raise CheckpointError(f"{path} is neither an mgie-mini bundle nor a VAE file of train.mini.build "
-                        f"(<work>/vae.safetensors): its tensors are not mgie-mini's VAE's ({len(state)} tensors)")
+                              f"(<work>/vae.safetensors): its tensors are not mgie-mini's VAE's ({len(state)} tensors)")
     vae.load_state_dict(state)
     calibrate_scaling(vae, seed)
     return vae

@@ -35,10 +35,10 @@ import torch.nn.functional as F
 from mgie_core.bundle import load_bundle, save_bundle
 from mgie_core.errors import CheckpointError, InputError
 from mgie_core.model import MGIEModel
-from train.objective import Sample, collate, instruction_loss, select_from_labels
+from train.objective import conversation_states, instruction_loss, select_from_labels
 
 from . import world
-from .build import _log, reader_training
+from .build import _log, batch_of, reader_training
 from .derivation import VALIDATION_SEED, breakdown, derive_texts, format_breakdown
 
 logger = logging.getLogger("mgie.mini")
@@ -75,12 +75,10 @@ def train_words(model: MGIEModel, steps: int, batch_size: int, lr: float, keep: 
     began = time.time()
     for step in range(1, steps + 1):
         edits = [focused_edit_at(seed, (step - 1) * batch_size + i, kinds, share) for i in range(batch_size)]
-        samples = [Sample(*world.images(e), e.instruction, e.expressive) for e in edits]
-        batch = collate(samples, model, world.SIZE, world.SIZE).to(student.device)
+        batch = batch_of(model, edits).to(student.device)
         loss_ins, hidden = instruction_loss(model, batch)
         with torch.no_grad():
-            _, hidden_0 = instruction_loss(teacher, batch)
-            goal = imagination(teacher, hidden_0, batch.labels)
+            goal = imagination(teacher, conversation_states(teacher, batch), batch.labels)
         drift = F.mse_loss(imagination(model, hidden, batch.labels), goal) / goal.var()
         loss = loss_ins + keep * drift
         optimizer.zero_grad()
