@@ -196,3 +196,12 @@ def test_perception_wants_out_or_probe(argv, capsys):
     with pytest.raises(SystemExit) as stop:
         main(argv)
     assert stop.value.code == 2 and "give --out" in capsys.readouterr().err
+
+
+def test_the_command_writes_its_tower_and_log_into_a_folder_it_makes(tmp_path):
+    from train.mini.perception import main
+
+    out = tmp_path / "new" / "tower.safetensors"  # the log goes beside it while training: the folder must exist first
+    assert main(["--out", str(out), "--steps", "1", "--batch-size", "2"]) == 0
+    assert load_tower(out)[2]["steps"] == 1
+    assert json.loads(out.with_suffix(".log.jsonl").read_text().splitlines()[-1])["step"] == 1

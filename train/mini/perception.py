@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                           "accuracy": accuracy(mllm.vision_tower, readout, select_layer=mllm.vision_select_layer)}))
         return 0
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # its log is written beside it while it trains
     log = out.with_suffix(".log.jsonl")
     began = time.time()
     tower = new_tower(args.patch_size, args.seed)
