@@ -8,14 +8,14 @@ import math
 
 import pytest
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, DDPMScheduler
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from train.mini.build import edit_at, pictures, train_ip2p
 from train.mini.build import main as build_main
 from train.mini.model import VAE, build_mini, train_tokenizer
-from train.mini.twin import Twin, load_twin, save_twin, starting_vae, train_twin
+from train.mini.twin import Twin, load_twin, save_twin, snr_weights, starting_vae, train_twin
 from train.mini.twin import main as twin_main
 
 
@@ -138,3 +138,47 @@ def test_a_vae_that_is_not_one_is_a_one_line_error_before_training(make, message
     err = capsys.readouterr().err
     assert message in err and str(path) in err
     assert not (tmp_path / "twin.safetensors").exists()
+
+
+def test_min_snr_weights_cap_the_easy_timesteps_and_keep_the_mean_loss_scale():
+    ddpm = DDPMScheduler.from_config(Twin(train_tokenizer(), AutoencoderKL(**VAE)).scheduler_config)
+    snr = ddpm.alphas_cumprod / (1 - ddpm.alphas_cumprod)
+    every = torch.arange(1000)
+    weights = snr_weights(ddpm, every, gamma=5.0)
+    assert weights.mean().item() == pytest.approx(1.0)
+    # min(SNR, 5) / (SNR + 1), up to the common scale: capped where the picture is nearly clean (t = 0, SNR ~ 1e3),
+    # SNR / (SNR + 1) where it is nearly noise (t = 999, SNR ~ 5e-3); 1 / (SNR + 1) would be v-prediction's own
+    unscaled = snr.clamp(max=5) / (snr + 1)
+    torch.testing.assert_close(weights, unscaled / unscaled.mean())
+    assert snr[0] > 5 > snr[999] and weights[0] < weights[300] and weights[999] < weights[300]
+
+
+def test_the_twin_command_makes_its_folder_and_writes_an_ema_of_the_weights(tmp_path, monkeypatch):
+    vae = tmp_path / "vae.safetensors"
+    torch.manual_seed(0)
+    save_file(AutoencoderKL(**VAE).state_dict(), str(vae))
+    seen = []  # conv_in's weight before the first optimizer step, then after each
+    step = torch.optim.AdamW.step
+
+    def stepped(self, *a, **k):
+        conv_in = next(p for p in self.param_groups[0]["params"] if p.shape == (32, 8, 3, 3))
+        seen.extend([] if seen else [conv_in.detach().clone()])
+        result = step(self, *a, **k)
+        seen.append(conv_in.detach().clone())
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", stepped)
+    out = tmp_path / "new" / "twin.safetensors"  # the log is written beside it: the folder is made first
+    argv = ["--vae", str(vae), "--out", str(out), "--steps", "3", "--batch-size", "2", "--ema", "0.9", "--snr-gamma", "5"]
+    assert twin_main(argv) == 0
+    assert json.loads(out.with_suffix(".log.jsonl").read_text().splitlines()[-1])["step"] == 3
+    trained, averaged = load_twin(out), load_twin(tmp_path / "new" / "twin-ema.safetensors")
+    assert torch.equal(trained.unet.conv_in.weight, seen[-1])
+    expected = seen[0]  # the shadow starts at the initial weights; after step s it keeps min(0.9, (1 + s) / (10 + s))
+    for s, weight in enumerate(seen[1:]):
+        decay = min(0.9, (1 + s) / (10 + s))
+        expected = decay * expected + (1 - decay) * weight
+    torch.testing.assert_close(averaged.unet.conv_in.weight, expected)
+    assert not torch.allclose(expected, seen[-1])
+    for (name, a), b in zip(trained.vae.state_dict().items(), averaged.vae.state_dict().values()):
+        assert torch.equal(a, b), name  # the VAE is not trained, nor averaged

@@ -12,6 +12,7 @@ visual tokens); at test time it reads what MGIE-mini derives.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import time
@@ -59,11 +60,23 @@ class Twin(nn.Module):
         return self.text_encoder(input_ids=ids).last_hidden_state
 
 
+def snr_weights(ddpm: DDPMScheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for a v-prediction UNet (Hang et al., 2023): min(SNR, gamma) / (SNR + 1), scaled
+    to average 1 over the timesteps so the learning rate means what it meant unweighted."""
+    snr = ddpm.alphas_cumprod / (1 - ddpm.alphas_cumprod)
+    weight = snr.clamp(max=gamma) / (snr + 1)
+    return (weight / weight.mean())[t.cpu()]
+
+
 def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, log: Path, phase: str = "twin",
-               start: int = 0) -> None:
+               start: int = 0, ema: float = 0.0, snr_gamma: float = 0.0) -> Twin | None:
     """Steps ``start`` .. ``steps`` of the stream; a ``start`` past 0 continues a twin trained that far, its learning
-    rate taken up where a ``steps``-long schedule stands (as ``build --resume --steps`` does for mgie-mini)."""
+    rate taken up where a ``steps``-long schedule stands (as ``build --resume --steps`` does for mgie-mini).
+    ``snr_gamma`` weighs each sample's loss by min-SNR-gamma; ``ema`` (a decay, e.g. 0.998) also keeps an exponential
+    moving average of the text encoder and UNet, returned as a second twin (None without it)."""
     params = list(twin.text_encoder.parameters()) + list(twin.unet.parameters())
+    shadow = copy.deepcopy(twin).requires_grad_(False) if ema else None
+    averaged = list(shadow.text_encoder.parameters()) + list(shadow.unet.parameters()) if shadow is not None else []
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, start))
     ddpm = DDPMScheduler.from_config(twin.scheduler_config)
@@ -84,12 +97,20 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
         cond = torch.where(drop_text[:, None, None], twin.encode([""] * batch_size), twin.encode(texts))
         source = source * keep_image[:, None, None, None].float()
         pred = twin.unet(torch.cat([ddpm.add_noise(target, noise, t), source], dim=1), t, cond).sample
-        loss = F.mse_loss(pred, diffusion_goal(ddpm, target, noise, t))  # the same target rule as mgie-mini
+        goal = diffusion_goal(ddpm, target, noise, t)  # the same target rule as mgie-mini
+        if snr_gamma:
+            loss = (F.mse_loss(pred, goal, reduction="none").mean((1, 2, 3)) * snr_weights(ddpm, t, snr_gamma).to(device)).mean()
+        else:
+            loss = F.mse_loss(pred, goal)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
+        if shadow is not None:
+            decay = min(ema, (1 + step) / (10 + step))  # the usual warmup: early weights are not averaged in for long
+            with torch.no_grad():
+                torch._foreach_lerp_(averaged, params, 1 - decay)
         if (step + 1) % 25 == 0 or step + 1 == steps:
             row = {"phase": phase, "step": step + 1, "loss_edit": loss.item(),
                    "steps_per_s": (step + 1 - start) / (time.time() - began)}
@@ -97,6 +118,7 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
             with open(log, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
     twin.eval().requires_grad_(False)
+    return shadow.eval() if shadow is not None else None
 
 
 def save_twin(twin: Twin, path: Path) -> Path:
@@ -150,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", choices=("instruction", "expressive"), default="instruction",
                         help="condition on the brief instruction (InstructPix2Pix) or the expressive one (ExpI)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (random draws stay on the CPU either way)")
+    parser.add_argument("--snr-gamma", type=float, default=0.0,
+                        help="weigh each sample's loss by min-SNR-gamma (e.g. 5; 0: unweighted, as every shipped twin)")
+    parser.add_argument("--ema", type=float, default=0.0,
+                        help="also write an EMA of the weights with this decay (e.g. 0.998) to OUT's name + '-ema'")
     parser.add_argument("--init", help="a twin to continue (its VAE and text mode are kept); --start-step says how far it got")
     parser.add_argument("--start-step", type=int, default=0, help="with --init: the steps it was trained for")
     args = parser.parse_args(argv)
@@ -170,8 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         twin = Twin(train_tokenizer(), vae, args.text).to(device)
     began = time.time()
     out = Path(args.out)
-    train_twin(twin, args.steps, args.batch_size, args.lr, args.seed, out.with_suffix(".log.jsonl"), start=args.start_step)
+    out.parent.mkdir(parents=True, exist_ok=True)  # its log is written beside it from step 25 on
+    shadow = train_twin(twin, args.steps, args.batch_size, args.lr, args.seed, out.with_suffix(".log.jsonl"),
+                        start=args.start_step, ema=args.ema, snr_gamma=args.snr_gamma)
     save_twin(twin, out)
+    if shadow is not None:
+        logger.info("wrote its EMA to %s", save_twin(shadow, out.with_name(out.stem + "-ema" + out.suffix)))
     logger.info("wrote %s after %.1f minutes", out, (time.time() - began) / 60)
     return 0
 
