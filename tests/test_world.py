@@ -14,7 +14,7 @@ from PIL import Image
 from train.data import read_triplets
 from train.mini import world
 from train.mini.checks import edit_ok, expressive_ok
-from train.mini.evaluate import COLUMNS, Result, ambiguous_group, format_paired, format_table, paired, sign_test
+from train.mini.evaluate import COLUMNS, Result, ambiguous_group, format_paired, format_table, paired, sign_test, stored
 
 EDITS = world.edits(7, 60)  # every family, twelve each
 
@@ -165,6 +165,21 @@ def test_readme_table_is_the_one_in_bench_mini_eval_json(name, guidance, earlier
         assert format_paired(figures["paired_ip2p_twin"], "MGIE-mini", "IP2P twin") in readme
 
 
+@pytest.mark.parametrize("name", ["b8", "snr", "snr-ema"])
+def test_faster_twin_rows_are_their_bench_runs_paired_with_the_hours_twin(name):
+    """docs/mgie-mini.md's rows for the twins trained other ways in the hour's budget: each one's edit success and
+    its scene-by-scene pairing with the batch-32 twin, as their stored outcomes give them."""
+    root = Path(__file__).resolve().parents[1]
+    path, base = (root / "bench" / f for f in (f"mini-fast-twin-{name}-ambiguous-g2.json", "mini-fast-eval-ambiguous-g2.json"))
+    variant = json.loads(path.read_text())
+    settings = {k: variant[k] for k in SETTINGS}
+    edits = world.edits(variant["seed"], variant["count"], tuple(variant["families"]))
+    rows = paired(stored(edits, f"{path}:ip2p_twin", settings), stored(edits, f"{base}:ip2p_twin", settings))["all"]
+    share = round(100 * variant["ip2p_twin"]["all"]["edit_success"])
+    assert f"| {share}% | {rows['only_first']} | {rows['only_second']} | {rows['p']:.2g} |" in (
+        root / "docs" / "mgie-mini.md").read_text()
+
+
 def test_sign_test_is_the_exact_two_sided_binomial():
     assert sign_test(10, 0) == sign_test(0, 10) == pytest.approx(2 / 1024)
     assert sign_test(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)
@@ -185,7 +200,6 @@ def test_paired_counts_the_scenes_only_one_editor_got_right():
 
 def test_a_stored_run_that_is_missing_names_the_file(tmp_path):
     from mgie_core.errors import InputError
-    from train.mini.evaluate import stored
 
     for given in (f"{tmp_path / 'old.json'}", f"{tmp_path / 'old.json'}:ip2p_twin"):
         with pytest.raises(InputError, match=r"--against .*old\.json: cannot read it"):
