@@ -143,8 +143,7 @@ def test_a_vae_that_is_not_one_is_a_one_line_error_before_training(make, message
 def test_min_snr_weights_cap_the_easy_timesteps_and_keep_the_mean_loss_scale():
     ddpm = DDPMScheduler.from_config(Twin(train_tokenizer(), AutoencoderKL(**VAE)).scheduler_config)
     snr = ddpm.alphas_cumprod / (1 - ddpm.alphas_cumprod)
-    every = torch.arange(1000)
-    weights = snr_weights(ddpm, every, gamma=5.0)
+    weights = snr_weights(ddpm, gamma=5.0)  # one per timestep
     assert weights.mean().item() == pytest.approx(1.0)
     # min(SNR, 5) / (SNR + 1), up to the common scale: capped where the picture is nearly clean (t = 0, SNR ~ 1e3),
     # SNR / (SNR + 1) where it is nearly noise (t = 999, SNR ~ 5e-3); 1 / (SNR + 1) would be v-prediction's own

@@ -60,12 +60,12 @@ class Twin(nn.Module):
         return self.text_encoder(input_ids=ids).last_hidden_state
 
 
-def snr_weights(ddpm: DDPMScheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights for a v-prediction UNet (Hang et al., 2023): min(SNR, gamma) / (SNR + 1), scaled
-    to average 1 over the timesteps so the learning rate means what it meant unweighted."""
+def snr_weights(ddpm: DDPMScheduler, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for a v-prediction UNet (Hang et al., 2023), one per timestep: min(SNR, gamma) /
+    (SNR + 1), scaled to average 1 over the timesteps so the learning rate means what it meant unweighted."""
     snr = ddpm.alphas_cumprod / (1 - ddpm.alphas_cumprod)
     weight = snr.clamp(max=gamma) / (snr + 1)
-    return (weight / weight.mean())[t.cpu()]
+    return weight / weight.mean()
 
 
 def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, log: Path, phase: str = "twin",
@@ -81,6 +81,7 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, start))
     ddpm = DDPMScheduler.from_config(twin.scheduler_config)
     device = twin.unet.device  # random draws stay on the CPU: the same stream on any device
+    weights = snr_weights(ddpm, snr_gamma).to(device) if snr_gamma else None
     twin.text_encoder.train(), twin.unet.train(), twin.vae.eval().requires_grad_(False)
     began = time.time()
     for step in range(start, steps):
@@ -98,8 +99,8 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
         source = source * keep_image[:, None, None, None].float()
         pred = twin.unet(torch.cat([ddpm.add_noise(target, noise, t), source], dim=1), t, cond).sample
         goal = diffusion_goal(ddpm, target, noise, t)  # the same target rule as mgie-mini
-        if snr_gamma:
-            loss = (F.mse_loss(pred, goal, reduction="none").mean((1, 2, 3)) * snr_weights(ddpm, t, snr_gamma).to(device)).mean()
+        if weights is not None:
+            loss = (F.mse_loss(pred, goal, reduction="none").mean((1, 2, 3)) * weights[t]).mean()
         else:
             loss = F.mse_loss(pred, goal)
         optimizer.zero_grad()
