@@ -90,6 +90,8 @@ def test_a_continued_twin_takes_up_the_stream_and_the_schedule_where_it_stopped(
     (["--init", "twin.safetensors"], "--init needs --start-step"),
     (["--vae", "vae.safetensors", "--init", "twin.safetensors", "--start-step", "5"], "give --vae (a new twin) or --init"),
     ([], "give --vae (a new twin) or --init"),
+    (["--vae", "vae.safetensors", "--ema", "1.5"], "--ema is a decay between 0 and 1"),
+    (["--vae", "vae.safetensors", "--snr-gamma", "-1"], "--snr-gamma is a positive SNR cap"),
 ])
 def test_twin_arguments_are_checked_before_anything_is_loaded(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:

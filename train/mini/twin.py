@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.vae) == bool(args.init):
         parser.error("give --vae (a new twin) or --init (a twin to continue), one of them")
+    if not 0 <= args.ema < 1:
+        parser.error(f"--ema is a decay between 0 and 1 (e.g. 0.998), or 0 for none; got {args.ema}")
+    if args.snr_gamma < 0:
+        parser.error(f"--snr-gamma is a positive SNR cap (e.g. 5), or 0 for unweighted; got {args.snr_gamma}")
     if args.init and not 0 < args.start_step < args.steps:
         parser.error("--init needs --start-step N, the steps that twin was trained for (0 < N < --steps)")
     device = parsed_device(parser, args.device)
