@@ -165,7 +165,7 @@ def test_readme_table_is_the_one_in_bench_mini_eval_json(name, guidance, earlier
         assert format_paired(figures["paired_ip2p_twin"], "MGIE-mini", "IP2P twin") in readme
 
 
-@pytest.mark.parametrize("name", ["b8", "snr", "snr-ema", "lr1e-3"])
+@pytest.mark.parametrize("name", ["b8", "snr", "snr-ema", "lr1e-3", "lr2e-3"])
 def test_faster_twin_rows_are_their_bench_runs_paired_with_the_hours_twin(name):
     """docs/mgie-mini.md's rows for the twins trained other ways in the hour's budget: each one's edit success and
     its scene-by-scene pairing with the batch-32 twin, as their stored outcomes give them."""
