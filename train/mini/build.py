@@ -209,10 +209,7 @@ def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: 
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
         optimizer.step()
         schedule.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for name, param in params.items():
-                ema[name].lerp_(param.detach(), 1 - decay)
+        update_ema(list(ema.values()), list(params.values()), step, ema_decay)
         seen += 1
         if (step + 1) % 25 == 0 or step + 1 == steps:
             _log(log, {"phase": "joint", "step": step + 1, "loss_ins": losses.instruction.item(),
@@ -229,6 +226,15 @@ def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: 
     for module in model.modules().values():
         module.eval().requires_grad_(False)
     model.mllm.train_vision_tower = False
+
+
+@torch.no_grad()
+def update_ema(averaged: list[torch.Tensor], current: list[torch.Tensor], step: int, decay: float) -> None:
+    """Move each averaged tensor towards its current one after stream step ``step``, keeping min(decay, (1 + step) /
+    (10 + step)) of it: the usual warmup, so the first weights are not averaged in for long."""
+    kept = min(decay, (1 + step) / (10 + step))
+    for mean, now in zip(averaged, current, strict=True):
+        mean.lerp_(now, 1 - kept)
 
 
 def _resume_joint(work: Path, params: dict, ema: dict, optimizer, schedule, start: int = 0) -> int:

@@ -33,7 +33,7 @@ from mgie_core.tokenizer import LegacyLlamaTokenizer
 from mgie_core.weights import read_state_dict
 from train.objective import diffusion_goal, dropout_masks
 
-from .build import calibrate_scaling, edits_at, parsed_device, pictures, warmup_cosine
+from .build import calibrate_scaling, edits_at, parsed_device, pictures, update_ema, warmup_cosine
 from .model import UNET, VAE, scheduler_config, train_tokenizer
 
 logger = logging.getLogger("mgie.twin")
@@ -109,9 +109,7 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
         optimizer.step()
         schedule.step()
         if shadow is not None:
-            decay = min(ema, (1 + step) / (10 + step))  # the usual warmup: early weights are not averaged in for long
-            with torch.no_grad():
-                torch._foreach_lerp_(averaged, params, 1 - decay)
+            update_ema(averaged, params, step, ema)  # as the joint stage averages mgie-mini's weights
         if (step + 1) % 25 == 0 or step + 1 == steps:
             row = {"phase": phase, "step": step + 1, "loss_edit": loss.item(),
                    "steps_per_s": (step + 1 - start) / (time.time() - began)}
