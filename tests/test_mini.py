@@ -218,7 +218,8 @@ def test_a_leg_from_the_shipped_bundle_trains_on_and_records_itself(tmp_path):
     before, after = load_model(), load_bundle(out)
     legs = after.info["extra"]["legs"]
     assert legs[-1] | {"minutes": 0} == {"init": default_model_path().name, "init_fingerprint": before.fingerprint(),
-                                         "start_step": 15200, "steps": 15202, "lr": 1e-3, "batch_size": 2, "seed": 0,
+                                         "start_step": 15200, "steps": 15202, "lr": 1e-3, "unet_lr": 1e-3,
+                                         "batch_size": 2, "seed": 0,
                                          "minutes": 0, "device": "cpu"}
     assert after.info["extra"]["decoder_from"] == before.info["extra"]["decoder_from"]  # the old record is kept
     # new weights, a new fingerprint: a LoRA trained on the starting bundle must not pass as this one's

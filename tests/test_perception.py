@@ -159,11 +159,12 @@ def test_a_build_from_scratch_on_a_perception_tower_never_trains_it(tmp_path):
     tower_file = save_tower(tower, 8, tmp_path / "tower.safetensors", {"steps": 9})
     work, out = tmp_path / "work", tmp_path / "scratch.safetensors"
     argv = ["--vision-tower", str(tower_file), "--vae-steps", "2", "--vae-lr", "1e-3", "--vae-object-weight", "5",
-            "--ip2p-steps", "2", "--adapt-steps", "2", "--steps", "2", "--batch-size", "2", "--work", str(work),
-            "--out", str(out)]
+            "--ip2p-steps", "2", "--adapt-steps", "2", "--steps", "2", "--batch-size", "2", "--unet-lr", "2e-3",
+            "--work", str(work), "--out", str(out)]
     assert build_main(argv) == 0
     built = load_bundle(out)
     extra = built.info["extra"]
+    assert extra["lr"] == 5e-4 and extra["unet_lr"] == 2e-3  # a rate per part, kept in the record
     assert extra["vision_tower"] == "tower.safetensors" and extra["vision_tower_record"] == {"steps": 9}
     assert extra["adapt_steps"] == 2 and built.spec.num_image_patches == 64
     assert extra["vae_object_weight"] == 5 and extra["vae_lr"] == 1e-3  # the one-hour recipe's VAE stage
@@ -173,6 +174,11 @@ def test_a_build_from_scratch_on_a_perception_tower_never_trains_it(tmp_path):
     log = work / "log.jsonl"
     phases = [json.loads(line)["phase"] for line in log.read_text().splitlines()]
     assert phases.index("adapt") > phases.index("ip2p") and phases[-1] == "joint"  # LLaVA's reading, then MGIE's
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    joint = [row for row in rows if row["phase"] == "joint"]
+    assert joint and all(row["lr_unet"] == pytest.approx(4 * row["lr"]) for row in joint)  # one schedule, two peaks
+    ip2p = [row for row in rows if row["phase"] == "ip2p"]  # the UNet's first stage runs at its own rate too
+    assert ip2p[-1]["step"] == joint[-1]["step"] == 2 and ip2p[-1]["lr"] == pytest.approx(joint[-1]["lr_unet"])
     adapt_rows = phases.count("adapt")
     assert build_main([*argv, "--resume", "--steps", "3"]) == 0  # the adapted MLLM is taken from the work folder
     assert log.read_text().count('"phase": "adapt"') == adapt_rows

@@ -181,13 +181,22 @@ def warmup_cosine(steps: int, start: int = 0, warmup: int | None = None):
     return factor
 
 
+def joint_groups(params: dict[str, torch.nn.Parameter], lr: float, unet_lr: float | None = None) -> list[dict]:
+    """AdamW's parameter groups for the joint objective: the MLLM and edit head at ``lr``, then the UNet at
+    ``unet_lr`` (``lr`` when not given). One schedule scales both, so their ratio holds throughout."""
+    unet = [p for name, p in params.items() if name.startswith("unet.")]
+    rest = [p for name, p in params.items() if not name.startswith("unet.")]
+    return [{"params": rest, "lr": lr}, {"params": unet, "lr": unet_lr or lr}]
+
+
 def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: int, work: Path, log: Path,
                 resume: bool, save_every: int = 250, ema_decay: float = 0.999, start: int = 0,
-                train_vision_tower: bool = True) -> None:
+                train_vision_tower: bool = True, unet_lr: float | None = None) -> None:
     """Joint steps ``start`` .. ``steps`` of the stream. ``start`` > 0 is a leg from saved weights (``--init``):
-    its learning rate is a schedule of the leg's own, warmed up again (:func:`warmup_cosine`)."""
+    its learning rate is a schedule of the leg's own, warmed up again (:func:`warmup_cosine`). ``unet_lr`` gives
+    the UNet a peak rate of its own (:func:`joint_groups`)."""
     params = joint_parameters(model, train_vision_tower)
-    optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(joint_groups(params, lr, unet_lr), weight_decay=0.01)
     factor = warmup_cosine(steps - start, warmup=100) if start else warmup_cosine(steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     # An exponential moving average of the weights is what ships: diffusion samples from it are much cleaner.
@@ -214,6 +223,7 @@ def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: 
         if (step + 1) % 25 == 0 or step + 1 == steps:
             _log(log, {"phase": "joint", "step": step + 1, "loss_ins": losses.instruction.item(),
                        "loss_edit": losses.edit.item(), "lr": schedule.get_last_lr()[0],
+                       "lr_unet": schedule.get_last_lr()[1],
                        "steps_per_s": seen / (time.time() - began)})
         if (step + 1) % save_every == 0 or step + 1 == steps:
             state = {k: v.detach().clone() for k, v in params.items()} | {f"ema.{k}": v.clone() for k, v in ema.items()}
@@ -334,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
                              "with --vision-tower)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--unet-lr", type=float,
+                        help="the UNet's peak learning rate, in the InstructPix2Pix stage and the joint stage "
+                             "(default: --lr, which then applies to the MLLM and edit head only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work")
     parser.add_argument("--init", help="an MGIE bundle (e.g. the shipped mgie-mini) to train on from: no VAE or "
@@ -377,16 +390,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and ip2p_file.is_file():
         model.unet.load_state_dict(read_state_dict(ip2p_file))
     elif args.ip2p_steps:
-        train_ip2p(model, args.ip2p_steps, args.batch_size, args.lr, args.seed, log)
+        train_ip2p(model, args.ip2p_steps, args.batch_size, args.unet_lr or args.lr, args.seed, log)
         save_aligned(model.unet.state_dict(), ip2p_file)
     if args.vision_tower:
         graft |= _adapt(model, args, work, log)
     train_joint(model, args.steps, args.batch_size, args.lr, args.seed, work, log, args.resume,
-                train_vision_tower=not args.vision_tower)
+                train_vision_tower=not args.vision_tower, unet_lr=args.unet_lr)
     minutes = (time.time() - began) / 60
     model.info["extra"] = {"trained_by": "python -m train.mini.build", "steps": args.steps, "vae_steps": args.vae_steps,
                            "vae_lr": args.vae_lr, "vae_object_weight": args.vae_object_weight,
-                           "ip2p_steps": args.ip2p_steps, "batch_size": args.batch_size, "seed": args.seed,
+                           "ip2p_steps": args.ip2p_steps, "lr": args.lr, "unet_lr": args.unet_lr or args.lr,
+                           "batch_size": args.batch_size, "seed": args.seed,
                            "minutes": round(minutes, 1), "device": args.device,
                            "world": "train/mini/world.py", **graft}
     model.info["sampling"] = RECOMMENDED_SAMPLING
@@ -404,12 +418,13 @@ def train_leg(args: argparse.Namespace, device: torch.device, work: Path, log: P
     fingerprint = model.fingerprint()  # of the weights the leg starts from
     graft = _graft(model, args.vision_tower) | _adapt(model, args, work, log) if args.vision_tower else {}
     train_joint(model, args.steps, args.batch_size, args.lr, args.seed, work, log, args.resume, start=args.start_step,
-                train_vision_tower=not args.vision_tower)
+                train_vision_tower=not args.vision_tower, unet_lr=args.unet_lr)
     minutes = (time.time() - began) / 60
     extra = dict(model.info.get("extra", {}))
     legs = list(extra.get("legs", []))
     legs.append({"init": Path(args.init).name, "init_fingerprint": fingerprint,
-                 "start_step": args.start_step, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
+                 "start_step": args.start_step, "steps": args.steps, "lr": args.lr,
+                 "unet_lr": args.unet_lr or args.lr, "batch_size": args.batch_size,
                  "seed": args.seed, "minutes": round(minutes, 1), "device": args.device, **graft})
     extra.update({"trained_by": "python -m train.mini.build", "steps": args.steps, "legs": legs})
     model.info["extra"] = extra

@@ -111,7 +111,7 @@ def train_twin(twin: Twin, steps: int, batch_size: int, lr: float, seed: int, lo
         if shadow is not None:
             update_ema(averaged, params, step, ema)  # as the joint stage averages mgie-mini's weights
         if (step + 1) % 25 == 0 or step + 1 == steps:
-            row = {"phase": phase, "step": step + 1, "loss_edit": loss.item(),
+            row = {"phase": phase, "step": step + 1, "loss_edit": loss.item(), "lr": schedule.get_last_lr()[0],
                    "steps_per_s": (step + 1 - start) / (time.time() - began)}
             logger.info(" ".join(f"{k}={v}" for k, v in row.items()))
             with open(log, "a") as handle:
