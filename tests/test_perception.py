@@ -211,3 +211,21 @@ def test_the_command_writes_its_tower_and_log_into_a_folder_it_makes(tmp_path):
     assert main(["--out", str(out), "--steps", "1", "--batch-size", "2"]) == 0
     assert load_tower(out)[2]["steps"] == 1
     assert json.loads(out.with_suffix(".log.jsonl").read_text().splitlines()[-1])["step"] == 1
+
+
+def test_a_work_folder_from_before_the_unets_own_rate_resumes_with_both_groups_at_its_rate(tmp_path, monkeypatch):
+    import train.mini.build as build
+
+    tower_file = save_tower(new_tower(patch_size=8, seed=4), 8, tmp_path / "tower.safetensors", {"steps": 9})
+    work = tmp_path / "work"
+    argv = ["--vision-tower", str(tower_file), "--vae-steps", "1", "--ip2p-steps", "1", "--adapt-steps", "1",
+            "--batch-size", "2", "--lr", "4e-4", "--work", str(work), "--out", str(tmp_path / "m.safetensors")]
+    with monkeypatch.context() as old_build:  # the joint stage as it was: one AdamW group for every part
+        old_build.setattr(build, "joint_groups", lambda params, lr, unet_lr=None: [{"params": list(params.values()),
+                                                                                    "lr": lr}])
+        assert build.main([*argv, "--steps", "2"]) == 0
+    assert build.main([*argv, "--resume", "--steps", "3"]) == 0
+    rows = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines() if '"joint"' in line]
+    assert [row["step"] for row in rows] == [2, 3]
+    assert rows[-1]["lr_unet"] == pytest.approx(rows[-1]["lr"])  # the UNet's group kept the rate it had
+    assert rows[-1]["lr"] == pytest.approx(4e-4 * build.warmup_cosine(3)(3))  # the schedule went on from step 2

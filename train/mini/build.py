@@ -223,7 +223,7 @@ def train_joint(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: 
         if (step + 1) % 25 == 0 or step + 1 == steps:
             _log(log, {"phase": "joint", "step": step + 1, "loss_ins": losses.instruction.item(),
                        "loss_edit": losses.edit.item(), "lr": schedule.get_last_lr()[0],
-                       "lr_unet": schedule.get_last_lr()[1],
+                       "lr_unet": schedule.get_last_lr()[-1],
                        "steps_per_s": seen / (time.time() - began)})
         if (step + 1) % save_every == 0 or step + 1 == steps:
             state = {k: v.detach().clone() for k, v in params.items()} | {f"ema.{k}": v.clone() for k, v in ema.items()}
@@ -260,10 +260,22 @@ def _resume_joint(work: Path, params: dict, ema: dict, optimizer, schedule, star
         for name, param in params.items():
             param.copy_(state[name])
             ema[name].copy_(state.get(f"ema.{name}", state[name]))
+    if len(optimizer_state["param_groups"]) == 1 < len(optimizer.param_groups):
+        _split_group(optimizer_state, schedule_state, len(optimizer.param_groups[0]["params"]))
     optimizer.load_state_dict(optimizer_state)
     schedule.load_state_dict(schedule_state)
     logger.info("resumed joint training at step %d", start)
     return start
+
+
+def _split_group(optimizer_state: dict, schedule_state: dict, first: int) -> None:
+    """A work folder from before ``--unet-lr`` kept one AdamW group; its parameters are in the same order as the two
+    groups of :func:`joint_groups` (the UNet's last), so it splits in two at ``first``, both at the rate it had."""
+    group = optimizer_state["param_groups"][0]
+    optimizer_state["param_groups"] = [group | {"params": group["params"][:first]},
+                                       group | {"params": group["params"][first:]}]
+    for key in ("base_lrs", "_last_lr"):
+        schedule_state[key] = schedule_state[key] * 2
 
 
 def adapt_mllm(model: MGIEModel, steps: int, batch_size: int, lr: float, seed: int, log: Path) -> None:
