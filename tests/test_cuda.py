@@ -7,6 +7,7 @@ batch, noise and timesteps on either device: what differs is only floating-point
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from train.mini import world
 from train.mini.build import train_ip2p, train_joint, train_vae
 from train.mini.evaluate import HELD_OUT_SEED
 from train.mini.model import build_mini
+from train.mini.perception import Readout
 
 pytestmark = pytest.mark.gpu
 
@@ -45,6 +47,19 @@ def test_a_mini_build_stage_computes_the_same_first_loss_on_cuda(tmp_path, stage
             losses[device] = row["loss_ins"] + row["loss_edit"]
         assert all(p.device.type == device for p in model.unet.parameters())
     assert losses["cuda"] == pytest.approx(losses["cpu"], rel=2e-2), losses
+
+
+def test_the_perception_stage_computes_the_same_first_loss_on_cuda():
+    from train.mini.perception import losses, new_tower, scene_batch
+
+    first = {}
+    for device in ("cpu", "cuda"):
+        tower = new_tower(8, seed=0).to(device)
+        readout = Readout(tower.config.hidden_size, position=True).to(device)
+        torch.manual_seed(0)
+        readout.load_state_dict(Readout(tower.config.hidden_size, position=True).state_dict())  # one init on both
+        first[device] = sum(losses(tower, readout, *scene_batch(random.Random(0), 8)).values()).item()
+    assert first["cuda"] == pytest.approx(first["cpu"], rel=2e-2), first
 
 
 def _edits_on_both(dtype: str):
@@ -94,13 +109,17 @@ def test_each_diffusion_stage_of_the_shipped_model_agrees_with_the_cpu(dtype):
     assert all(e < 0.02 for e in errors.values()), errors
 
 
+BF16_DRIFT = ("H200, 2026-12-04: in bf16 one edit of four drifted to 11.1/255 from the CPU's fp32 picture (the others "
+              "0.9-1.6): bf16's 8-bit mantissa puts one UNet call 1.1e-2 off (fp16: 1.4e-3) and 20 steps compound it")
+
+
 @needs_mini
-@pytest.mark.xfail(reason="open: on an H200 (2026-11-30) the pictures differed from the CPU's by 3.6-12.8/255 "
-                          "on average, fp16 and bf16 alike, with the deterministic Euler sampler, while on the CPU "
-                          "fp16/bf16 stay within 0.7/255 of fp32; cause not found yet")
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_the_shipped_model_paints_on_cuda_what_it_paints_on_the_cpu(dtype):
+@pytest.mark.parametrize("dtype, within", [("fp32", 0.5), ("fp16", 4),
+                                           pytest.param("bf16", 4, marks=pytest.mark.xfail(reason=BF16_DRIFT))])
+def test_the_shipped_model_paints_on_cuda_what_it_paints_on_the_cpu(dtype, within):
+    """H200, 2026-12-04 (v18): fp32 0.01/255 from the CPU's pictures, fp16 0.8-1.6/255. The CUDA path is the CPU's;
+    what is left is rounding (on 2026-11-30, with the model shipped then, fp16 differed by 3.6-12.8/255)."""
     cpu, gpu = _edits_on_both(dtype)
     diffs = [float(np.abs(np.asarray(a, float) - np.asarray(b, float)).mean()) for a, b in zip(cpu.images, gpu.images)]
     print(f"{dtype}: mean |cpu - cuda| per image {[round(d, 2) for d in diffs]} of 255")
-    assert max(diffs) < 4, diffs  # a different edit differs by tens of levels
+    assert max(diffs) < within, diffs  # a different edit differs by tens of levels

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from train.mini.build import edit_at, pictures, train_ip2p
 from train.mini.build import main as build_main
 from train.mini.model import VAE, build_mini, train_tokenizer
+from train.mini.perception import main as perception_main
 from train.mini.twin import Twin, load_twin, save_twin, snr_weights, starting_vae, train_twin
 from train.mini.twin import main as twin_main
 
@@ -62,7 +63,8 @@ def test_ip2p_stage_trains_mgie_minis_own_unet_on_brief_instructions(tmp_path, m
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-@pytest.mark.parametrize("main, argv", [(build_main, []), (twin_main, ["--vae", "missing.safetensors"])])
+@pytest.mark.parametrize("main, argv", [(build_main, []), (twin_main, ["--vae", "missing.safetensors"]),
+                                        (perception_main, [])])
 def test_asking_for_cuda_without_a_gpu_is_a_one_line_error(main, argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main([*argv, "--device", "cuda", "--out", str(tmp_path / "out.safetensors")])

@@ -210,15 +210,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--position", action="store_true", help="read each object's column and row of the grid too "
                                                                  "(\"the leftmost shape\" needs where, not only what)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda; every random draw stays on the CPU either way")
     args = parser.parse_args(argv)
     if bool(args.out) == bool(args.probe):
         parser.error("give --out (train a tower) or --probe MODEL (measure one), not both")
+    from .build import parsed_device  # build.py imports this module
+
+    device = parsed_device(parser, args.device)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.probe:
         from mgie_core import load_model
 
-        mllm = load_model(args.probe).to("cpu", torch.float32).mllm
+        mllm = load_model(args.probe).to(device, torch.float32).mllm
         readout = train_perception(mllm.vision_tower, args.steps, args.batch_size, args.lr, args.seed, train_tower=False,
                                    select_layer=mllm.vision_select_layer, position=args.position)
         print(json.dumps({"probe": args.probe, "steps": args.steps,
@@ -228,13 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)  # its log is written beside it while it trains
     log = out.with_suffix(".log.jsonl")
     began = time.time()
-    tower = new_tower(args.patch_size, args.seed)
+    tower = new_tower(args.patch_size, args.seed).to(device)
     readout = train_perception(tower, args.steps, args.batch_size, args.lr, args.seed, log, position=args.position)
     found = accuracy(tower, readout)
     record = {"trained_by": "python -m train.mini.perception", "steps": args.steps, "batch_size": args.batch_size,
-              "lr": args.lr, "seed": args.seed, "position": args.position,
+              "lr": args.lr, "seed": args.seed, "position": args.position, "device": args.device,
               "minutes": round((time.time() - began) / 60, 1), "accuracy": found}
-    save_tower(tower, args.patch_size, out, record)
+    save_tower(tower.to("cpu"), args.patch_size, out, record)
     print(json.dumps(record))
     return 0
 
