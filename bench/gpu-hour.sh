@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The hour's build from scratch (docs/mgie-mini.md) timed on a GPU, after the CUDA tests that place the
-# open CPU/GPU picture difference (tests/test_cuda.py), in one run that fits a short lease:
+# The hour's build from scratch (docs/mgie-mini.md) timed on a GPU, after the CUDA tests that compare its
+# stages and pictures with the CPU's (tests/test_cuda.py), in one run that fits a short lease:
 #   bash bench/gpu-hour.sh OUT_DIR TOWER [SECONDS]
+# It needs this project's requirements there (the 2026-12-04 H200 lacked diffusers: its wheel was carried).
 # TOWER is the perception tower (python -m train.mini.perception --position --steps 2000 [--device cuda]).
 # The build's log (steps per second of each stage) and, if it finishes inside SECONDS (default 585), the
 # bundle land in OUT_DIR. Every random draw stays on the CPU: the CPU's build of the same command trains

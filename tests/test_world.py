@@ -204,6 +204,46 @@ def test_hours_build_at_lr_1e3_is_paired_with_the_second_try_as_the_docs_say(nam
         assert figures["outcomes"]["ip2p_twin"] == twin["outcomes"]["ip2p_twin"]
 
 
+def test_hours_build_with_the_unets_own_rate_is_paired_as_the_docs_say():
+    """docs/mgie-mini.md's figures for the hour's build with --unet-lr 1e-3 are its stored runs': edit success, and
+    scene by scene against the second try, the build at lr 1e-3 and both twins, as their stored outcomes give."""
+    root = Path(__file__).resolve().parents[1]
+    docs = (root / "docs" / "mgie-mini.md").read_text().replace("\n", " ")
+
+    def pair(name: str, against: str, column: str = "mgie_mini") -> dict:
+        figures = json.loads((root / "bench" / name).read_text())
+        settings = {k: figures[k] for k in SETTINGS}
+        edits = world.edits(figures["seed"], figures["count"], tuple(figures["families"]))
+        return paired(stored(edits, str(root / "bench" / name), settings),
+                      stored(edits, f"{root / 'bench' / against}:{column}", settings))["all"]
+
+    held, ambiguous = "mini-fast6-eval-g2.json", "mini-fast6-eval-ambiguous-g2.json"
+    for name in (held, ambiguous):
+        figures = json.loads((root / "bench" / name).read_text())
+        assert figures["model"].endswith("mgie-mini-hour-gpu.safetensors") and figures["guidance_scale"] == 2.0
+        stored_pairing = figures["paired_against"]["all"]
+        assert (stored_pairing["only_first"], stored_pairing["only_second"]) == tuple(
+            pair(name, figures["paired_against"]["file"].removeprefix("bench/").removesuffix(":mgie_mini"))[k]
+            for k in ("only_first", "only_second"))
+    second, second_ambiguous = pair(held, "mini-fast-eval-g2.json"), pair(ambiguous, "mini-fast-eval-ambiguous-g2.json")
+    assert (f"{second['only_first']} held-out scenes only this build edited right against {second['only_second']} "
+            f"(p = {second['p']:.2g}) and {second_ambiguous['only_first']} ambiguous ones against "
+            f"{second_ambiguous['only_second']}") in docs
+    fast5, fast5_ambiguous = pair(held, "mini-fast5-eval-g2.json"), pair(ambiguous, "mini-fast5-eval-ambiguous-g2.json")
+    assert (f"{fast5['only_first']} against {fast5['only_second']} held out (p = {fast5['p']:.2g}) and "
+            f"{fast5_ambiguous['only_first']} against {fast5_ambiguous['only_second']} ambiguous "
+            f"(p = {fast5_ambiguous['p']:.2g})") in docs
+    for row, suffix in (("held out, guidance 2", "g2"), ("200 ambiguous, guidance 2", "ambiguous-g2")):
+        shares = [json.loads((root / "bench" / f"mini-{run}-eval-{suffix}.json").read_text())["mgie_mini"]["all"]
+                  ["edit_success"] for run in ("fast", "fast5", "fast6")]
+        assert f"| {row}: edit success | " + " | ".join(f"{100 * x:.0f}%" for x in shares) + " |" in docs
+    twin = pair(ambiguous, "mini-fast-eval-ambiguous-g2.json", "ip2p_twin")
+    twin_1e3 = pair(ambiguous, "mini-fast5-eval-ambiguous-g2.json", "ip2p_twin")
+    assert twin["p"] < 1e-3 and twin_1e3["p"] < 1e-3
+    assert (f"5e-4 by {twin['only_second']} scenes against {twin['only_first']}, the one at 1e-3 by "
+            f"{twin_1e3['only_second']} against {twin_1e3['only_first']}") in docs
+
+
 def test_sign_test_is_the_exact_two_sided_binomial():
     assert sign_test(10, 0) == sign_test(0, 10) == pytest.approx(2 / 1024)
     assert sign_test(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)

@@ -37,7 +37,9 @@ down to a tenth of it over the leg's steps ``--start-step`` .. ``--steps`` of th
 ``--vision-tower FILE`` first puts a perception tower (train/mini/perception.py) into the MLLM, frozen from then
 on as MGIE freezes CLIP, and trains the projector and LLM on the instruction loss alone for ``--adapt-steps`` so
 that they read it, before the joint steps: of a leg (v16), or of a build from scratch (after its InstructPix2Pix
-stage, as MGIE starts from a trained LLaVA and InstructPix2Pix).
+stage, as MGIE starts from a trained LLaVA and InstructPix2Pix). ``--unet-lr`` gives the UNet its own peak rate
+in the InstructPix2Pix and joint stages (the rest keep ``--lr``); ``--device cuda`` builds on a GPU, every random
+draw still on the CPU (the 50-minute recipe above took about 11 minutes on an H200, bench/RESULTS.md).
 """
 
 from __future__ import annotations
