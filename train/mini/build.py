@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--unet-lr", type=float,
                         help="the UNet's peak learning rate, in the InstructPix2Pix stage and the joint stage "
-                             "(default: --lr, which then applies to the MLLM and edit head only)")
+                             "(default: --lr); when it is given, --lr is the MLLM's and the edit head's alone")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work")
     parser.add_argument("--init", help="an MGIE bundle (e.g. the shipped mgie-mini) to train on from: no VAE or "
