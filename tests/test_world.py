@@ -237,6 +237,11 @@ def test_hours_build_with_the_unets_own_rate_is_paired_as_the_docs_say():
         shares = [json.loads((root / "bench" / f"mini-{run}-eval-{suffix}.json").read_text())["mgie_mini"]["all"]
                   ["edit_success"] for run in ("fast", "fast5", "fast6")]
         assert f"| {row}: edit success | " + " | ".join(f"{100 * x:.0f}%" for x in shares) + " |" in docs
+    given = json.loads((root / "bench" / "mini-fast6-eval-ambiguous-given-g2.json").read_text())
+    ours = json.loads((root / "bench" / ambiguous).read_text())
+    assert given["outcomes"]["mgie_mini"] == ours["outcomes"]["mgie_mini"]  # the same run, the true words beside it
+    assert (f"it edits {100 * given['given_expressive']['all']['edit_success']:.0f}% of them, against "
+            f"{100 * ours['mgie_mini']['all']['edit_success']:.0f}% with its own words") in docs
     twin = pair(ambiguous, "mini-fast-eval-ambiguous-g2.json", "ip2p_twin")
     twin_1e3 = pair(ambiguous, "mini-fast5-eval-ambiguous-g2.json", "ip2p_twin")
     assert twin["p"] < 1e-3 and twin_1e3["p"] < 1e-3
