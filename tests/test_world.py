@@ -269,6 +269,15 @@ def test_hours_build_with_a_slower_llm_is_what_its_bench_runs_say():
         assert said.format(rows["only_first"], rows["only_second"], f"{rows['p']:.2g}") in flat
     rows = pair(ambiguous, "mini-fast5-eval-ambiguous-g2.json")
     assert f"and {rows['only_first']} ambiguous ones against {rows['only_second']} (`bench/mini-fast7" in flat
+    slower, slower_ambiguous = pair("mini-fast8-eval-g2.json", held), pair("mini-fast8-eval-ambiguous-g2.json", ambiguous)
+    assert (f"({slower['only_first']} scenes against {slower['only_second']} for 2e-4, p = {slower['p']:.2g})") in flat
+    assert (f"({slower_ambiguous['only_first']} against {slower_ambiguous['only_second']}, "
+            f"p = {slower_ambiguous['p']:.2g}; `bench/mini-fast8") in flat
+    for name in ("mini-fast8-eval-g2.json", "mini-fast8-eval-ambiguous-g2.json"):  # its stored pairing is that one
+        figures = json.loads((root / "bench" / name).read_text())
+        rows = pair(name, figures["paired_against"]["file"].removeprefix("bench/").removesuffix(":mgie_mini"))
+        assert {k: figures["paired_against"]["all"][k] for k in ("only_first", "only_second")} == {
+            k: rows[k] for k in ("only_first", "only_second")}
     twin, twin_1e3 = (pair(ambiguous, f, "ip2p_twin") for f in ("mini-fast-eval-ambiguous-g2.json",
                                                                  "mini-fast5-eval-ambiguous-g2.json"))
     assert (f"the one at 5e-4 by {twin['only_second']} scenes against {twin['only_first']} (p = {twin['p']:.2g}) and "
