@@ -262,7 +262,7 @@ def test_hours_build_with_a_slower_llm_is_what_its_bench_runs_say():
         assert figures["outcomes"]["vae_ceiling"] == before["outcomes"]["vae_ceiling"]
     flat = docs.replace("\n", " ")
     for (first, against), said in {
-            (held, "mini-fast-eval-g2.json"): "over the second try ({} scenes against {}, p = {})",
+            (held, "mini-fast-eval-g2.json"): "({} scenes against {} over the second try, p = {})",
             (ambiguous, "mini-fast-eval-ambiguous-g2.json"): "the ambiguous ones ({} against {}, p = {})",
             (held, "mini-fast5-eval-g2.json"): "2e-4 against 1e-3: {} held-out scenes against {} (p = {})"}.items():
         rows = pair(first, against)
@@ -273,7 +273,12 @@ def test_hours_build_with_a_slower_llm_is_what_its_bench_runs_say():
     assert (f"({slower['only_first']} scenes against {slower['only_second']} for 2e-4, p = {slower['p']:.2g})") in flat
     assert (f"({slower_ambiguous['only_first']} against {slower_ambiguous['only_second']}, "
             f"p = {slower_ambiguous['p']:.2g}; `bench/mini-fast8") in flat
-    for name in ("mini-fast8-eval-g2.json", "mini-fast8-eval-ambiguous-g2.json"):  # its stored pairing is that one
+    again, again_ambiguous = pair("mini-fast7b-eval-g2.json", held), pair("mini-fast7b-eval-ambiguous-g2.json", ambiguous)
+    assert f"({again['only_first']} scenes against {again['only_second']} for the first, p = {again['p']:.2g})" in flat
+    assert (f"({again_ambiguous['only_first']} against {again_ambiguous['only_second']}, "
+            f"p = {again_ambiguous['p']:.2g}; `bench/mini-fast7b") in flat
+    for name in ("mini-fast8-eval-g2.json", "mini-fast8-eval-ambiguous-g2.json",  # their stored pairings are these
+                 "mini-fast7b-eval-g2.json", "mini-fast7b-eval-ambiguous-g2.json"):
         figures = json.loads((root / "bench" / name).read_text())
         rows = pair(name, figures["paired_against"]["file"].removeprefix("bench/").removesuffix(":mgie_mini"))
         assert {k: figures["paired_against"]["all"][k] for k in ("only_first", "only_second")} == {
