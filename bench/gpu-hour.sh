@@ -11,12 +11,8 @@ set -uo pipefail
 out=${1:?usage: bash bench/gpu-hour.sh OUT_DIR TOWER [SECONDS]}
 tower=${2:?usage: bash bench/gpu-hour.sh OUT_DIR TOWER [SECONDS]}
 deadline=$((SECONDS + ${3:-585}))
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import torch, transformers, diffusers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)"
-} > "$out/gpu.txt" 2>&1
-cat "$out/gpu.txt"
+source "$(dirname "$0")/gpu-info.sh"
+gpu_info "$out"
 timeout 100 python3 -m pytest -q -s -rxX --run-gpu -m gpu tests/test_cuda.py -k "each_diffusion_stage or paints or perception" 2>&1 \
     | tee "$out/pytest-gpu.log"
 work=$(mktemp -d)

@@ -10,12 +10,8 @@
 set -uo pipefail
 out=${1:?usage: bash bench/gpu.sh OUT_DIR [SECONDS]}
 deadline=$((SECONDS + ${2:-570}))
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import torch, transformers, diffusers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)"
-} > "$out/gpu.txt" 2>&1
-cat "$out/gpu.txt"
+source "$(dirname "$0")/gpu-info.sh"
+gpu_info "$out"
 timeout 150 python3 -m pytest -q -s --run-gpu -m gpu tests/test_cuda.py 2>&1 | tee "$out/pytest-gpu.log"
 timeout 150 python3 -m mgie_core.bench --preset full --device cuda --dtype fp16 --batch 1,8 --out "$out/bench-full.md" \
     2>&1 | tee "$out/bench.log"
