@@ -19,7 +19,6 @@ from train.mini import world
 from train.mini.build import train_ip2p, train_joint, train_vae
 from train.mini.evaluate import HELD_OUT_SEED
 from train.mini.model import build_mini
-from train.mini.perception import Readout
 
 pytestmark = pytest.mark.gpu
 
@@ -50,7 +49,7 @@ def test_a_mini_build_stage_computes_the_same_first_loss_on_cuda(tmp_path, stage
 
 
 def test_the_perception_stage_computes_the_same_first_loss_on_cuda():
-    from train.mini.perception import losses, new_tower, scene_batch
+    from train.mini.perception import Readout, losses, new_tower, scene_batch  # `losses` is a local name above
 
     first = {}
     for device in ("cpu", "cuda"):
