@@ -187,14 +187,8 @@ def test_hours_build_at_lr_1e3_is_paired_with_the_second_try_as_the_docs_say(nam
     """docs/mgie-mini.md's pairing of the hour's build at lr 1e-3 with the second try (lr 5e-4) is the one their
     stored outcomes give; and its twin, on the same VAE, edits scene for scene as the second try's twin at 1e-3."""
     root = Path(__file__).resolve().parents[1]
-    path = root / "bench" / name
-    figures = json.loads(path.read_text())
-    settings = {k: figures[k] for k in SETTINGS}
-    edits = world.edits(figures["seed"], figures["count"], tuple(figures["families"]))
-    base = root / figures["paired_against"]["file"]
-    rows = paired(stored(edits, f"{path}:mgie_mini", settings), stored(edits, f"{base}:mgie_mini", settings))["all"]
-    assert {k: figures["paired_against"]["all"][k] for k in ("only_first", "only_second")} == {
-        k: rows[k] for k in ("only_first", "only_second")}
+    figures = json.loads((root / "bench" / name).read_text())
+    rows = stored_pairing_holds(name)
     docs = (root / "docs" / "mgie-mini.md").read_text()
     said = rf"\b{rows['only_first']} scenes (only it edited right )?against {rows['only_second']}, p = {rows['p']:.2g}\b"
     assert re.search(said, docs.replace("\n", " ")), said
@@ -213,6 +207,15 @@ def pair(name: str, against: str, column: str = "mgie_mini") -> dict:
     return paired(stored(edits, str(bench / name), settings), stored(edits, f"{bench / against}:{column}", settings))["all"]
 
 
+def stored_pairing_holds(name: str) -> dict:
+    """A bench/ run's stored pairing (``paired_against``) is the one the two runs' stored outcomes give; returns it."""
+    figures = json.loads((Path(__file__).resolve().parents[1] / "bench" / name).read_text())
+    rows = pair(name, figures["paired_against"]["file"].removeprefix("bench/").removesuffix(":mgie_mini"))
+    assert {k: figures["paired_against"]["all"][k] for k in ("only_first", "only_second")} == {
+        k: rows[k] for k in ("only_first", "only_second")}
+    return rows
+
+
 def test_hours_build_with_the_unets_own_rate_is_paired_as_the_docs_say():
     """docs/mgie-mini.md's figures for the hour's build with --unet-lr 1e-3 are its stored runs': edit success, and
     scene by scene against the second try, the build at lr 1e-3 and both twins, as their stored outcomes give."""
@@ -222,10 +225,7 @@ def test_hours_build_with_the_unets_own_rate_is_paired_as_the_docs_say():
     for name in (held, ambiguous):
         figures = json.loads((root / "bench" / name).read_text())
         assert figures["model"].endswith("mgie-mini-hour-gpu.safetensors") and figures["guidance_scale"] == 2.0
-        stored_pairing = figures["paired_against"]["all"]
-        assert (stored_pairing["only_first"], stored_pairing["only_second"]) == tuple(
-            pair(name, figures["paired_against"]["file"].removeprefix("bench/").removesuffix(":mgie_mini"))[k]
-            for k in ("only_first", "only_second"))
+        stored_pairing_holds(name)
     second, second_ambiguous = pair(held, "mini-fast-eval-g2.json"), pair(ambiguous, "mini-fast-eval-ambiguous-g2.json")
     assert (f"{second['only_first']} held-out scenes only this build edited right against {second['only_second']} "
             f"(p = {second['p']:.2g}) and {second_ambiguous['only_first']} ambiguous ones against "
@@ -279,10 +279,7 @@ def test_hours_build_with_a_slower_llm_is_what_its_bench_runs_say():
             f"p = {again_ambiguous['p']:.2g}; `bench/mini-fast7b") in flat
     for name in ("mini-fast8-eval-g2.json", "mini-fast8-eval-ambiguous-g2.json",  # their stored pairings are these
                  "mini-fast7b-eval-g2.json", "mini-fast7b-eval-ambiguous-g2.json"):
-        figures = json.loads((root / "bench" / name).read_text())
-        rows = pair(name, figures["paired_against"]["file"].removeprefix("bench/").removesuffix(":mgie_mini"))
-        assert {k: figures["paired_against"]["all"][k] for k in ("only_first", "only_second")} == {
-            k: rows[k] for k in ("only_first", "only_second")}
+        stored_pairing_holds(name)
     twin, twin_1e3 = (pair(ambiguous, f, "ip2p_twin") for f in ("mini-fast-eval-ambiguous-g2.json",
                                                                  "mini-fast5-eval-ambiguous-g2.json"))
     assert (f"the one at 5e-4 by {twin['only_second']} scenes against {twin['only_first']} (p = {twin['p']:.2g}) and "
