@@ -1,6 +1,6 @@
 """How long loading takes: Apple's pickles against the converted bundle, same random model.
 
-    python -m mgie_core.bench_load --preset tiny --work /tmp/mgie-load [--out bench/RESULTS.md]
+    python -m bench.load --preset tiny --work /tmp/mgie-load [--out bench/RESULTS.md]
 
 Writes a random model in Apple's exact layout (sharded pickles, mllm.pt, unet.pt, the
 InstructPix2Pix and CLIP folders), converts it, then times three ways of getting every weight into
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from .bench import PRESETS, build_random_model
-from .bundle import save_bundle
-from .loader import load_model
-from .model import MGIEModel
+from mgie_core.formats import load_model, save_bundle
+from mgie_core.model import MGIEModel
+
+from .random_model import PRESETS, build_random_model
 
 
 def write_apple_layout(model: MGIEModel, root: Path) -> Path:
-    """The inverse of checkpoint.load_apple_checkpoint, for benchmarks."""
+    """The inverse of formats.apple.load_apple_checkpoint, for benchmarks."""
     llava, mgie, ip2p, clip = (root / n for n in ("LLaVA-7B-v1", "mgie_7b", "instruct-pix2pix", "clip-vit-large-patch14"))
     for folder in (llava, mgie, ip2p / "unet", ip2p / "vae", ip2p / "scheduler", clip):
         folder.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = (_seconds(load, args.repeat), _seconds(lambda: touch_all(load()), args.repeat))  # noqa: B023
     base = results["torch.load every pickle (Apple's demo)"]
     lines = [f"### loading, preset {args.preset} ({size / 2**20:.0f} MiB of pickles, warm page cache, "
-             f"{torch.get_num_threads()} threads): `python -m mgie_core.bench_load {' '.join(argv or sys.argv[1:])}`", "",
+             f"{torch.get_num_threads()} threads): `python -m bench.load {' '.join(argv or sys.argv[1:])}`", "",
              "| way | load (s) | load + read every weight (s) | speed-up vs. torch.load (load / load + read) |",
              "|---|---|---|---|"]
     lines += [f"| {name} | {lazy:.3f} | {full:.3f} | {base[0] / lazy:.1f}x / {base[1] / full:.2f}x |"

@@ -1,7 +1,7 @@
 """Speed and memory of our pipeline against the reference stack, stage by stage, in one run.
 
-    python -m mgie_core.bench --preset full --device cuda          # MGIE-7B-sized, random weights
-    python -m mgie_core.bench --preset tiny --device cpu           # the same code at CPU scale
+    python -m bench.speed --preset full --device cuda          # MGIE-7B-sized, random weights
+    python -m bench.speed --preset tiny --device cpu           # the same code at CPU scale
 
 The model is built with random weights (no download), so timings cannot depend on the weights and
 answers are forced to a fixed length (``--answer-tokens`` + the [IMG] tokens). The reference stack is
@@ -13,132 +13,27 @@ Results are printed as a markdown table and, with ``--out``, appended to a file 
 from __future__ import annotations
 
 import argparse
-import io
 import platform
 import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import sentencepiece as spm
 import torch
-from diffusers import AutoencoderKL, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 
-from .config import DeriveConfig, SampleConfig
-from .derive import greedy_generate
-from .edit_head import EditHead, EditHeadConfig
-from .images import ClipImageConfig, clip_pixel_values, pil_to_tensor
-from .imagine import imagine
-from .model import (
-    IM_END,
-    IM_PATCH,
-    IM_START,
-    MGIEModel,
-    ModelSpec,
-    MultimodalLLM,
-    clip_vision_config_from,
-    llama_config_from,
-    visual_token_names,
-)
-from .prompt import SYSTEM, build_prompt
-from .sample import sample
-from .schedulers import make_scheduler
-from .tokenizer import LegacyLlamaTokenizer
+from mgie_core.config import DeriveConfig, SampleConfig
+from mgie_core.derive import Derivation, greedy_generate
+from mgie_core.devices import DTYPES, resolve_device, resolve_dtype
+from mgie_core.images import clip_pixel_values, pil_to_tensor
+from mgie_core.imagine import imagine
+from mgie_core.model import MGIEModel
+from mgie_core.prompt import build_prompt
+from mgie_core.sample import sample
+from mgie_core.schedulers import make_scheduler
 
-SD_UNET = dict(sample_size=64, in_channels=8, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-               down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-               up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8)
-SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
-SD_SCHEDULER = dict(_class_name="EulerAncestralDiscreteScheduler", beta_start=0.00085, beta_end=0.012,
-                    beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1, prediction_type="epsilon")
-
-
-@dataclass(frozen=True)
-class Preset:
-    llm: dict
-    vision: dict
-    edit_head: dict
-    unet: dict
-    vae: dict
-    size: int  # image side
-    steps: int
-
-
-PRESETS = {
-    # MGIE-7B: LLaMA-7B (vocab 32011), CLIP ViT-L/14 at 224, the real edit head, SD1.5 UNet (8 ch.) and VAE
-    "full": Preset(
-        llm=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                 vocab_size=32011, max_position_embeddings=2048, rms_norm_eps=1e-6, mm_vision_select_layer=-2),
-        vision=dict(model_type="clip_vision_model", image_size=224, patch_size=14, hidden_size=1024,
-                    intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
-        edit_head=dict(hidden_size=512, num_queries=77, output_size=768, num_encoder_layers=4, num_decoder_layers=4,
-                       feedforward_size=2048),
-        unet=SD_UNET, vae=SD_VAE, size=512, steps=100),
-    # about 0.3B parameters: big enough for loading times to mean something on a CPU
-    "small": Preset(
-        llm=dict(hidden_size=1024, intermediate_size=2752, num_hidden_layers=8, num_attention_heads=16,
-                 vocab_size=32011, max_position_embeddings=2048, rms_norm_eps=1e-6, mm_vision_select_layer=-2),
-        vision=dict(model_type="clip_vision_model", image_size=224, patch_size=14, hidden_size=768,
-                    intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
-        edit_head=dict(hidden_size=512, num_queries=77, output_size=768, num_encoder_layers=4, num_decoder_layers=4,
-                       feedforward_size=2048),
-        unet=dict(SD_UNET, block_out_channels=(160, 320, 640, 640), layers_per_block=1, attention_head_dim=8),
-        vae=SD_VAE, size=256, steps=20),
-    # the same code paths at a size a laptop CPU runs in seconds (256 image patches, as the real one)
-    "tiny": Preset(
-        llm=dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8, vocab_size=32011,
-                 max_position_embeddings=2048, rms_norm_eps=1e-6, mm_vision_select_layer=-2),
-        vision=dict(model_type="clip_vision_model", image_size=224, patch_size=14, hidden_size=128, intermediate_size=256,
-                    num_hidden_layers=2, num_attention_heads=4),
-        edit_head=dict(hidden_size=128, num_queries=77, output_size=128, num_encoder_layers=2, num_decoder_layers=2,
-                       feedforward_size=256),
-        unet=dict(SD_UNET, block_out_channels=(32, 64, 64, 64), cross_attention_dim=128, layers_per_block=1),
-        vae=dict(SD_VAE, block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=16),
-        size=128, steps=20),
-}
-
-
-def bench_tokenizer() -> LegacyLlamaTokenizer:
-    model = io.BytesIO()
-    corpus = [SYSTEM, "USER: what will this image be like if ASSISTANT: make it look like winter"] * 50
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=model, vocab_size=400, model_type="bpe",
-                                   byte_fallback=True, add_dummy_prefix=True, remove_extra_whitespaces=False,
-                                   normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-                                   hard_vocab_limit=False, minloglevel=2)
-    proto = model.getvalue()
-    base = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
-    tok = LegacyLlamaTokenizer(proto, {IM_PATCH: base, IM_START: base + 1, IM_END: base + 2})
-    tok.add_tokens(visual_token_names(8))
-    return tok
-
-
-def build_random_model(preset: Preset, device: torch.device, dtype: torch.dtype) -> MGIEModel:
-    """Random weights, created directly on ``device`` in ``dtype`` (7B fits no CPU-side fp32 copy)."""
-    tok = bench_tokenizer()
-    vocab = preset.llm["vocab_size"] or tok.vocab_size  # 0: exactly the tokenizer's (for loading benchmarks)
-    llava = {**preset.llm, "vocab_size": vocab, "mm_hidden_size": preset.vision["hidden_size"], "mm_use_im_start_end": True}
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            mllm = MultimodalLLM(llama_config_from(llava, vocab), clip_vision_config_from(preset.vision), -2)
-            head = EditHead(EditHeadConfig(llm_hidden_size=preset.llm["hidden_size"], num_visual_tokens=8, **preset.edit_head))
-            unet, vae = UNet2DConditionModel(**preset.unet), AutoencoderKL(**preset.vae)
-    finally:
-        torch.set_default_dtype(previous)
-    spec = ModelSpec(im_patch_token_id=tok.added_tokens[IM_PATCH], im_start_token_id=tok.added_tokens[IM_START],
-                     im_end_token_id=tok.added_tokens[IM_END],
-                     visual_token_ids=tuple(tok.added_tokens[t] for t in visual_token_names(8)),
-                     eos_token_id=-1,  # never generated: every answer has the forced length
-                     num_image_patches=(preset.vision["image_size"] // preset.vision["patch_size"]) ** 2,
-                     max_position_embeddings=preset.llm["max_position_embeddings"])
-    size = preset.vision["image_size"]
-    return MGIEModel(tokenizer=tok, mllm=mllm, edit_head=head, unet=unet, vae=vae, scheduler_config=dict(SD_SCHEDULER),
-                     clip_image_config=ClipImageConfig(shortest_edge=size, crop_height=size, crop_width=size),
-                     spec=spec, source="random", info={"llava_config": llava, "clip_config": preset.vision}).eval()
+from .random_model import PRESETS, build_random_model
 
 
 # -- timing helpers ------------------------------------------------------------------------------
@@ -214,9 +109,7 @@ def run_ours(model: MGIEModel, images: list[Image.Image], instruction: str, toke
     return out
 
 
-def _fake_derivation(states: torch.Tensor, ids: list[torch.Tensor]):
-    from .derive import Derivation
-
+def _fake_derivation(states: torch.Tensor, ids: list[torch.Tensor]) -> Derivation:
     return Derivation(tuple(ids), tuple(0 for _ in ids), states, tuple("" for _ in ids), tuple(False for _ in ids))
 
 
@@ -280,8 +173,8 @@ def _progress(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=list(PRESETS), default="tiny")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None)
+    parser.add_argument("--device", default="auto", help="default: cuda if there is one, else cpu")
+    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="default: fp16 on CUDA, else fp32")
     parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--steps", type=int, help="denoising steps (preset default: 100 full, 20 tiny)")
     parser.add_argument("--size", type=int, help="image side (preset default: 512 full, 128 tiny)")
@@ -291,9 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="append the table to this markdown file")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
-    device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[
-        args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     steps, size = args.steps or preset.steps, args.size or preset.size
     torch.manual_seed(0)
     began = time.perf_counter()
@@ -318,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
               f"best of {max(1, args.repeat)}, "
               f"{str(dtype).replace('torch.', '')} on {device.type} ({name}, {torch.get_num_threads()} threads)\n\n"
               f"torch {torch.__version__}, transformers {transformers.__version__}, diffusers {diffusers.__version__}; "
-              f"`python -m mgie_core.bench {' '.join(argv if argv is not None else sys.argv[1:])}`")
+              f"`python -m bench.speed {' '.join(argv if argv is not None else sys.argv[1:])}`")
     text = format_results(rows, header)
     print(text)
     if args.out:

@@ -6,15 +6,16 @@ The edit flows through three stages, one module each:
                         --imagine--> visual imagination (Q x D conditioning)
                         --sample---> edited image (dual classifier-free guidance)
 
-``MGIEPipeline`` chains them; ``load_model`` reads Apple's folders or an MGIE bundle.
+``MGIEPipeline`` chains them; ``load_model`` reads Apple's folders, an MGIE bundle or the embedded
+mgie-mini (``formats/`` holds every file format). ``devices`` has the one table of precisions.
 This package never imports ComfyUI.
 """
 
 from .config import DEFAULT_SEED, DeriveConfig, SampleConfig
 from .derive import Derivation, derive
-from .errors import CheckpointError, EditCancelled, InputError, MGIEError
+from .errors import CheckpointError, EditCancelled, InputError, MGIEError, SettingError
+from .formats import default_model_path, load_model
 from .imagine import Imagination, imagine
-from .loader import default_model_path, load_model
 from .model import MGIEModel
 from .pipeline import EditResult, MGIEPipeline, make_generator
 from .sample import SampleOutput, sample
@@ -37,6 +38,7 @@ __all__ = [
     "MGIEPipeline",
     "SampleConfig",
     "SampleOutput",
+    "SettingError",
     "default_model_path",
     "derive",
     "imagine",

@@ -1,4 +1,4 @@
-"""Command line: ``python -m mgie_core edit|convert ...``.
+"""Command line: ``python -m mgie_core edit|convert|merge ...``.
 
 Errors a user can cause print one line (``error: ...``) and exit with status 2; output files are
 written through a temporary file and renamed, so a failed run never leaves a partial file.
@@ -13,84 +13,81 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .config import DEFAULT_SEED, DeriveConfig, SampleConfig, sample_config_for
-from .errors import InputError, MGIEError
+from .devices import AUTO, DTYPES, resolve_device
+from .errors import InputError, MGIEError, SettingError
 from .files import atomic_write
-from .images import load_image, save_image_atomic
+from .images import load_image, save_image_atomic, tensor_to_pil
 from .schedulers import SCHEDULER_NAMES
 
 logger = logging.getLogger("mgie_core")
+
+# Config fields -> the flags that set them, so that an out-of-range value is reported by its flag.
+FLAGS = {"num_inference_steps": "--steps", "guidance_scale": "--guidance-scale",
+         "image_guidance_scale": "--image-guidance-scale", "scheduler": "--scheduler", "max_side": "--max-side",
+         "max_new_tokens": "--max-new-tokens"}
+MODEL_HELP = "Apple's MGIE root folder or an MGIE .safetensors bundle (default: the embedded mgie-mini)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mgie_core", description="MGIE instruction-based image editing.")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    edit = sub.add_parser("edit", help="edit an image by an instruction")
-    edit.add_argument("--model", help="Apple's MGIE root folder or an MGIE bundle (default: the embedded mgie-mini)")
-    edit.add_argument("--image", required=True, help="input image file")
-    edit.add_argument("--instruction", required=True, help='brief instruction, e.g. "make it look like winter"')
-    edit.add_argument("--out", required=True, help="output image file (.png, .jpg, .webp)")
-    edit.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    edit.add_argument("--steps", type=int, default=SampleConfig.num_inference_steps, help="denoising steps")
-    edit.add_argument("--guidance-scale", type=float,
-                      help="how strongly the edit follows the visual imagination (default: what the model "
-                           f"recommends, mgie-mini 2; else the paper's {SampleConfig.guidance_scale})")
-    edit.add_argument("--image-guidance-scale", type=float,
-                      help="how strongly the result stays close to the input image (default: what the model "
-                           f"recommends; else the paper's {SampleConfig.image_guidance_scale})")
-    edit.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=SampleConfig.scheduler)
-    edit.add_argument("--max-side", type=int, default=SampleConfig.max_side,
-                      help="scale the image down so its longer side is at most this (0: no limit)")
-    edit.add_argument("--max-new-tokens", type=int, default=DeriveConfig.max_new_tokens)
-    edit.add_argument("--expressive", help="your own expressive instruction; replaces the derived one")
-    _add_model_args(edit)
-    edit.add_argument("--save-intermediates", metavar="FILE.npz",
-                      help="save token ids, visual tokens, (null) imagination and the expressive instruction")
-    edit.add_argument("--quiet", action="store_true", help="no progress output")
-
+    _add_edit(sub.add_parser("edit", help="edit an image by an instruction"))
     convert = sub.add_parser("convert", help="pack a model into one memory-mappable safetensors bundle")
     convert.add_argument("--model", required=True, help="Apple's MGIE root folder (or a bundle)")
-    convert.add_argument("--out", required=True, help="FILE.safetensors, or a folder for one file per part")
-    convert.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
-    convert.add_argument("--vision-tower", help="CLIP folder, if not found from the LLaVA config")
-
+    _add_output_args(convert)
     merge = sub.add_parser("merge", help="merge LoRA files into a model and write a bundle")
-    merge.add_argument("--model", help="Apple's MGIE root folder or a bundle (default: the embedded mgie-mini)")
-    merge.add_argument("--lora", action="append", required=True, metavar="FILE[:STRENGTH]")
-    merge.add_argument("--out", required=True, help="FILE.safetensors, or a folder for one file per part")
-    merge.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
-    merge.add_argument("--vision-tower", help="CLIP folder, if not found from the LLaVA config")
+    merge.add_argument("--model", help=MODEL_HELP)
+    merge.add_argument("--lora", action="append", required=True, metavar="FILE[:STRENGTH]",
+                       help="a LoRA made by train/finetune.py (repeatable; strength defaults to 1)")
+    _add_output_args(merge)
     return parser
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
-                        help="apply a LoRA made by train/finetune.py (repeatable; strength defaults to 1)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps ... (default: cuda if available)")
-    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: fp16 on CUDA, fp32 otherwise")
-    parser.add_argument("--vision-tower", help="CLIP folder, if not found from the LLaVA config")
+def _add_edit(edit: argparse.ArgumentParser) -> None:
+    d, s = DeriveConfig(), SampleConfig()
+    edit.add_argument("--model", help=MODEL_HELP)
+    edit.add_argument("--image", required=True, help="input image file (PNG, JPEG, WebP, BMP, TIFF)")
+    edit.add_argument("--instruction", required=True, help='brief instruction, e.g. "make it look like winter"')
+    edit.add_argument("--out", required=True, help="output image file (.png, .jpg, .webp)")
+    edit.add_argument("--seed", type=int, default=DEFAULT_SEED, help="noise seed (default: %(default)s, Apple's demo)")
+    edit.add_argument("--steps", type=int, default=s.num_inference_steps, help="denoising steps (default: %(default)s)")
+    edit.add_argument("--guidance-scale", type=float,
+                      help="how strongly the edit follows the visual imagination (default: what the model "
+                           f"recommends: mgie-mini 2; Apple's MGIE the paper's {s.guidance_scale})")
+    edit.add_argument("--image-guidance-scale", type=float,
+                      help="how strongly the result stays close to the input image (default: what the model "
+                           f"recommends, else the paper's {s.image_guidance_scale})")
+    edit.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=s.scheduler,
+                      help="sampler (default: %(default)s, as MGIE was released)")
+    edit.add_argument("--max-side", type=int,
+                      help="scale the image down so its longer side is at most this, 0 for no limit (default: the "
+                           f"model's working size: mgie-mini 64; Apple's MGIE {s.max_side})")
+    edit.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
+                      help="token budget of the expressive instruction (default: %(default)s, the paper's)")
+    edit.add_argument("--expressive", help="your own expressive instruction; replaces the derived one (default: derive it)")
+    edit.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                      help="apply a LoRA made by train/finetune.py (repeatable; strength defaults to 1)")
+    edit.add_argument("--device", default=AUTO, help="cpu, cuda, cuda:1, mps ... (default: cuda if there is one, else cpu)")
+    edit.add_argument("--dtype", choices=(AUTO, *DTYPES), default=AUTO,
+                      help="precision (default: fp16 on CUDA, fp32 elsewhere)")
+    edit.add_argument("--vision-tower", help="CLIP folder (default: found from the LLaVA config; Apple's folders only)")
+    edit.add_argument("--save-intermediates", metavar="FILE.npz",
+                      help="also save token ids, visual tokens, (null) imagination and the expressive instruction")
+    edit.add_argument("--quiet", action="store_true", help="no progress bars and no log lines")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:0, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but this torch build sees no CUDA GPU; use --device cpu")
-    return device
+def _add_output_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="FILE.safetensors, or a folder for one file per part")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp16", help="stored precision (default: %(default)s)")
+    parser.add_argument("--vision-tower", help="CLIP folder (default: found from the LLaVA config; Apple's folders only)")
 
 
-def run_edit(args: argparse.Namespace) -> int:
-    from .pipeline import MGIEPipeline
-
-    # Check what is cheap to check before loading gigabytes.
+def check_edit_args(args: argparse.Namespace) -> tuple[Image.Image, Path, dict]:
+    """What is cheap to check, checked before gigabytes load: the image, the instruction, the output name and
+    the settings. Returns the image, the output path and the sampling settings (None: the model's)."""
     image = load_image(args.image)
     if not args.instruction.strip():
         raise InputError('--instruction is empty: describe the edit, e.g. "make it look like winter"')
@@ -99,31 +96,47 @@ def run_edit(args: argparse.Namespace) -> int:
         raise InputError(f"--out {out}: unknown image extension {out.suffix!r}; use .png, .jpg or .webp")
     if args.save_intermediates and not args.save_intermediates.endswith(".npz"):
         raise InputError(f"--save-intermediates {args.save_intermediates}: the file name must end with .npz")
-    derive_config = DeriveConfig(max_new_tokens=args.max_new_tokens)
     settings = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                     image_guidance_scale=args.image_guidance_scale, scheduler=args.scheduler, max_side=args.max_side)
     sample_config_for({}, **settings)  # a bad value fails here, before the model loads
-    device = resolve_device(args.device)
+    DeriveConfig(max_new_tokens=args.max_new_tokens)
+    return image, out, settings
 
+
+def run_edit(args: argparse.Namespace) -> int:
+    from .pipeline import EditResult, MGIEPipeline
+
+    image, out, settings = check_edit_args(args)
+    device = resolve_device(args.device)
     model = load_with_loras(args.model, args.lora, args.vision_tower)
     sample_config = sample_config_for(model.recommended_sampling, **settings)
-    logger.info("guidance %g (text) / %g (image)", sample_config.guidance_scale, sample_config.image_guidance_scale)
+    _log_settings(sample_config, model.recommended_sampling)
     pipe = MGIEPipeline(model, device=device, dtype=args.dtype)
-    progress = None if args.quiet else _progress_printer()
-    result = pipe(image, args.instruction, derive_config, sample_config, seed=args.seed,
-                  expressive=args.expressive, callback=progress)
+    # derive -> imagine -> sample, each stage with its own progress bar
+    derivation = pipe.derive([image], [args.instruction], DeriveConfig(max_new_tokens=args.max_new_tokens),
+                             [args.expressive], callback=None if args.quiet else _progress_bar("derive", "token"))
+    print(derivation.expressive_instructions[0])
+    imagination = pipe.imagine(derivation)
+    output = pipe.sample(image, imagination, sample_config, seed=args.seed,
+                         callback=None if args.quiet else _progress_bar("denoise", "step"))
+    result = EditResult(tensor_to_pil(output.images), derivation, imagination, output)
     if args.save_intermediates:
         save_intermediates(result, args.save_intermediates)
     save_image_atomic(result.images[0], out)
-    print(result.expressive_instructions[0])
     logger.info("wrote %s", out)
     return 0
 
 
+def _log_settings(config: SampleConfig, recommended: dict) -> None:
+    source = {k: "the model's" if k in recommended else "default" for k in ("guidance_scale", "max_side")}
+    logger.info("guidance %g (text) / %g (image), %s; images up to %s px, %s", config.guidance_scale,
+                config.image_guidance_scale, source["guidance_scale"], config.max_side or "any", source["max_side"])
+
+
 def load_with_loras(model: str | None, loras: Sequence[str], vision_tower: str | None = None):
     """Load a model and merge ``FILE[:STRENGTH]`` LoRAs into it (each delta computed in fp32, rounded once)."""
-    from .loader import load_model
-    from .lora import apply_lora, parse_lora_arg
+    from .formats import apply_lora, load_model
+    from .formats.lora import parse_lora_arg
 
     loaded = load_model(model, vision_tower=vision_tower)
     for spec in loras:
@@ -133,7 +146,7 @@ def load_with_loras(model: str | None, loras: Sequence[str], vision_tower: str |
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from .bundle import save_bundle
+    from .formats import save_bundle
 
     model = load_with_loras(args.model, getattr(args, "lora", []), args.vision_tower)
     path = save_bundle(model, args.out, dtype=args.dtype)
@@ -157,11 +170,11 @@ def save_intermediates(result, path: str | Path) -> Path:
     return Path(path)
 
 
-def _progress_printer():
-    """One progress bar over derivation tokens and denoising steps (tqdm ships with transformers)."""
+def _progress_bar(stage: str, unit: str):
+    """A progress bar for one stage (tqdm ships with transformers); it closes when the stage is done."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=1, desc="[mgie] edit", unit="step", leave=False, file=sys.stderr)
+    bar = tqdm(total=1, desc=f"[mgie] {stage}", unit=unit, leave=False, file=sys.stderr)
 
     def show(step: int, total: int) -> None:
         bar.total = total
@@ -179,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="[mgie] %(message)s")
     try:
         return run_edit(args) if args.command == "edit" else run_convert(args)  # merge = convert with LoRAs
+    except SettingError as err:
+        sys.stderr.write(f"\nerror: {err.named(FLAGS)}\n")
+        return 2
     except MGIEError as err:
         sys.stderr.write(f"\nerror: {err}\n")
         return 2

@@ -9,13 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from .errors import InputError
+from .errors import InputError, SettingError
 from .schedulers import SCHEDULERS
 
 DEFAULT_SEED = 13331  # the seed of Apple's demo notebook
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # what --dtype may name
 
 
 @dataclass(frozen=True)
@@ -45,7 +42,7 @@ class SampleConfig:
         _check_float("guidance_scale", self.guidance_scale, 0.0, 100.0)
         _check_float("image_guidance_scale", self.image_guidance_scale, 0.0, 100.0)
         if self.scheduler not in SCHEDULERS:
-            raise InputError(f"scheduler {self.scheduler!r} is unknown; choose one of {', '.join(SCHEDULERS)}")
+            raise SettingError("scheduler", f"must be one of {', '.join(SCHEDULERS)}", self.scheduler)
         if self.max_side != 0:
             _check_int("max_side", self.max_side, 8, 16384)
 
@@ -55,30 +52,31 @@ class SampleConfig:
         return self.guidance_scale > 1.0 and self.image_guidance_scale >= 1.0
 
 
-GUIDANCE_FIELDS = ("guidance_scale", "image_guidance_scale")  # what a model may recommend (bundle "sampling")
+# What a model may recommend (a bundle's "sampling" metadata): the guidance it was tuned for, and its working size.
+RECOMMENDABLE = ("guidance_scale", "image_guidance_scale", "max_side")
 
 
-def check_recommended_sampling(sampling: object, where: str) -> dict[str, float]:
-    """A model's recommended guidance, checked: only :data:`GUIDANCE_FIELDS`, each a valid value."""
-    if not isinstance(sampling, Mapping) or set(sampling) - set(GUIDANCE_FIELDS):
-        raise InputError(f"{where}: recommended sampling must map {' / '.join(GUIDANCE_FIELDS)} to numbers, "
+def check_recommended_sampling(sampling: object, where: str) -> dict[str, float | int]:
+    """A model's recommended settings, checked: only :data:`RECOMMENDABLE` fields, each a valid value."""
+    if not isinstance(sampling, Mapping) or set(sampling) - set(RECOMMENDABLE):
+        raise InputError(f"{where}: recommended sampling must map {' / '.join(RECOMMENDABLE)} to numbers, "
                          f"got {sampling!r}")
     SampleConfig(**sampling)  # the same range checks as a user's values
-    return {k: float(v) for k, v in sampling.items()}
+    return {k: int(v) if k == "max_side" else float(v) for k, v in sampling.items()}
 
 
 def sample_config_for(recommended: Mapping[str, Any], **settings: Any) -> SampleConfig:
-    """``SampleConfig(**settings)``, with a model's ``recommended`` guidance wherever ``settings`` leave it
-    out or None (the paper's 7.5 / 1.5 when the model recommends nothing, as Apple's MGIE)."""
+    """``SampleConfig(**settings)``, with a model's ``recommended`` values wherever ``settings`` leave them
+    out or None (the paper's 7.5 / 1.5 and a 1024 px limit when the model recommends nothing, as Apple's MGIE)."""
     given = {k: v for k, v in settings.items() if v is not None}
     return SampleConfig(**{**recommended, **given})
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InputError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+        raise SettingError(name, f"must be an integer from {low} to {high}", value)
 
 
 def _check_float(name: str, value: object, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= float(value) <= high:
-        raise InputError(f"{name} must be a number from {low} to {high}, got {value!r}")
+        raise SettingError(name, f"must be a number from {low} to {high}", value)

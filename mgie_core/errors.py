@@ -21,3 +21,16 @@ class InputError(MGIEError, ValueError):
 
 class EditCancelled(MGIEError):
     """The progress callback asked to stop; raised between two steps."""
+
+
+class SettingError(InputError):
+    """A setting is out of range. ``field`` is the config field's name, so that a front end can name its
+    own flag or widget instead (``--steps`` for ``num_inference_steps``)."""
+
+    def __init__(self, field: str, requirement: str, value: object):
+        self.field, self.requirement, self.value = field, requirement, value
+        super().__init__(f"{field} {requirement}, got {value!r}")
+
+    def named(self, names: dict[str, str]) -> SettingError:
+        """The same error, the field called by its name in ``names`` (unchanged where it has none)."""
+        return SettingError(names.get(self.field, self.field), self.requirement, self.value)

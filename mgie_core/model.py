@@ -119,9 +119,10 @@ class MGIEModel:
         return self
 
     @property
-    def recommended_sampling(self) -> dict[str, float]:
-        """The guidance its trainers recommend for this model (a bundle's ``sampling`` metadata; mgie-mini's is
-        2 / 1.5, chosen on validation scenes). Empty for Apple's MGIE: the paper's 7.5 / 1.5 are the defaults."""
+    def recommended_sampling(self) -> dict[str, float | int]:
+        """The settings its trainers recommend for this model (a bundle's ``sampling`` metadata): guidance and
+        working size (``max_side``). mgie-mini's are 2 / 1.5, chosen on validation scenes, and 64 px. Empty for
+        Apple's MGIE: the paper's 7.5 / 1.5 and a 1024 px limit are the defaults."""
         return dict(self.info.get("sampling", {}))
 
     def fingerprint(self) -> str:

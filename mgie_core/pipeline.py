@@ -10,12 +10,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .config import DEFAULT_SEED, DTYPES, DeriveConfig, SampleConfig, sample_config_for
+from .config import DEFAULT_SEED, DeriveConfig, SampleConfig, sample_config_for
 from .derive import Derivation, derive
+from .devices import resolve_device, resolve_dtype
 from .errors import InputError
+from .formats import load_model
 from .images import ImageLike, fit_for_vae, tensor_to_pil
 from .imagine import Imagination, imagine
-from .loader import load_model
 from .model import MGIEModel
 from .progress import ProgressCallback, offset
 from .sample import SampleOutput, sample
@@ -37,17 +38,6 @@ class EditResult:
         return self.derivation.expressive_instructions
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``None`` means fp16 on CUDA and fp32 elsewhere."""
-    if dtype is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise InputError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
 def make_generator(seed: int | None) -> torch.Generator:
     """A CPU generator: the same seed gives the same noise on every device."""
     generator = torch.Generator("cpu")
@@ -56,10 +46,10 @@ def make_generator(seed: int | None) -> torch.Generator:
 
 
 class MGIEPipeline:
-    """Chains the three stages on one device and dtype."""
+    """Chains the three stages on one device and dtype (``auto``: fp16 on a CUDA GPU, fp32 elsewhere)."""
 
     def __init__(self, model: MGIEModel, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None):
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device, self.dtype).eval()
 
@@ -69,7 +59,8 @@ class MGIEPipeline:
         return cls(load_model(path, vision_tower=vision_tower), device=device, dtype=dtype)
 
     def default_sample_config(self) -> SampleConfig:
-        """The paper's sampling, with the guidance the model recommends where it does (mgie-mini: 2 / 1.5)."""
+        """The paper's sampling, with the settings the model recommends where it does (mgie-mini: guidance
+        2 / 1.5 and its 64 px working size)."""
         return sample_config_for(self.model.recommended_sampling)
 
     def derive(self, images: Sequence[ImageLike], instructions: Sequence[str], config: DeriveConfig = DeriveConfig(),

@@ -5,10 +5,11 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..mgie_core import InputError
+from ..mgie_core.devices import AUTO, DTYPES
 from .runtime import NO_LORA, NONE_FOUND, list_loras, list_models, make_handle
 from .types import MGIEModel
 
-PRECISIONS = ["auto", "fp16", "bf16", "fp32"]
+PRECISIONS = [AUTO, *DTYPES]
 RESIDENCY = ["auto", "sequential"]
 
 

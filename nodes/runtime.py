@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from ..mgie_core import CheckpointError, MGIEModel, load_model
-from ..mgie_core.checkpoint import is_apple_layout
-from ..mgie_core.loader import default_model_path
-from ..mgie_core.lora import apply_lora
+from ..mgie_core.devices import resolve_dtype
+from ..mgie_core.formats import apply_lora, default_model_path, is_apple_layout
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +28,6 @@ LORA_FOLDER = "mgie_loras"
 NO_LORA = "none"
 EMBEDDED = "mgie-mini (embedded)"
 NONE_FOUND = "(no MGIE model found in models/mgie)"
-PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def register_model_folder() -> None:
@@ -92,12 +90,9 @@ def resolve_model(name: str) -> Path | None:
 
 # -- devices and model management --------------------------------------------------------------
 def resolve_precision(precision: str) -> torch.dtype:
-    if precision in PRECISIONS:
-        return PRECISIONS[precision]
+    """The core's rule (auto: fp16 on a GPU, fp32 elsewhere), with ComfyUI's verdict on whether fp16 suits the GPU."""
     device = mm.get_torch_device()
-    if device.type == "cuda" and mm.should_use_fp16(device):
-        return torch.float16  # what Apple's demo runs
-    return torch.float32
+    return resolve_dtype(precision, device, fp16_ok=device.type == "cuda" and mm.should_use_fp16(device))
 
 
 class Resident(nn.Module):

@@ -6,7 +6,8 @@ import re
 
 import torch
 
-from mgie_core.bench import PRESETS, build_random_model, main
+from bench.random_model import PRESETS, build_random_model
+from bench.speed import main
 from mgie_core.config import DeriveConfig
 from mgie_core.derive import greedy_generate
 from mgie_core.prompt import build_prompt

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from mgie_core import CheckpointError, load_model
-from mgie_core.weights import read_state_dict
+from mgie_core.formats.weights import read_state_dict
 
 
 @pytest.fixture()
@@ -77,7 +77,8 @@ def test_vision_tower_beside_the_llava_folder(root, tmp_path):
     "damage, message",
     [
         (lambda r: shutil.rmtree(r / "LLaVA-7B-v1"), r"LLaVA-7B-v1 not found: .* must contain the LLaVA-7B-v1 folder"),
-        (lambda r: (r / "mgie_7b" / "unet.pt").unlink(), r"missing .*mgie_7b/unet.pt: copy Apple's unet.pt"),
+        (lambda r: (r / "mgie_7b" / "unet.pt").unlink(),
+         r"missing .*mgie_7b/unet.pt: unpack Apple's mgie_7b.tar.gz there \(README, 'Getting the weights'\)"),
         (lambda r: (r / "LLaVA-7B-v1" / "pytorch_model-00002-of-00002.bin").unlink(),
          r"shard .*pytorch_model-00002-of-00002.bin named in pytorch_model.bin.index.json is missing"),
         (lambda r: shutil.rmtree(r / "instruct-pix2pix"), r"InstructPix2Pix folder not found: looked in"),
@@ -143,7 +144,7 @@ def test_vocabulary_mismatch(root):
 def test_not_a_model(tmp_path):
     with pytest.raises(CheckpointError, match="model not found"):
         load_model(tmp_path / "nowhere")
-    with pytest.raises(CheckpointError, match=r"is neither Apple.s MGIE layout \(.*\) nor an MGIE bundle"):
+    with pytest.raises(CheckpointError, match=r"is neither Apple.s MGIE layout nor an MGIE bundle .*Getting the weights"):
         load_model(tmp_path)
     save_file({"x": torch.zeros(1)}, tmp_path / "other.safetensors")
     with pytest.raises(CheckpointError, match="not an MGIE bundle"):

@@ -133,7 +133,7 @@ def _error(capsys) -> str:
         (lambda p: make_image().save(p), ["--instruction", "   "], r"error: --instruction is empty"),
         (lambda p: make_image().save(p), ["--instruction", "go " * 500], r"error: instruction is too long: .* shorten"),
         (lambda p: make_image().save(p), ["--model", "/nonexistent/mgie"], r"error: model not found: /nonexistent/mgie"),
-        (lambda p: make_image().save(p), ["--steps", "0"], r"error: num_inference_steps must be an integer from 1"),
+        (lambda p: make_image().save(p), ["--steps", "0"], r"error: --steps must be an integer from 1 to 1000, got 0"),
         (lambda p: make_image().save(p), ["--out", "x.txt"], r"error: --out .*x.txt: unknown image extension"),
         (lambda p: make_image().save(p), ["--expressive", "a <im_end> b"],
          r"error: expressive instruction contains the control token"),
@@ -153,8 +153,8 @@ def test_bad_input_one_line_error_and_no_output(tiny_root, tmp_path, capsys, set
 
 
 def test_no_model_and_no_default_is_a_clear_error(tmp_path, image_path, capsys, monkeypatch):
-    import mgie_core.loader as loader
+    import mgie_core.formats.loader as loader
 
     monkeypatch.setattr(loader, "default_model_path", lambda: tmp_path / "missing.safetensors")
     assert main(["edit", "--image", str(image_path), "--instruction", "x", "--out", str(tmp_path / "o.png")]) == 2
-    assert "no model given and the embedded default model is missing" in _error(capsys)
+    assert "no model given and the embedded mgie-mini is missing" in _error(capsys)

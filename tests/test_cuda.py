@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mgie_core import DeriveConfig, MGIEPipeline, SampleConfig, default_model_path, load_model
-from mgie_core.pipeline import DTYPES
+from mgie_core.devices import DTYPES
 from train.mini import world
 from train.mini.build import train_ip2p, train_joint, train_vae
 from train.mini.evaluate import HELD_OUT_SEED

@@ -9,8 +9,8 @@ from diffusers import AutoencoderKL
 from safetensors import safe_open
 
 from mgie_core import load_model
-from mgie_core.bundle import save_bundle
 from mgie_core.errors import InputError
+from mgie_core.formats.bundle import save_bundle
 from train.mini.build import edits_at, pictures
 from train.mini.decoder import finetune_decoder, main, same_encoder, swap_decoder
 from train.mini.model import VAE, build_mini, train_tokenizer

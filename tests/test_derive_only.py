@@ -8,7 +8,7 @@ import json
 import torch
 
 from mgie_core import load_model
-from mgie_core.bundle import save_bundle
+from mgie_core.formats.bundle import save_bundle
 from train.mini import world
 from train.mini.derive_only import main, train_derivation
 from train.mini.model import build_mini

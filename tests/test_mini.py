@@ -120,7 +120,8 @@ def test_cli_uses_the_embedded_model_by_default(tmp_path):
 def test_the_shipped_model_recommends_the_guidance_chosen_for_it():
     from train.mini.build import RECOMMENDED_SAMPLING
 
-    assert load_model().recommended_sampling == RECOMMENDED_SAMPLING == {"guidance_scale": 2.0, "image_guidance_scale": 1.5}
+    expected = {"guidance_scale": 2.0, "image_guidance_scale": 1.5, "max_side": 64}
+    assert load_model().recommended_sampling == {**RECOMMENDED_SAMPLING, "max_side": 64} == expected
 
 
 def test_the_shipped_model_can_say_every_true_expressive_instruction():
@@ -207,8 +208,8 @@ def test_evaluate_refuses_to_pair_with_a_run_of_other_scenes_or_a_missing_column
 def test_a_leg_from_the_shipped_bundle_trains_on_and_records_itself(tmp_path):
     import torch
 
-    from mgie_core.bundle import load_bundle
-    from mgie_core.weights import read_state_dict
+    from mgie_core.formats.bundle import load_bundle
+    from mgie_core.formats.weights import read_state_dict
     from train.mini.build import main as build_main
 
     work, out = tmp_path / "work", tmp_path / "leg.safetensors"

@@ -70,7 +70,7 @@ def test_schemas(comfy):
 
 def test_loader_lists_models(comfy, tiny_root):
     nodes, _, _, folder_paths, tmp_path = comfy
-    from mgie_core.bundle import save_bundle
+    from mgie_core.formats.bundle import save_bundle
 
     save_bundle(load_model(tiny_root), tmp_path / "extra" / "tiny-bundle.safetensors")
     options = next(i for i in nodes["MGIELoader"].define_schema().inputs if i.id == "model").extra["options"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mgie_core import default_model_path, load_model
-from mgie_core.bundle import load_bundle
 from mgie_core.errors import CheckpointError
+from mgie_core.formats.bundle import load_bundle
 from train.mini import world
 from train.mini.perception import (
     NOTHING,
@@ -98,7 +98,7 @@ def test_a_saved_tower_comes_back_with_its_patch_size_and_record(tmp_path):
 def test_a_missing_or_foreign_tower_file_is_refused_clearly(tmp_path):
     with pytest.raises(CheckpointError, match="no perception tower at .*nowhere.safetensors"):
         load_tower(tmp_path / "nowhere.safetensors")
-    from mgie_core.aligned import save_aligned
+    from mgie_core.formats.aligned import save_aligned
 
     other = save_aligned({"w": torch.zeros(2)}, tmp_path / "other.safetensors")
     with pytest.raises(CheckpointError, match="not a perception tower"):
@@ -107,7 +107,7 @@ def test_a_missing_or_foreign_tower_file_is_refused_clearly(tmp_path):
 
 @pytest.mark.skipif(not default_model_path().is_file(), reason="mgie-mini is not built")
 def test_a_grafted_tower_sets_the_image_patches_and_survives_a_bundle(tmp_path):
-    from mgie_core.bundle import save_bundle
+    from mgie_core.formats.bundle import save_bundle
 
     model = load_model().to("cpu", torch.float32)
     assert model.spec.num_image_patches == 64  # the shipped model's tower: 8 px patches

@@ -14,7 +14,7 @@ from conftest import make_image
 from PIL import Image, ImageOps
 
 from mgie_core import CheckpointError, DeriveConfig, InputError, MGIEPipeline, SampleConfig, load_model
-from mgie_core.lora import apply_lora, read_lora, save_lora
+from mgie_core.formats.lora import apply_lora, read_lora, save_lora
 from train.adapters import Trainable
 from train.config import TrainConfig, config_from_args
 from train.data import read_triplets
@@ -118,7 +118,7 @@ def test_lora_for_another_base_is_refused(trained, tiny_root, tmp_path):
     with pytest.raises(CheckpointError, match="trained on another base model"):
         apply_lora(load_model(tiny_root), tmp_path / "other.safetensors")
     with pytest.raises(CheckpointError, match="not an MGIE LoRA"):
-        from mgie_core.bundle import save_bundle
+        from mgie_core.formats.bundle import save_bundle
 
         apply_lora(load_model(tiny_root), save_bundle(load_model(tiny_root), tmp_path / "b.safetensors"))
 
@@ -130,7 +130,7 @@ def test_resume_continues_exactly(tiny_root, tmp_path):
     first = config(tmp_path / "b", tiny_root, data, max_steps=2, save_every=2)
     train(first)  # stops right after its step-2 checkpoint
     train(config(tmp_path / "b", tiny_root, data, max_steps=4, save_every=2, resume="latest"))
-    from mgie_core.weights import read_state_dict
+    from mgie_core.formats.weights import read_state_dict
 
     a = read_state_dict(tmp_path / "a" / "out" / "checkpoints" / "step-000004" / "trainable.safetensors")
     b = read_state_dict(tmp_path / "b" / "out" / "checkpoints" / "step-000004" / "trainable.safetensors")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mgie_core.bundle import load_bundle, save_bundle
+from mgie_core.formats.bundle import load_bundle, save_bundle
 from mgie_core.model import compute_fingerprint
 from train.mini import world
 from train.mini.evaluate import ambiguous_group

@@ -1,6 +1,6 @@
 """What fine-tuning trains: peft LoRA on the UNet and the LLM's attention, the edit head, the [IMG] rows.
 
-The base weights stay frozen. ``export_lora`` writes the adapters in the layout mgie_core.lora reads.
+The base weights stay frozen. ``export_lora`` writes the adapters in the layout mgie_core.formats.lora reads.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class Trainable(nn.Module):
         return out
 
     def export_lora(self) -> dict[str, torch.Tensor]:
-        """The LoRA file's tensors (what a checkpoint holds, in the layout mgie_core.lora reads)."""
+        """The LoRA file's tensors (what a checkpoint holds, in the layout mgie_core.formats.lora reads)."""
         return self.trainable_state()
 
 

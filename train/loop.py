@@ -13,9 +13,10 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from mgie_core import DeriveConfig, SampleConfig, derive, imagine, load_model, make_generator, sample
+from mgie_core.devices import DTYPES
 from mgie_core.errors import InputError
+from mgie_core.formats.lora import save_lora
 from mgie_core.images import fit_for_vae, load_image, save_image_atomic, tensor_to_pil
-from mgie_core.lora import save_lora
 from mgie_core.model import MGIEModel
 
 from .adapters import Trainable
@@ -25,7 +26,11 @@ from .objective import Sample, collate, mgie_loss
 from .state import find_checkpoint, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger("mgie.train")
-BASE_DTYPE = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def base_dtype(mixed_precision: str) -> torch.dtype:
+    """The frozen base's dtype: accelerate's mixed precision ("no", "fp16", "bf16") named in the core's table."""
+    return DTYPES["fp32" if mixed_precision == "no" else mixed_precision]
 
 
 def micro_batch_indices(index: int, batch_size: int, count: int, seed: int) -> list[int]:
@@ -97,7 +102,7 @@ def train(config: TrainConfig) -> Path:
         raise InputError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
 
     report = read_triplets(config.data, strict=config.strict)
-    base = load_model(config.model).to(accelerator.device, BASE_DTYPE[config.mixed_precision]).eval()
+    base = load_model(config.model).to(accelerator.device, base_dtype(config.mixed_precision)).eval()
     expressive = derive_missing_expressive(base, report.triplets, output / "expressive_cache.json", config.max_new_tokens)
     samples = [Sample(load_image(t.input), load_image(t.target), t.instruction, e)
                for t, e in zip(report.triplets, expressive)]

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from mgie_core.aligned import save_aligned
 from mgie_core.errors import InputError
-from mgie_core.weights import read_state_dict
+from mgie_core.formats.aligned import save_aligned
+from mgie_core.formats.weights import read_state_dict
 
 
 def checkpoint_dir(output: Path, step: int) -> Path:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write
+from ..files import atomic_write
 
 ALIGN = 64
 PAD_PREFIX = "__pad__."
-_DTYPES = {
+SAFETENSORS_DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL",
@@ -40,10 +40,11 @@ def _layout(tensors: dict[str, torch.Tensor]) -> tuple[dict, list[tuple[str, tor
             header[f"{PAD_PREFIX}{index}"] = {"dtype": "U8", "shape": [gap], "data_offsets": [offset, offset + gap]}
             order.append((f"{PAD_PREFIX}{index}", pad))
             offset += gap
-        if tensor.dtype not in _DTYPES:
+        if tensor.dtype not in SAFETENSORS_DTYPES:
             raise TypeError(f"cannot store {name} of dtype {tensor.dtype} in safetensors")
         size = _nbytes(tensor)
-        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}
         order.append((name, tensor))
         offset += size
     return header, order

@@ -8,32 +8,17 @@ folder that ``mm_vision_tower`` names. Everything is read offline; pickles with 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from accelerate import init_empty_weights
-from diffusers import AutoencoderKL, UNet2DConditionModel
-
+from ..edit_head import EditHeadConfig
+from ..errors import CheckpointError
+from ..files import read_json
+from ..images import ClipImageConfig
+from ..model import MGIEModel, MultimodalLLM, visual_token_names
+from ..tokenizer import LegacyLlamaTokenizer
 from . import keys
-from .edit_head import EditHead, EditHeadConfig
-from .errors import CheckpointError
-from .files import read_json
-from .images import ClipImageConfig
-from .model import (
-    IM_END,
-    IM_PATCH,
-    IM_START,
-    MGIEModel,
-    ModelSpec,
-    MultimodalLLM,
-    clip_vision_config_from,
-    llama_config_from,
-    visual_token_names,
-)
-from .tokenizer import LegacyLlamaTokenizer
+from .modules import build_edit_head, build_mllm, build_unet, build_vae, check_compatible, make_spec
 from .weights import StateDict, load_into, read_folder_weights, read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -60,13 +45,15 @@ def find_apple_layout(root: str | Path, instruct_pix2pix: str | Path | None = No
     if not root.is_dir():
         raise CheckpointError(f"model folder not found: {root}")
     llava, mgie = root / LLAVA_DIR, root / MGIE_DIR
-    for folder, what in ((llava, "the LLaVA-7B-v1 folder (config.json, tokenizer, pytorch_model-*.bin)"),
-                         (mgie, "the mgie_7b folder (mllm.pt, unet.pt)")):
+    for folder, what in ((llava, "the LLaVA-7B-v1 folder (config.json, tokenizer, pytorch_model-*.bin): the "
+                                 "LLaVA-Lightning-7B-v1-1 delta applied to LLaMA-7B"),
+                         (mgie, "the mgie_7b folder (mllm.pt, unet.pt) from Apple's mgie_7b.tar.gz")):
         if not folder.is_dir():
-            raise CheckpointError(f"{folder} not found: {root} must contain {what}, as in Apple's README")
+            raise CheckpointError(f"{folder} not found: {root} must contain {what}; README, 'Getting the weights'")
     for name in ("mllm.pt", "unet.pt"):
         if not (mgie / name).is_file():
-            raise CheckpointError(f"missing {mgie / name}: copy Apple's {name} into {mgie}")
+            raise CheckpointError(f"missing {mgie / name}: unpack Apple's mgie_7b.tar.gz there "
+                                  "(README, 'Getting the weights')")
     ip2p = _find_ip2p(root, instruct_pix2pix)
     return AppleLayout(root=root, llava=llava, mgie=mgie, ip2p=ip2p)
 
@@ -195,88 +182,3 @@ def _clip_image_config(clip_dir: Path) -> ClipImageConfig:
         logger.warning("%s missing: using CLIP's standard preprocessing (224 px, OpenAI mean/std)", path)
         return ClipImageConfig()
     return ClipImageConfig.from_dict(read_json(path))
-
-
-@contextmanager
-def empty_modules() -> Iterator[None]:
-    """Build modules with parameters on the meta device and no weight initialisation at all.
-
-    The weights are assigned from the files right after, so initialising them is wasted work; on the
-    meta device it still costs Python-level dispatch per tensor (two thirds of a bundle's load time).
-    """
-    try:  # transformers' own switch for torch.nn.init and PreTrainedModel.init_weights
-        from transformers.initialization import no_init_weights
-    except ImportError:  # older transformers: only the meta device
-        no_init_weights = nullcontext
-    with init_empty_weights(), no_init_weights():
-        yield
-
-
-def build_mllm(llava_cfg: dict[str, Any], clip_cfg: dict[str, Any], vocab_size: int) -> MultimodalLLM:
-    """An empty (meta-device) MultimodalLLM shaped by the LLaVA and CLIP configs."""
-    try:
-        llm_config = llama_config_from(llava_cfg, vocab_size)
-        vision_config = clip_vision_config_from(clip_cfg)
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"model config is incomplete or invalid ({err})") from None
-    with empty_modules():
-        return MultimodalLLM(llm_config, vision_config, int(llava_cfg.get("mm_vision_select_layer", -2)))
-
-
-def build_edit_head(config: EditHeadConfig, state: StateDict, source: str) -> EditHead:
-    with empty_modules():
-        head = EditHead(config)
-    load_into(head, state, source)
-    return head
-
-
-def build_unet(config: dict[str, Any], state: StateDict, source: str) -> UNet2DConditionModel:
-    with empty_modules():
-        unet = UNet2DConditionModel.from_config(_public(config))
-    load_into(unet, state, source)
-    return unet
-
-
-def build_vae(config: dict[str, Any], state: StateDict, source: str) -> AutoencoderKL:
-    with empty_modules():
-        vae = AutoencoderKL.from_config(_public(config))
-    load_into(vae, keys.vae_keys(state), source)
-    return vae
-
-
-def _public(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if not k.startswith("_")}
-
-
-def make_spec(tokenizer: LegacyLlamaTokenizer, llava_cfg: dict[str, Any], mllm: MultimodalLLM,
-              edit_config: EditHeadConfig) -> ModelSpec:
-    use_start_end = bool(llava_cfg.get("mm_use_im_start_end", True))
-    needed = [IM_PATCH] + ([IM_START, IM_END] if use_start_end else [])
-    absent = [t for t in needed if t not in tokenizer.added_tokens]
-    if absent:
-        raise CheckpointError(f"the tokenizer lacks {', '.join(absent)} (added_tokens.json of the LLaVA folder)")
-    vision = mllm.vision_tower.config
-    return ModelSpec(
-        im_patch_token_id=tokenizer.added_tokens[IM_PATCH],
-        im_start_token_id=tokenizer.added_tokens[IM_START] if use_start_end else None,
-        im_end_token_id=tokenizer.added_tokens[IM_END] if use_start_end else None,
-        visual_token_ids=tuple(tokenizer.added_tokens[t] for t in visual_token_names(edit_config.num_visual_tokens)),
-        eos_token_id=tokenizer.eos_token_id,
-        num_image_patches=(vision.image_size // vision.patch_size) ** 2,
-        max_position_embeddings=mllm.llm.config.max_position_embeddings,
-    )
-
-
-def check_compatible(unet: UNet2DConditionModel, vae: AutoencoderKL, edit_config: EditHeadConfig, source: str) -> None:
-    latent = vae.config.latent_channels
-    if unet.config.in_channels != 2 * latent:
-        raise CheckpointError(
-            f"{source}: the UNet takes {unet.config.in_channels} input channels, an InstructPix2Pix UNet needs "
-            f"{2 * latent} (noisy latent + image latent)"
-        )
-    if unet.config.cross_attention_dim != edit_config.output_size:
-        raise CheckpointError(
-            f"{source}: the edit head writes {edit_config.output_size}-wide conditioning, the UNet reads "
-            f"{unet.config.cross_attention_dim}"
-        )
-

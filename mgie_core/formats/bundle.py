@@ -16,15 +16,16 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from ..config import check_recommended_sampling
+from ..devices import DTYPES
+from ..edit_head import EditHeadConfig
+from ..errors import CheckpointError, InputError
+from ..images import ClipImageConfig
+from ..model import MGIEModel
+from ..tokenizer import LegacyLlamaTokenizer
 from .aligned import save_aligned
-from .checkpoint import build_edit_head, build_mllm, build_unet, build_vae, check_compatible, make_spec
-from .config import DTYPES, check_recommended_sampling
-from .edit_head import EditHeadConfig
-from .errors import CheckpointError, InputError
-from .images import ClipImageConfig
 from .keys import clip_vision_keys, split_prefix
-from .model import MGIEModel
-from .tokenizer import LegacyLlamaTokenizer
+from .modules import build_edit_head, build_mllm, build_unet, build_vae, check_compatible, make_spec
 from .weights import StateDict, load_into, read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -163,15 +164,21 @@ def load_bundle(path: str | Path) -> MGIEModel:
         spec=make_spec(tokenizer, llava_cfg, mllm, edit_config), source=str(path),
         info={"format": "bundle", "llava_config": llava_cfg, "clip_config": meta["clip_config"],
               "extra": meta.get("extra", {}), **({"fingerprint": meta["fingerprint"]} if "fingerprint" in meta else {}),
-              **({"sampling": _sampling(meta["sampling"], files[0])} if "sampling" in meta else {})},
+              **({"sampling": _sampling(meta, files[0])} if "sampling" in meta else {})},
     ).eval()
 
 
-def _sampling(sampling: object, file: Path) -> dict[str, float]:
+def _sampling(meta: dict[str, Any], file: Path) -> dict[str, float | int]:
+    """The settings a bundle recommends. A model of the edit world (``extra.world``) made before bundles recorded
+    their working size, such as the shipped mgie-mini (its file is kept as it is), works at the size of the
+    world's pictures, which its VAE records as ``sample_size``."""
     try:
-        return check_recommended_sampling(sampling, f"{file} (bundle metadata 'sampling')")
+        sampling = check_recommended_sampling(meta["sampling"], f"{file} (bundle metadata 'sampling')")
     except InputError as err:
         raise CheckpointError(f"{err}; fix or drop that metadata (convert the model again)") from None
+    if "max_side" not in sampling and "world" in meta.get("extra", {}):
+        sampling["max_side"] = int(meta["vae_config"]["sample_size"])
+    return sampling
 
 
 def _metadata(files: list[Path]) -> dict[str, Any]:

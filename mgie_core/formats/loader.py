@@ -1,20 +1,30 @@
-"""One entry point for every model a user can point at: Apple's folders or an MGIE bundle."""
+"""One entry point for every model a user can point at: Apple's folders, an MGIE bundle, or the embedded mgie-mini."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from .bundle import is_bundle, load_bundle
-from .checkpoint import is_apple_layout, load_apple_checkpoint
-from .errors import CheckpointError
-from .model import MGIEModel
+from ..errors import CheckpointError
+from ..model import MGIEModel
+from .apple import is_apple_layout, load_apple_checkpoint
+from .bundle import load_bundle
 
-DEFAULT_MODEL_ENV = "MGIE_DEFAULT_MODEL"
+logger = logging.getLogger(__name__)
+
+WHERE_WEIGHTS_COME_FROM = (
+    "Apple's MGIE-7B is four folders (LLaVA-7B-v1/, mgie_7b/, instruct-pix2pix/, clip-vit-large-patch14/): "
+    "see the README, 'Getting the weights'"
+)
 
 
 def default_model_path() -> Path:
     """The project's embedded default model (mgie-mini), shipped inside the package."""
-    return Path(__file__).resolve().parent / "assets" / "mgie-mini.safetensors"
+    return Path(__file__).resolve().parents[1] / "assets" / "mgie-mini.safetensors"
+
+
+def is_embedded(path: str | Path | None) -> bool:
+    return path is None or Path(path).expanduser().resolve() == default_model_path()
 
 
 def load_model(
@@ -22,17 +32,13 @@ def load_model(
     vision_tower: str | Path | None = None,
     instruct_pix2pix: str | Path | None = None,
 ) -> MGIEModel:
-    """Load Apple's layout (a root folder) or a bundle (file or folder); ``None`` means the default model."""
-    if path is None:
-        path = default_model_path()
-        if not path.is_file():
-            raise CheckpointError(
-                f"no model given and the embedded default model is missing ({path}); pass --model with Apple's "
-                "MGIE folder or a converted bundle"
-            )
+    """Load Apple's layout (a root folder) or a bundle (file or folder); ``None`` means the embedded mgie-mini."""
+    if is_embedded(path):
+        return _load_embedded()
     path = Path(path).expanduser()
     if not path.exists():
-        raise CheckpointError(f"model not found: {path} (give Apple's MGIE root folder or an MGIE .safetensors bundle)")
+        raise CheckpointError(f"model not found: {path}. Give Apple's MGIE root folder or an MGIE .safetensors "
+                              f"bundle; {WHERE_WEIGHTS_COME_FROM}")
     if path.is_dir() and is_apple_layout(path):
         return load_apple_checkpoint(path, vision_tower=vision_tower, instruct_pix2pix=instruct_pix2pix)
     if path.suffix == ".safetensors" or (path.is_dir() and any(path.glob("*.safetensors"))):
@@ -40,9 +46,18 @@ def load_model(
             raise CheckpointError("--vision-tower only applies to Apple's folders: a bundle carries its vision tower")
         return load_bundle(path)
     raise CheckpointError(
-        f"{path} is neither Apple's MGIE layout (LLaVA-7B-v1/, mgie_7b/, instruct-pix2pix/, the CLIP folder) "
-        "nor an MGIE bundle (.safetensors made by 'python -m mgie_core convert')"
+        f"{path} is neither Apple's MGIE layout nor an MGIE bundle (.safetensors made by 'python -m mgie_core "
+        f"convert'). {WHERE_WEIGHTS_COME_FROM}"
     )
 
 
-__all__ = ["load_model", "default_model_path", "is_bundle"]
+def _load_embedded() -> MGIEModel:
+    path = default_model_path()
+    if not path.is_file():
+        raise CheckpointError(f"no model given and the embedded mgie-mini is missing ({path}); reinstall the pack, "
+                              f"or pass --model with Apple's MGIE folder or a bundle. {WHERE_WEIGHTS_COME_FROM}")
+    model = load_bundle(path)
+    side = model.recommended_sampling.get("max_side")
+    logger.info("mgie-mini (embedded) edits small flat-shape scenes (%s px); photos need Apple's MGIE-7B weights "
+                "(--model; README, 'Getting the weights')", side)
+    return model

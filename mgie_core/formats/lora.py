@@ -15,6 +15,7 @@ Strength 0 leaves the model untouched (bit-identical); an untrained adapter (B =
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from ..errors import CheckpointError, InputError
+from ..model import MGIEModel
 from .aligned import save_aligned, strip_padding
-from .errors import CheckpointError, InputError
-from .model import MGIEModel
+
+logger = logging.getLogger(__name__)
 
 FORMAT, FORMAT_VERSION = "mgie-lora", "1"
 ADAPTER_PARTS = ("unet.", "mllm.llm.")
@@ -95,16 +98,21 @@ def apply_lora(model: MGIEModel, lora: LoraFile | str | Path, strength: float = 
             "Use the model it was trained on"
         )
     if strength == 0:
+        logger.info("LoRA %s at strength 0: the model is unchanged", lora.path)
         return model
     with torch.no_grad():
-        _merge_adapters(model, lora, strength)
+        layers = _merge_adapters(model, lora, strength)
         _blend_full_tensors(model, lora, strength)
     model.info["fingerprint"] = f"{model.fingerprint()}+{Path(lora.path).stem}@{strength:g}"
+    logger.info("applied LoRA %s at strength %g (%d adapted layers, the edit head and the [IMG] rows)",
+                lora.path, strength, layers)
     return model
 
 
-def _merge_adapters(model: MGIEModel, lora: LoraFile, strength: float) -> None:
+def _merge_adapters(model: MGIEModel, lora: LoraFile, strength: float) -> int:
+    """Merge every adapter pair into its layer's weight; returns how many layers changed."""
     roots = {"unet.": model.unet, "mllm.llm.": model.mllm.llm}
+    merged = 0
     for key, down in lora.tensors.items():
         if not key.endswith(".lora_A.weight"):
             continue
@@ -121,6 +129,8 @@ def _merge_adapters(model: MGIEModel, lora: LoraFile, strength: float) -> None:
             raise CheckpointError(f"{lora.path}: {key} has no matching lora_B")
         delta = lora_delta(down, up, weight.shape) * (strength * lora.scale)
         weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
+        merged += 1
+    return merged
 
 
 def lora_delta(down: torch.Tensor, up: torch.Tensor, shape: torch.Size) -> torch.Tensor:

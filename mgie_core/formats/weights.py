@@ -17,8 +17,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..errors import CheckpointError
 from .aligned import strip_padding
-from .errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

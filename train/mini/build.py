@@ -57,12 +57,12 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 
-from mgie_core.aligned import save_aligned
-from mgie_core.bundle import save_bundle
-from mgie_core.cli import resolve_device
+from mgie_core.devices import resolve_device
 from mgie_core.errors import InputError
+from mgie_core.formats.aligned import save_aligned
+from mgie_core.formats.bundle import save_bundle
+from mgie_core.formats.weights import read_state_dict
 from mgie_core.model import MGIEModel
-from mgie_core.weights import read_state_dict
 from train.objective import Batch, Sample, collate, instruction_loss, mgie_loss
 from train.state import load_checkpoint, save_checkpoint
 
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
 def train_leg(args: argparse.Namespace, device: torch.device, work: Path, log: Path, began: float) -> int:
     """``--init``: joint steps ``--start-step`` .. ``--steps`` from a saved bundle, written as a new bundle that
     keeps the old one's VAE, tokenizer and record, and adds this leg to it."""
-    from mgie_core.bundle import load_bundle
+    from mgie_core.formats.bundle import load_bundle
 
     model = load_bundle(args.init).to(device, torch.float32)
     fingerprint = model.fingerprint()  # of the weights the leg starts from
@@ -460,7 +460,7 @@ def _graft(model: MGIEModel, path: str) -> dict:
 def _adapt(model: MGIEModel, args: argparse.Namespace, work: Path, log: Path) -> dict:
     """``--adapt-steps`` of the instruction loss alone on a grafted tower (kept in the work folder, so
     ``--resume`` does not repeat them). Returns what the bundle records."""
-    from mgie_core.bundle import load_bundle
+    from mgie_core.formats.bundle import load_bundle
 
     adapted = work / "adapted.safetensors"
     if args.resume and adapted.is_file():

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from mgie_core import load_model
-from mgie_core.bundle import save_bundle
 from mgie_core.errors import InputError
+from mgie_core.formats.bundle import save_bundle
 
 from .build import edits_at, pictures
 from .twin import load_twin, save_twin

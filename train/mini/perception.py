@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionModel
 
-from mgie_core.aligned import save_aligned
 from mgie_core.errors import CheckpointError
+from mgie_core.formats.aligned import save_aligned
+from mgie_core.formats.weights import read_state_dict
 from mgie_core.images import clip_pixel_values
 from mgie_core.model import clip_vision_config_from
-from mgie_core.weights import read_state_dict
 
 from . import world
 from .model import VISION, clip_image_config

@@ -25,12 +25,12 @@ from safetensors import safe_open
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from mgie_core.aligned import save_aligned
-from mgie_core.bundle import is_bundle
 from mgie_core.errors import CheckpointError, MGIEError
-from mgie_core.loader import load_model
+from mgie_core.formats.aligned import save_aligned
+from mgie_core.formats.bundle import is_bundle
+from mgie_core.formats.loader import load_model
+from mgie_core.formats.weights import read_state_dict
 from mgie_core.tokenizer import LegacyLlamaTokenizer
-from mgie_core.weights import read_state_dict
 from train.objective import diffusion_goal, dropout_masks
 
 from .build import calibrate_scaling, edits_at, parsed_device, pictures, update_ema, warmup_cosine

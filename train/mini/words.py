@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mgie_core.bundle import load_bundle, save_bundle
 from mgie_core.errors import CheckpointError, InputError
+from mgie_core.formats.bundle import load_bundle, save_bundle
 from mgie_core.model import MGIEModel
 from train.objective import conversation_states, instruction_loss, select_from_labels
 
