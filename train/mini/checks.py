@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from mgie_core import DeriveConfig
+from train.objective import conversation_ids
+
 from . import world
 
 GLOBAL_WORDS = {"brighter": ("brighten",), "darker": ("darken",), "warmer": ("warm",), "cooler": ("cool",),
@@ -43,6 +46,21 @@ def expressive_ok(edit: world.Edit, text: str) -> bool:
             except ValueError:
                 return False
     return True
+
+
+def unsayable(model, edit: world.Edit, n: int = DeriveConfig.no_repeat_ngram_size) -> bool:
+    """True when derivation's n-gram ban (MGIE.md §2.5: no n tokens of prompt or answer twice) forbids the
+    true expressive instruction, so no model can derive it: one of its n-grams of tokens came before."""
+    if n < 1:
+        return False  # no ban
+    ids, start = conversation_ids(model, edit.instruction, edit.expressive)
+    seen = {tuple(ids[i : i + n]) for i in range(start - n + 1)}
+    for end in range(start + 1, len(ids) + 1):
+        gram = tuple(ids[end - n : end])
+        if gram in seen:
+            return True
+        seen.add(gram)
+    return False
 
 
 @dataclass(frozen=True)

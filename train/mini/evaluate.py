@@ -1,6 +1,7 @@
 """Measure mgie-mini (and its InstructPix2Pix twin) on held-out scenes of the edit world.
 
     python -m train.mini.evaluate [--model PATH] [--twin PATH] [--count 200] [--seed 12345] [--family ambiguous]
+        [--guidance-scale 2] [--given-expressive] [--json FILE] [--against FILE.json[:COLUMN]] [--grid FILE.png]
 
 Prints, per instruction family (ambiguous ones also per kind): (a) expressive-instruction accuracy,
 (b) edit success (train/mini/checks.py), and the ceiling of (b): the success of the model's own VAE
@@ -20,6 +21,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +68,9 @@ def evaluate_mgie(model, edits: list[world.Edit], config: SampleConfig, seed: in
     return results
 
 
-def evaluate_twin(twin, edits: list[world.Edit], config: SampleConfig, seed: int, texts: list[str] | None = None,
-                  batch: int = 25) -> list[Result]:
-    """Edit with a twin, conditioned on the brief instructions or on ``texts`` (derived expressive ones)."""
-    texts = texts or [e.instruction for e in edits]
+def evaluate_twin(twin, edits: list[world.Edit], config: SampleConfig, seed: int, batch: int = 25) -> list[Result]:
+    """Edit with a twin, conditioned on the brief instructions."""
+    texts = [e.instruction for e in edits]
     results = []
     for start in range(0, len(edits), batch):
         chunk, words = edits[start : start + batch], texts[start : start + batch]
@@ -204,8 +205,7 @@ def _ambiguous_kind(text: str) -> str:
 
 
 COLUMNS = {"given_expressive": "edit success (MGIE-mini, true expressive given)",
-           "ip2p_twin": "edit success (IP2P twin)", "expi_twin": "edit success (ExpI twin, on MGIE-mini's words)",
-           "vae_ceiling": "ceiling (VAE round trip)"}
+           "ip2p_twin": "edit success (IP2P twin)", "vae_ceiling": "ceiling (VAE round trip)"}
 
 
 def format_table(rows: dict, others: dict[str, dict | None], labels: dict[str, str] | None = None) -> str:
@@ -246,27 +246,71 @@ def draw_grid(results: list[Result], path: Path, per_family: int = 2) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="an MGIE model (default: the embedded mgie-mini)")
     parser.add_argument("--twin", help="an InstructPix2Pix twin made by train.mini.twin, to compare")
-    parser.add_argument("--expi-twin", help="a twin trained with --text expressive; it edits with MGIE-mini's derived words")
     parser.add_argument("--given-expressive", action="store_true",
                         help="also edit with the true expressive instruction teacher-forced (MLLM perception factored out)")
-    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--count", type=int, default=200, help="held-out scenes (default: %(default)s)")
     parser.add_argument("--family", action="append", choices=world.FAMILIES,
                         help="only this family's scenes (repeat for several; default: all, in turn)")
-    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
-    parser.add_argument("--steps", type=int, default=SampleConfig.num_inference_steps)
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="the scenes' seed (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=SampleConfig.num_inference_steps, help="default: %(default)s")
     parser.add_argument("--guidance-scale", type=float, default=SampleConfig.guidance_scale,
-                        help="text (imagination) guidance; the paper's 7.5 by default")
-    parser.add_argument("--image-guidance-scale", type=float, default=SampleConfig.image_guidance_scale)
+                        help="text (imagination) guidance (default: the paper's %(default)s; mgie-mini recommends 2)")
+    parser.add_argument("--image-guidance-scale", type=float, default=SampleConfig.image_guidance_scale,
+                        help="default: %(default)s")
     parser.add_argument("--grid", help="write a picture grid here (.png)")
     parser.add_argument("--json", help="write the figures here (with each scene's outcome)")
     parser.add_argument("--against", metavar="FILE.json[:COLUMN]",
                         help="pair MGIE-mini scene by scene with a column of an earlier --json run of the same scenes "
                              "(default column mgie_mini; ip2p_twin, given_expressive, ...)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, edits: list[world.Edit], config: SampleConfig,
+        earlier: list[Result] | None) -> tuple[dict, list[Result]]:
+    """Every column the arguments ask for, on ``edits``: (the figures, MGIE-mini's results)."""
+    model = load_model(args.model)
+    results = evaluate_mgie(model, edits, config, args.seed)
+    columns: dict[str, list[Result]] = {}
+    if args.given_expressive:
+        columns["given_expressive"] = evaluate_mgie(model, edits, config, args.seed, given_expressive=True)
+    if args.twin:
+        columns["ip2p_twin"] = evaluate_twin(load_twin(args.twin), edits, config, args.seed)
+    columns["vae_ceiling"] = evaluate_ceiling(model.vae, edits)
+    figures = {"mgie_mini": table(results), **dict.fromkeys(COLUMNS),
+               **{name: table(rs) for name, rs in columns.items()},
+               "paired_ip2p_twin": paired(results, columns["ip2p_twin"]) if args.twin else None,
+               "model": _shown(model.source), "derived": [r.expressive for r in results],
+               "outcomes": {"mgie_mini": outcomes(results), "expressive_ok": outcomes(results, "expressive_ok"),
+                            **{name: outcomes(rs) for name, rs in columns.items()}}}
+    if earlier:
+        figures["against"] = {"file": args.against, "table": table(earlier), **paired(results, earlier)}
+    return figures, results
+
+
+def report(figures: dict, settings: dict, config: SampleConfig) -> str:
+    """The figures as the command prints them: the table, then each scene-by-scene pairing."""
+    families = ", ".join(settings["families"])
+    others = {name: figures[name] for name in COLUMNS}
+    labels = {}
+    if "against" in figures:
+        others["against"], labels["against"] = figures["against"]["table"], f"edit success ({figures['against']['file']})"
+    lines = [f"held-out scenes: {settings['count']} (seed {settings['seed']}; {families}), sampler: {config.scheduler}, "
+             f"{settings['steps']} steps, guidance {config.guidance_scale} (text) / {config.image_guidance_scale} (image)",
+             format_table(figures["mgie_mini"], others, labels)]
+    if figures["paired_ip2p_twin"]:
+        lines += ["scene by scene against the IP2P twin:", format_paired(figures["paired_ip2p_twin"], "MGIE-mini", "IP2P twin")]
+    if "against" in figures:
+        pairing = {k: v for k, v in figures["against"].items() if k not in ("file", "table")}
+        lines += [f"scene by scene against {figures['against']['file']}:", format_paired(pairing, "MGIE-mini", "it")]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     edits = world.edits(args.seed, args.count, tuple(args.family or world.FAMILIES))
@@ -278,46 +322,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         earlier = stored(edits, args.against, settings) if args.against else None
     except InputError as err:
-        parser.error(str(err))
-    model = load_model(args.model)
-    results = evaluate_mgie(model, edits, config, args.seed)
-    rows = table(results)
-    others = dict.fromkeys(COLUMNS)
-    kept = {"mgie_mini": outcomes(results), "expressive_ok": outcomes(results, "expressive_ok")}
-    if args.given_expressive:
-        given = evaluate_mgie(model, edits, config, args.seed, given_expressive=True)
-        others["given_expressive"], kept["given_expressive"] = table(given), outcomes(given)
-    head_to_head = None
-    if args.twin:
-        twin_results = evaluate_twin(load_twin(args.twin), edits, config, args.seed)
-        others["ip2p_twin"], kept["ip2p_twin"] = table(twin_results), outcomes(twin_results)
-        head_to_head = paired(results, twin_results)
-    if args.expi_twin:
-        derived = [r.expressive for r in results]
-        expi = evaluate_twin(load_twin(args.expi_twin), edits, config, args.seed, derived)
-        others["expi_twin"], kept["expi_twin"] = table(expi), outcomes(expi)
-    ceiling = evaluate_ceiling(model.vae, edits)
-    others["vae_ceiling"], kept["vae_ceiling"] = table(ceiling), outcomes(ceiling)
-    against = paired(results, earlier) if earlier else None
-    families = ", ".join(args.family or ["every family"])
-    print(f"held-out scenes: {args.count} (seed {args.seed}; {families}), sampler: {config.scheduler}, {args.steps} steps, "
-          f"guidance {config.guidance_scale} (text) / {config.image_guidance_scale} (image)")
-    print(format_table(rows, others))
-    if head_to_head:
-        print("scene by scene against the IP2P twin:")
-        print(format_paired(head_to_head, "MGIE-mini", "IP2P twin"))
-    if against:
-        print(f"scene by scene against {args.against}:")
-        print(format_paired(against, "MGIE-mini", "earlier"))
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    figures, results = run(args, edits, config, earlier)
+    print(report(figures, settings, config))
     if args.grid:
         print("grid:", draw_grid(results, Path(args.grid)))
     if args.json:
-        figures = {"mgie_mini": rows, **others, "paired_ip2p_twin": head_to_head, **settings,
-                   "model": _shown(model.source), "derived": [r.expressive for r in results], "outcomes": kept}
-        if against:
-            figures["paired_against"] = {"file": args.against, **against}
         with atomic_write(args.json) as handle:
-            handle.write(json.dumps(figures, indent=2).encode())
+            handle.write(json.dumps({**figures, **settings}, indent=2).encode())
     return 0
 
 

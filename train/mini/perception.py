@@ -1,33 +1,25 @@
 """mgie-mini's stand-in for CLIP's pretraining: its vision tower learns to see every object before the MLLM does.
 
-    python -m train.mini.perception --out runs/perception-8pos.safetensors --position [--patch-size 8] [--steps 3000]
-    python -m train.mini.perception --probe MODEL [--steps 1000] [--position]   # what a model's frozen tower sees
-
 MGIE's vision tower is CLIP ViT-L/14, pretrained on 400M pictures and frozen (MGIE.md); mgie-mini's is a
-4-layer ViT trained from scratch. Trained only through the instruction and diffusion losses, that tower
-learns colour and size but hardly shape: a linear readout of v14's patch features (``--probe``) names an
-object's colour 99% of the time and its shape 30% (small ones 17%), and most of v14's derivation misses
-are an object of the wrong shape. Here the tower learns what each point of the scene holds instead: at
-every object's centre its shape, colour and size, at every empty cell of the 3x3 grid "nothing", each a
-linear readout of the features the projector reads (layer ``mm_vision_select_layer``). With 8 px patches
-it sees shape within minutes (3,000 steps, 12 minutes here: 99.7% of held-out objects' shapes, every
-small one's); the build then freezes it, as LLaVA and MGIE freeze CLIP (``build --vision-tower``).
-Those readouts wash out where an object is (v16's tower keeps its column for a probe 44% of the time, chance
-33%, and v16 named "the leftmost shape" in 38% of validation scenes); ``--position`` also reads each object's
-column and row of the grid, and v17's tower, trained so, lifted leftmost to 95%.
+4-layer ViT trained from scratch. Trained only through the instruction and diffusion losses, such a tower
+learns colour and size but hardly shape. Here it learns what each point of the scene holds instead: at every
+object's centre its shape, colour and size, and (``position``) its column and row of the grid, at every empty
+cell "nothing", each a linear readout of the patch features the projector reads (``mm_vision_select_layer``).
+With 8 px patches it sees all of that within 3,000 steps; the recipe then grafts it into the MLLM, frozen, as
+LLaVA and MGIE freeze CLIP.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
-import logging
 import random
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 from transformers import CLIPVisionModel
 
@@ -35,10 +27,11 @@ from mgie_core.errors import CheckpointError
 from mgie_core.formats.aligned import save_aligned
 from mgie_core.formats.weights import read_state_dict
 from mgie_core.images import clip_pixel_values
-from mgie_core.model import clip_vision_config_from
+from mgie_core.model import MGIEModel, clip_vision_config_from
 
 from . import world
 from .model import VISION, clip_image_config
+from .schedule import warmup_cosine
 
 COLOURS = list(world.COLOURS)
 NOTHING = len(world.SHAPES)  # the shape class of an empty cell
@@ -132,18 +125,14 @@ def accuracy(tower, readout, count: int = 500, select_layer: int = -2) -> dict[s
 
 
 def train_perception(tower: CLIPVisionModel, steps: int, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                     log: Path | None = None, train_tower: bool = True, select_layer: int = -2,
-                     position: bool = False) -> Readout:
-    """Train ``tower`` (and a readout) on what each point of a scene holds (with ``position``, where it is too);
-    returns the readout, tower frozen. ``train_tower=False`` trains the readout alone: a linear probe of what a
-    tower already sees."""
-    from .build import warmup_cosine  # build.py imports this module
-
+                     log: Path | None = None, select_layer: int = -2, position: bool = False) -> Readout:
+    """Train ``tower`` and a readout on what each point of a scene holds (with ``position``, where it is too);
+    returns the readout, the tower frozen."""
     readout = Readout(tower.config.hidden_size, position).to(tower.device)
-    params = list(readout.parameters()) + (list(tower.parameters()) if train_tower else [])
+    params = list(readout.parameters()) + list(tower.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
-    tower.train(train_tower).requires_grad_(train_tower)
+    tower.train().requires_grad_(True)
     rng, began = random.Random(seed), time.time()
     for step in range(steps):
         parts = losses(tower, readout, *scene_batch(rng, batch_size), select_layer)
@@ -171,77 +160,24 @@ def save_tower(tower: CLIPVisionModel, patch_size: int, out: Path, record: dict)
 def load_tower(path: str | Path) -> tuple[CLIPVisionModel, dict, dict]:
     """A tower written by :func:`save_tower`, its CLIP config (the patch size the bundle must record) and
     its record (how it was trained, its accuracy)."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no perception tower at {path.resolve()}; make one with python -m train.mini.perception")
+        raise CheckpointError(f"no perception tower at {path.resolve()}; the recipe makes one (python -m train.mini.recipe)")
     try:
         with safe_open(str(path), "pt") as handle:
             meta = handle.metadata() or {}
         config, record = json.loads(meta["clip_config"]), json.loads(meta.get("record", "{}"))
     except (KeyError, ValueError, OSError) as err:
-        raise CheckpointError(f"{path} is not a perception tower written by train.mini.perception ({err})") from None
+        raise CheckpointError(f"{path} is not a perception tower written by the recipe ({err})") from None
     tower = CLIPVisionModel(clip_vision_config_from(config))
     tower.load_state_dict(read_state_dict(path))
     return tower.eval().requires_grad_(False), config, record
 
 
-def graft(model, tower: CLIPVisionModel, config: dict) -> None:
+def graft(model: MGIEModel, tower: CLIPVisionModel, config: dict) -> None:
     """Put a perception ``tower`` into ``model``'s MLLM (frozen), with what the bundle and the prompt follow:
     its CLIP config and the number of ``<im_patch>`` tokens (64 for 8 px patches of a 64 px picture)."""
-    import dataclasses
-
     model.mllm.vision_tower = tower.to(model.mllm.device, model.mllm.dtype).eval().requires_grad_(False)
     model.mllm.train_vision_tower = False
     model.info["clip_config"] = dict(config)
     model.spec = dataclasses.replace(model.spec, num_image_patches=(config["image_size"] // config["patch_size"]) ** 2)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", help="the tower, a .safetensors file")
-    parser.add_argument("--probe", metavar="MODEL", help="instead: how well a linear readout reads shape, colour and "
-                                                          "size from an MGIE model's frozen vision tower")
-    parser.add_argument("--patch-size", type=int, default=8, choices=(4, 8, 16, 32))
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--position", action="store_true", help="read each object's column and row of the grid too "
-                                                                 "(\"the leftmost shape\" needs where, not only what)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda; every random draw stays on the CPU either way")
-    args = parser.parse_args(argv)
-    if bool(args.out) == bool(args.probe):
-        parser.error("give --out (train a tower) or --probe MODEL (measure one), not both")
-    from .build import parsed_device  # build.py imports this module
-
-    device = parsed_device(parser, args.device)
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    if args.probe:
-        from mgie_core import load_model
-
-        mllm = load_model(args.probe).to(device, torch.float32).mllm
-        readout = train_perception(mllm.vision_tower, args.steps, args.batch_size, args.lr, args.seed, train_tower=False,
-                                   select_layer=mllm.vision_select_layer, position=args.position)
-        print(json.dumps({"probe": args.probe, "steps": args.steps,
-                          "accuracy": accuracy(mllm.vision_tower, readout, select_layer=mllm.vision_select_layer)}))
-        return 0
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)  # its log is written beside it while it trains
-    log = out.with_suffix(".log.jsonl")
-    began = time.time()
-    tower = new_tower(args.patch_size, args.seed).to(device)
-    readout = train_perception(tower, args.steps, args.batch_size, args.lr, args.seed, log, position=args.position)
-    found = accuracy(tower, readout)
-    record = {"trained_by": "python -m train.mini.perception", "steps": args.steps, "batch_size": args.batch_size,
-              "lr": args.lr, "seed": args.seed, "position": args.position, "device": args.device,
-              "minutes": round((time.time() - began) / 60, 1), "accuracy": found}
-    save_tower(tower.to("cpu"), args.patch_size, out, record)
-    print(json.dumps(record))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,9 +16,11 @@ import torch
 from mgie_core import DeriveConfig, MGIEPipeline, SampleConfig, default_model_path, load_model
 from mgie_core.devices import DTYPES
 from train.mini import world
-from train.mini.build import train_ip2p, train_joint, train_vae
 from train.mini.evaluate import HELD_OUT_SEED
+from train.mini.joint import train_joint
 from train.mini.model import build_mini
+from train.mini.twin import train_ip2p
+from train.mini.vae import train_vae
 
 pytestmark = pytest.mark.gpu
 
@@ -28,20 +30,20 @@ def _first_logged(path) -> dict:
 
 
 @pytest.mark.parametrize("stage", ["vae", "ip2p", "joint"])
-def test_a_mini_build_stage_computes_the_same_first_loss_on_cuda(tmp_path, stage):
+def test_a_recipe_stage_computes_the_same_first_loss_on_cuda(tmp_path, stage):
     """Same init, same data, same noise: the first step's loss on CUDA is the CPU's (TF32 convolutions aside)."""
     losses = {}
     for device in ("cpu", "cuda"):
         model = build_mini(0).to(device)
         log = tmp_path / f"{device}.jsonl"
         if stage == "vae":
-            train_vae(model, steps=1, batch_size=8, seed=0, log=log)
+            train_vae(model.vae, steps=1, batch_size=8, seed=0, log=log)
             losses[device] = _first_logged(log)["l1_of_255"]
         elif stage == "ip2p":
             train_ip2p(model, steps=1, batch_size=8, lr=5e-4, seed=0, log=log)  # brings its text encoder along
             losses[device] = _first_logged(log)["loss_edit"]
         else:
-            train_joint(model, steps=1, batch_size=4, lr=5e-4, seed=0, work=tmp_path / device, log=log, resume=False)
+            train_joint(model, steps=1, batch_size=4, lr=5e-4, seed=0, work=tmp_path / device, log=log)
             row = _first_logged(log)
             losses[device] = row["loss_ins"] + row["loss_edit"]
         assert all(p.device.type == device for p in model.unet.parameters())
