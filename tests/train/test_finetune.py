@@ -20,7 +20,7 @@ from train.config import TrainConfig, config_from_args
 from train.data import read_triplets
 from train.loop import train, write_lora
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DERIVE, SAMPLE = DeriveConfig(max_new_tokens=40), SampleConfig(num_inference_steps=4)
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from mgie_core.cli import main
 from mgie_core.images import load_image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--steps", "3", "--max-new-tokens", "40", "--quiet"]
 
 
