@@ -24,7 +24,9 @@ class MGIELoader(io.ComfyNode):
                         "instruct-pix2pix/, clip-vit-large-patch14/) or a .safetensors bundle.",
             inputs=[
                 io.Combo.Input("model", options=list_models(),
-                               tooltip="Folders and .safetensors bundles found in ComfyUI/models/mgie."),
+                               tooltip="Folders and .safetensors bundles found in ComfyUI/models/mgie. mgie-mini "
+                                       "(embedded) is a small MGIE trained on flat-shape scenes: it runs anywhere "
+                                       "but does not edit photos; photos need Apple's MGIE-7B weights."),
                 io.Combo.Input("precision", options=PRECISIONS, default="auto",
                                tooltip="auto: fp16 on a GPU (as Apple's demo), fp32 on the CPU."),
                 io.Combo.Input("residency", options=RESIDENCY, default="auto",
@@ -42,7 +44,8 @@ class MGIELoader(io.ComfyNode):
     def execute(cls, model: str, precision: str = "auto", residency: str = "auto", lora: str = NO_LORA,
                 lora_strength: float = 1.0) -> io.NodeOutput:
         if model == NONE_FOUND:
-            raise InputError("no MGIE model found: put Apple's MGIE folder or a .safetensors bundle in ComfyUI/models/mgie")
+            raise InputError("no MGIE model found: put Apple's MGIE folder or a .safetensors bundle in ComfyUI/models/mgie "
+                             "(README, 'Getting the weights')")
         if precision not in PRECISIONS or residency not in RESIDENCY:
             raise InputError(f"precision must be one of {PRECISIONS} and residency one of {RESIDENCY}")
         handle = make_handle(model, precision, residency == "sequential", lora, lora_strength)

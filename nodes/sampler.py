@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..mgie_core import Imagination
 from .stages import from_conditioning, run_sample
 from .types import MGIEModel
-from .widgets import sample_config, sampling_inputs
+from .widgets import sample_config, sampling_inputs, settings_text
 
 
 class MGIESampler(io.ComfyNode):
@@ -26,8 +26,9 @@ class MGIESampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, mgie_model, image, positive, negative, seed: int, steps: int, guidance_scale: float,
-                image_guidance_scale: float, scheduler: str, max_side: int = 1024) -> io.NodeOutput:
-        config = sample_config(steps, guidance_scale, image_guidance_scale, scheduler, max_side)
+                image_guidance_scale: float, scheduler: str, max_side: int = 0) -> io.NodeOutput:
+        recommended = mgie_model.model.recommended_sampling
+        config = sample_config(recommended, steps, guidance_scale, image_guidance_scale, scheduler, max_side)
         imagination = Imagination(from_conditioning(positive, "positive"), from_conditioning(negative, "negative"))
         images, latent = run_sample(mgie_model, image, imagination, seed, config)
-        return io.NodeOutput(images, latent)
+        return io.NodeOutput(images, latent, ui=ui.PreviewText(settings_text(config)))

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..mgie_core import DEFAULT_SEED, SCHEDULER_NAMES, DeriveConfig, InputError, SampleConfig
+from ..mgie_core import DEFAULT_SEED, SCHEDULER_NAMES, DeriveConfig, InputError, SampleConfig, SettingError
+from ..mgie_core.config import sample_config_for
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
+MODEL_DEFAULT = 0  # guidance and max_side widgets at 0 take what the loaded model recommends
+WIDGETS = {"num_inference_steps": "steps"}  # config fields whose widget has another name
 
 
 def instruction_input() -> io.String.Input:
@@ -33,22 +36,36 @@ def sampling_inputs() -> list:
                      tooltip="Noise seed; noise is drawn on the CPU so a seed gives the same image on every GPU."),
         io.Int.Input("steps", default=d.num_inference_steps, min=1, max=1000,
                      tooltip="Denoising steps (the paper uses 100)."),
-        io.Float.Input("guidance_scale", default=d.guidance_scale, min=0.0, max=30.0, step=0.1,
-                       tooltip="Text (imagination) guidance: higher follows the edit more strongly "
-                               "(paper, for MGIE-7B: 7.5; mgie-mini edits best at 2)."),
-        io.Float.Input("image_guidance_scale", default=d.image_guidance_scale, min=0.0, max=10.0, step=0.05,
-                       tooltip="Image guidance: higher stays closer to the input image (paper and mgie-mini: 1.5)."),
+        io.Float.Input("guidance_scale", default=MODEL_DEFAULT, min=0.0, max=30.0, step=0.1,
+                       tooltip="Text (imagination) guidance: higher follows the edit more strongly. 0: what the "
+                               f"model recommends (MGIE-7B: the paper's {d.guidance_scale}; mgie-mini: 2). "
+                               "Values up to 1 turn guidance off."),
+        io.Float.Input("image_guidance_scale", default=MODEL_DEFAULT, min=0.0, max=10.0, step=0.05,
+                       tooltip="Image guidance: higher stays closer to the input image. 0: what the model "
+                               f"recommends (MGIE-7B and mgie-mini: {d.image_guidance_scale})."),
         io.Combo.Input("scheduler", options=list(SCHEDULER_NAMES), default=d.scheduler,
                        tooltip="Sampler. euler_ancestral is what MGIE was released with."),
-        io.Int.Input("max_side", default=d.max_side, min=0, max=8192, step=8,
-                     tooltip="Images whose longer side exceeds this are scaled down first (0: no limit); "
-                             "sides are rounded down to multiples of 8."),
+        io.Int.Input("max_side", default=MODEL_DEFAULT, min=0, max=16384, step=8,
+                     tooltip="Images whose longer side exceeds this are scaled down first; sides are rounded down "
+                             "to multiples of 8. 0: the model's working size (mgie-mini: 64 px, it edits small "
+                             f"flat-shape scenes; MGIE-7B: {d.max_side} px)."),
     ]
 
 
-def sample_config(steps: int, guidance_scale: float, image_guidance_scale: float, scheduler: str,
+def sample_config(recommended: dict, steps: int, guidance_scale: float, image_guidance_scale: float, scheduler: str,
                   max_side: int) -> SampleConfig:
+    """The widgets' values as a SampleConfig; a guidance or max_side widget at 0 takes the model's ``recommended``."""
     if scheduler not in SCHEDULER_NAMES:  # ComfyUI does not validate V3 combo values
         raise InputError(f"scheduler {scheduler!r} is unknown; choose one of {', '.join(SCHEDULER_NAMES)}")
-    return SampleConfig(num_inference_steps=steps, guidance_scale=guidance_scale,
-                        image_guidance_scale=image_guidance_scale, scheduler=scheduler, max_side=max_side)
+    chosen = {"guidance_scale": guidance_scale, "image_guidance_scale": image_guidance_scale, "max_side": max_side}
+    try:
+        return sample_config_for(recommended, num_inference_steps=steps, scheduler=scheduler,
+                                 **{k: None if v == MODEL_DEFAULT else v for k, v in chosen.items()})
+    except SettingError as err:
+        raise err.named(WIDGETS) from None
+
+
+def settings_text(config: SampleConfig) -> str:
+    """What the sampler used, shown on the node (widgets at 0 show here as the model's values)."""
+    return (f"guidance {config.guidance_scale:g} (text) / {config.image_guidance_scale:g} (image), "
+            f"images up to {config.max_side or 'any'} px.")

@@ -16,9 +16,9 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parents[1] / "workflows"
 MODEL = "mgie-mini (embedded)"
 LOADER = [MODEL, "auto", "auto", "none", 1.0]  # model, precision, residency, lora, lora_strength
-# seed, control, steps, scales, scheduler, max_side: the workflows run mgie-mini, so its recommended 2 / 1.5
-# (MGIE-7B: the paper's 7.5 / 1.5)
-SAMPLING = [13331, "fixed", 100, 2.0, 1.5, "euler_ancestral", 1024]
+# seed, control, steps, scales, scheduler, max_side: the scales and max_side at 0 take what the loaded model
+# recommends (mgie-mini: 2 / 1.5 and 64 px; MGIE-7B: the paper's 7.5 / 1.5 and 1024 px)
+SAMPLING = [13331, "fixed", 100, 0, 0, "euler_ancestral", 0]
 
 # node type -> (socket inputs [(name, type, optional)], outputs [(name, type)], size)
 NODE_IO = {

@@ -57,8 +57,9 @@ def test_schemas(comfy):
         assert all(w.tooltip for w in schema.widget_order()), node_id
     sampler = {i.id: i for i in nodes["MGIESampler"].define_schema().inputs}
     assert sampler["seed"].default == 13331 and sampler["seed"].extra["control_after_generate"]
-    assert (sampler["steps"].default, sampler["guidance_scale"].default, sampler["image_guidance_scale"].default) == (
-        defaults.num_inference_steps, defaults.guidance_scale, defaults.image_guidance_scale)
+    assert sampler["steps"].default == defaults.num_inference_steps
+    # 0: what the loaded model recommends (the paper's values for Apple's MGIE)
+    assert sampler["guidance_scale"].default == sampler["image_guidance_scale"].default == sampler["max_side"].default == 0
     assert sampler["scheduler"].default == "euler_ancestral" and "dpmpp_2m" in sampler["scheduler"].extra["options"]
     assert [o.io_type for o in nodes["MGIESampler"].define_schema().outputs] == ["IMAGE", "LATENT"]
     assert [o.io_type for o in nodes["MGIEVisualImagination"].define_schema().outputs] == ["CONDITIONING"] * 2
@@ -174,6 +175,25 @@ def test_errors_a_user_can_act_on(comfy):
     with pytest.raises(ValueError, match="too small"):
         nodes["MGIEEdit"].execute(mgie_model=handle, image=comfy_image((1, 1)), instruction="x", seed=0, steps=2,
                                   guidance_scale=7.5, image_guidance_scale=1.5, scheduler="euler", max_side=0)
+
+
+def test_sampling_widgets_at_zero_take_what_the_model_recommends(comfy):
+    nodes = comfy[0]
+    handle = load(nodes)
+    cond = [[torch.randn(1, 77, 32), {}]]
+    args = dict(mgie_model=handle, image=comfy_image((40, 32)), positive=cond, negative=cond, seed=0, steps=2,
+                scheduler="euler", guidance_scale=0, image_guidance_scale=0, max_side=0)
+    out = nodes["MGIESampler"].execute(**args)  # Apple's layout recommends nothing: the paper's values
+    assert out.ui["text"] == ("guidance 7.5 (text) / 1.5 (image), images up to 1024 px.",)
+    handle.model.info["sampling"] = {"guidance_scale": 2.0, "image_guidance_scale": 1.2, "max_side": 16}
+    out = nodes["MGIESampler"].execute(**args)  # as a bundle that recommends settings (mgie-mini: 2 / 1.5, 64 px)
+    assert out.ui["text"] == ("guidance 2 (text) / 1.2 (image), images up to 16 px.",)
+    same = nodes["MGIESampler"].execute(**args | dict(guidance_scale=2.0, image_guidance_scale=1.2, max_side=16))
+    assert out.values[0].shape == (1, 12, 16, 3) and torch.equal(out.values[0], same.values[0])
+    chosen = nodes["MGIESampler"].execute(**args | dict(guidance_scale=3.0, max_side=1024))  # a set widget wins
+    assert chosen.ui["text"] == ("guidance 3 (text) / 1.2 (image), images up to 1024 px.",)
+    with pytest.raises(ValueError, match="^steps must be an integer from 1 to 1000, got 0$"):  # named as on the node
+        nodes["MGIESampler"].execute(**args | dict(steps=0))
 
 
 def test_conditioning_from_other_nodes_is_accepted(comfy):
