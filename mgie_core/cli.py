@@ -75,7 +75,8 @@ def _add_edit(edit: argparse.ArgumentParser) -> None:
                       help="precision (default: fp16 on CUDA, fp32 elsewhere)")
     edit.add_argument("--vision-tower", help="CLIP folder (default: found from the LLaVA config; Apple's folders only)")
     edit.add_argument("--save-intermediates", metavar="FILE.npz",
-                      help="also save token ids, visual tokens, (null) imagination and the expressive instruction")
+                      help="also save token ids, visual tokens, (null) imagination and the expressive instruction "
+                           "(default: not saved)")
     edit.add_argument("--quiet", action="store_true", help="no progress bars and no log lines")
 
 

@@ -1,87 +1,122 @@
 """Training configuration: one frozen dataclass, from the command line or a JSON file (``--config``).
 
-Defaults follow the paper where it has one (loss weight 0.5, conditioning dropout 0.05) and
-common LoRA practice otherwise. The resolved config is saved beside every checkpoint.
+Defaults follow the paper where it has one (loss weight 0.5, conditioning dropout 0.05) and common LoRA
+practice otherwise. The image sizes and gradient accumulation default to the model's: a model that
+recommends a working size (mgie-mini: 64 px) trains at it, one step at a time; Apple's MGIE-7B at the
+reference's 256 px (512 for the CLIP crop), accumulating 4 micro-batches. The resolved config is saved
+beside every checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from mgie_core.errors import InputError
+from mgie_core.model import MGIEModel
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+# MGIE-7B's reference sizes, for a model that recommends no working size of its own
+REFERENCE = {"resolution": 256, "clip_resolution": 512, "gradient_accumulation": 4}
+FROM_MODEL = tuple(REFERENCE)
+
+
+def option(default: Any, help: str) -> Any:  # noqa: A002 - argparse's name
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str | None = None  # Apple's folder or a bundle; None = the embedded mgie-mini
-    data: str = ""  # a .jsonl manifest or a folder (input/, target/, NAME.txt)
-    output: str = ""
-    max_steps: int = 500  # optimizer steps
-    batch_size: int = 1
-    gradient_accumulation: int = 4
-    learning_rate: float = 1e-4
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    lora_rank: int = 16
-    lora_alpha: float = 16.0
-    lora_unet_convs: bool = False  # also adapt the UNet's ResNet convolutions
-    lora_llm: bool = True  # adapt the LLM's attention projections
-    resolution: int = 256  # diffusion side (the reference trains at 256); the CLIP side follows the model
-    clip_resolution: int = 512  # square crop size before the CLIP processor, as the reference
-    edit_loss_weight: float = 0.5  # L = L_ins + 0.5 * L_edit (MGIE)
-    condition_dropout: float = 0.05  # reference: 0.10 null text, 0.10 no image, 0.05 both
-    seed: int = 0
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = True
-    save_every: int = 100
-    sample_every: int = 100
-    sample_steps: int = 20
-    resume: str | None = None  # a checkpoint folder, or "latest"
-    device: str = "auto"
-    strict: bool = False  # bad samples are fatal instead of skipped
-    max_new_tokens: int = 96  # for deriving missing expressive instructions
+    model: str | None = option(None, "Apple's MGIE root folder or an MGIE bundle (default: the embedded mgie-mini)")
+    data: str = option("", "a .jsonl manifest, or a folder of input/NAME.png, target/NAME.png and NAME.txt (required)")
+    output: str = option("", "the folder for lora.safetensors, checkpoints, samples and losses (required)")
+    max_steps: int = option(500, "optimizer steps")
+    batch_size: int = option(1, "samples per micro-batch")
+    gradient_accumulation: int | None = option(
+        None, "micro-batches per optimizer step (default: 1 for a model with a working size, such as mgie-mini; "
+              "4 for MGIE-7B)")
+    learning_rate: float = option(1e-4, "peak learning rate (AdamW)")
+    warmup_steps: int = option(20, "steps of linear warmup to the peak rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    lora_rank: int = option(16, "LoRA rank")
+    lora_alpha: float = option(16.0, "LoRA alpha (the adapters are scaled by alpha / rank)")
+    lora_unet_convs: bool = option(False, "also adapt the UNet's ResNet convolutions")
+    lora_llm: bool = option(True, "adapt the LLM's attention projections")
+    resolution: int | None = option(
+        None, "side of the pictures the UNet trains on, a multiple of 8 (default: the model's working size, "
+              "mgie-mini 64; MGIE-7B the reference's 256)")
+    clip_resolution: int | None = option(
+        None, "square crop the CLIP processor then sees (default: the model's working size; MGIE-7B 512, as the "
+              "reference)")
+    edit_loss_weight: float = option(0.5, "L = L_ins + weight x L_edit (the paper's 0.5)")
+    condition_dropout: float = option(0.05, "p of dropping both conditions (the reference: 2p drop the text, 2p the "
+                                            "image, p both)")
+    seed: int = option(0, "seed of the adapters' initialisation, the data order and the noise")
+    mixed_precision: str = option("no", "no, fp16 (GPU only) or bf16: the frozen base's precision and autocast")
+    gradient_checkpointing: bool = option(True, "recompute activations in the backward pass (less memory, slower)")
+    save_every: int = option(100, "write a checkpoint every this many steps (and at the end)")
+    sample_every: int = option(100, "edit the first training input every this many steps (and at the end)")
+    sample_steps: int = option(20, "denoising steps of those sample edits")
+    resume: str | None = option(None, "a checkpoint folder, or 'latest' (the newest under OUTPUT/checkpoints) "
+                                          "(default: start afresh)")
+    device: str = option("auto", "cpu or auto (accelerate's choice: the GPU of this process)")
+    strict: bool = option(False, "make a bad sample fatal instead of skipping it")
+    max_new_tokens: int = option(96, "token budget when deriving a missing expressive instruction")
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "gradient_accumulation", "lora_rank", "resolution", "save_every",
                      "sample_every", "sample_steps", "clip_resolution", "max_new_tokens"):
             value = getattr(self, name)
+            if value is None and name in FROM_MODEL:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InputError(f"{name} must be a positive integer, got {value!r}")
-        if self.resolution % 8:
-            raise InputError(f"resolution must be a multiple of 8, got {self.resolution}")
+                raise InputError(f"--{_flag(name)} must be a positive integer, got {value!r}")
+        if self.resolution is not None and self.resolution % 8:
+            raise InputError(f"--resolution must be a multiple of 8, got {self.resolution}")
         if self.learning_rate <= 0 or self.lora_alpha <= 0:
-            raise InputError("learning_rate and lora_alpha must be positive")
+            raise InputError("--learning-rate and --lora-alpha must be positive")
         if not 0 <= self.condition_dropout <= 1 / 3:
-            raise InputError(f"condition_dropout must be in [0, 1/3], got {self.condition_dropout}")
+            raise InputError(f"--condition-dropout must be in [0, 1/3], got {self.condition_dropout}")
         if self.mixed_precision not in MIXED_PRECISION:
-            raise InputError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+            raise InputError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
         if not self.data:
             raise InputError("--data is required: a .jsonl manifest or a folder of input/, target/ and NAME.txt")
         if not self.output:
             raise InputError("--output is required: the folder for the LoRA, checkpoints and samples")
 
+    def for_model(self, model: MGIEModel) -> TrainConfig:
+        """The sizes and accumulation left unset, taken from ``model``: its working size (and one micro-batch a
+        step) when it recommends one, as mgie-mini does; else MGIE-7B's reference values."""
+        side = model.recommended_sampling.get("max_side")
+        defaults = REFERENCE if side is None else {"resolution": side, "clip_resolution": side, "gradient_accumulation": 1}
+        return dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python train/finetune.py",
                                 description="End-to-end LoRA fine-tuning of MGIE on (input, instruction, target) triplets.")
-    p.add_argument("--config", help="JSON file with any of the options below (command-line values win)")
+    p.add_argument("--config", help="a JSON file with any of the options below (command-line values win)")
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool",):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        text = f.metadata["help"]
+        if f.default not in (None, "") and "(default:" not in text and "(required)" not in text:
+            text += f" (default: {f.default})"
+        kind = f.type.replace(" | None", "")
+        if kind == "bool":
+            p.add_argument(f"--{_flag(f.name)}", action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            kind = {"int": int, "float": float}.get(f.type, str)
-            p.add_argument(flag, type=kind, default=None)
+            p.add_argument(f"--{_flag(f.name)}", type={"int": int, "float": float}.get(kind, str), default=None, help=text)
     return p
 
 

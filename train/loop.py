@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -91,22 +92,38 @@ def sample_edit(trainable: Trainable, example: Sample, config: TrainConfig, path
     return d.expressive_instructions[0]
 
 
-def train(config: TrainConfig) -> Path:
-    """Fine-tune; return the path of the written LoRA file."""
+@dataclass
+class Run:
+    """A training run's parts, once set up."""
+
+    config: TrainConfig  # with the model's sizes filled in
+    output: Path
+    accelerator: Accelerator
+    base: MGIEModel
+    samples: list[Sample]
+    trainable: Trainable
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ddpm: DDPMScheduler
+
+
+def prepare(config: TrainConfig) -> Run:
+    """Read the data, load the base model (its sizes fill the config's unset ones), add the adapters."""
     output = Path(config.output)
+    report = read_triplets(config.data, strict=config.strict)
+    base = load_model(config.model)
+    config = config.for_model(base)
     output.mkdir(parents=True, exist_ok=True)
     (output / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu",
                               gradient_accumulation_steps=config.gradient_accumulation)
     if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise InputError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
-
-    report = read_triplets(config.data, strict=config.strict)
-    base = load_model(config.model).to(accelerator.device, base_dtype(config.mixed_precision)).eval()
+    base = base.to(accelerator.device, base_dtype(config.mixed_precision)).eval()
     expressive = derive_missing_expressive(base, report.triplets, output / "expressive_cache.json", config.max_new_tokens)
     samples = [Sample(load_image(t.input), load_image(t.target), t.instruction, e)
                for t, e in zip(report.triplets, expressive)]
-
     base.fingerprint()  # of the base, before adapters change its state dict
     torch.manual_seed(config.seed)  # the adapters' initial A matrices
     trainable = Trainable(base, config).to(accelerator.device)
@@ -118,44 +135,58 @@ def train(config: TrainConfig) -> Path:
     warmup = max(1, config.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
-    start = _resume(config, output, trainable, optimizer, scheduler)
-    ddpm = DDPMScheduler.from_config(base.scheduler_config)
+    return Run(config, output, accelerator, base, samples, trainable, params, optimizer, scheduler,
+               DDPMScheduler.from_config(base.scheduler_config))
 
-    logger.info("training %d steps from step %d: %s trainable parameters", config.max_steps, start,
-                f"{sum(p.numel() for p in params):,}")
+
+def train_step(run: Run, step: int) -> tuple[float, float]:
+    """One optimizer step over ``gradient_accumulation`` micro-batches; returns the mean (L_ins, L_edit)."""
+    config, base = run.config, run.base
+    base.unet.train(), base.mllm.llm.train(), base.edit_head.train()
+    ins = edit = 0.0
+    for micro in range(config.gradient_accumulation):
+        index = step * config.gradient_accumulation + micro
+        picked = [run.samples[i] for i in micro_batch_indices(index, config.batch_size, len(run.samples), config.seed)]
+        batch = collate(picked, base, config.resolution, config.clip_resolution).to(run.accelerator.device)
+        with run.accelerator.accumulate(run.trainable), run.accelerator.autocast():
+            losses = mgie_loss(base, batch, run.ddpm, step_generator(config.seed, index), config.edit_loss_weight,
+                               config.condition_dropout, run.trainable.rows)
+            run.accelerator.backward(losses.total)
+            if run.accelerator.sync_gradients:
+                run.accelerator.clip_grad_norm_(run.params, config.max_grad_norm)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad()
+        ins += losses.instruction.item() / config.gradient_accumulation
+        edit += losses.edit.item() / config.gradient_accumulation
+    return ins, edit
+
+
+def train(config: TrainConfig) -> Path:
+    """Fine-tune; return the path of the written LoRA file."""
+    run = prepare(config)
+    config, output = run.config, run.output
+    start = _resume(config, output, run.trainable, run.optimizer, run.scheduler)
+    logger.info("training %d steps from step %d at %d px, %d micro-batch(es) of %d a step: %s trainable parameters",
+                config.max_steps, start, config.resolution, config.gradient_accumulation, config.batch_size,
+                f"{sum(p.numel() for p in run.params):,}")
     bar = _progress(config.max_steps, start)
     began = time.time()
     for step in range(start, config.max_steps):
-        base.unet.train(), base.mllm.llm.train(), base.edit_head.train()
-        ins = edit = 0.0
-        for micro in range(config.gradient_accumulation):
-            index = step * config.gradient_accumulation + micro
-            picked = [samples[i] for i in micro_batch_indices(index, config.batch_size, len(samples), config.seed)]
-            batch = collate(picked, base, config.resolution, config.clip_resolution).to(accelerator.device)
-            with accelerator.accumulate(trainable), accelerator.autocast():
-                losses = mgie_loss(base, batch, ddpm, step_generator(config.seed, index), config.edit_loss_weight,
-                                   config.condition_dropout, trainable.rows)
-                accelerator.backward(losses.total)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            ins += losses.instruction.item() / config.gradient_accumulation
-            edit += losses.edit.item() / config.gradient_accumulation
+        ins, edit = train_step(run, step)
         done = step + 1
         bar.update(1)
-        rate = (done - start) / (time.time() - began)
-        bar.set_postfix(loss_ins=f"{ins:.3f}", loss_edit=f"{edit:.4f}", steps_per_s=f"{rate:.2f}")
+        bar.set_postfix(loss_ins=f"{ins:.3f}", loss_edit=f"{edit:.4f}",
+                        steps_per_s=f"{(done - start) / (time.time() - began):.2f}")
         _log_losses(output, done, ins, edit)
         if done % config.save_every == 0 or done == config.max_steps:
-            save_checkpoint(output, done, trainable.trainable_state(), optimizer.state_dict(), scheduler.state_dict(),
-                            config.to_dict())
+            save_checkpoint(output, done, run.trainable.trainable_state(), run.optimizer.state_dict(),
+                            run.scheduler.state_dict(), config.to_dict())
         if done % config.sample_every == 0 or done == config.max_steps:
-            text = sample_edit(trainable, samples[0], config, output / "samples" / f"step-{done:06d}.png")
+            text = sample_edit(run.trainable, run.samples[0], config, output / "samples" / f"step-{done:06d}.png")
             logger.info("step %d sample: %s", done, text)
     bar.close()
-    return write_lora(trainable, config, output / "lora.safetensors")
+    return write_lora(run.trainable, config, output / "lora.safetensors")
 
 
 def _checkpoint_activations(llm: torch.nn.Module) -> None:

@@ -56,11 +56,25 @@ def test_edit_writes_image_intermediates_and_prints_instruction(tiny_root, tmp_p
 
 def test_module_entry_point(tiny_root, tmp_path, image_path):
     cmd = [sys.executable, "-m", "mgie_core", "edit", "--model", str(tiny_root), "--image", str(image_path),
-           "--instruction", "make it red", "--out", str(tmp_path / "o.webp"), *FAST, "--scheduler", "ddim"]
+           "--instruction", "make it red", "--out", str(tmp_path / "o.webp"), *(a for a in FAST if a != "--quiet"),
+           "--scheduler", "ddim"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "turn the apple red."
     assert Image.open(tmp_path / "o.webp").size == (64, 48)
+    # a bar for the derivation's tokens, then one for the denoising steps, not one bar adding them up
+    assert "[mgie] derive" in done.stderr and ("token/s" in done.stderr or "s/token" in done.stderr)
+    assert "[mgie] denoise" in done.stderr and done.stderr.index("[mgie] derive") < done.stderr.index("[mgie] denoise")
+
+
+def test_every_edit_option_says_what_it_does_and_its_default():
+    from mgie_core.cli import build_parser
+
+    edit = next(a for a in build_parser()._actions if a.dest == "command").choices["edit"]
+    for action in edit._actions:
+        if action.dest == "help" or action.required or action.const is not None:  # required flags, switches
+            continue
+        assert action.help and "default" in action.help, action.dest
 
 
 def _png16(path: Path, rgb: np.ndarray) -> None:

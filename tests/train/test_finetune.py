@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -51,16 +52,22 @@ def edit(model, seed=3):
     return pipe(make_image(32, 32, seed=9), "make it red", DERIVE, SAMPLE, seed=seed)
 
 
-def test_fresh_lora_and_strength_zero_change_nothing(tiny_root, tmp_path):
+def test_fresh_lora_and_strength_zero_change_nothing(tiny_root, tmp_path, caplog):
     base = edit(load_model(tiny_root))
     model = load_model(tiny_root).to(dtype=torch.float32)
     fresh = Trainable(model, config(tmp_path, tiny_root, tmp_path))  # untrained: B = 0, copies of the rest
     path = save_lora(tmp_path / "fresh.safetensors", fresh.export_lora(),
                      {"rank": 4, "alpha": 4.0, "base_fingerprint": model.fingerprint()})
     for strength in (1.0, 0.0):
-        out = edit(apply_lora(load_model(tiny_root), path, strength))
+        with caplog.at_level("INFO", logger="mgie_core"):
+            out = edit(apply_lora(load_model(tiny_root), path, strength))
         assert torch.equal(out.output.images, base.output.images)
         assert torch.equal(out.derivation.visual_tokens, base.derivation.visual_tokens)
+    applied, unchanged = (r.getMessage() for r in caplog.records if "LoRA" in r.getMessage())
+    layers = sum(k.endswith(".lora_A.weight") for k in read_lora(path).tensors)  # the UNet's and the LLM's attention
+    assert layers > 0
+    assert applied == f"applied LoRA {path} at strength 1 ({layers} adapted layers, the edit head and the [IMG] rows)"
+    assert unchanged == f"LoRA {path} at strength 0: the model is unchanged"
 
 
 @pytest.fixture(scope="module")
@@ -202,9 +209,32 @@ def test_config_errors(tmp_path):
         config_from_args(["--output", str(tmp_path)])
     with pytest.raises(InputError, match="resolution must be a multiple of 8"):
         config_from_args(["--data", "d", "--output", "o", "--resolution", "30"])
+    with pytest.raises(InputError, match="^--max-steps must be a positive integer, got 0$"):  # named by its flag
+        config_from_args(["--data", "d", "--output", "o", "--max-steps", "0"])
     (tmp_path / "c.json").write_text('{"bogus": 1}')
     with pytest.raises(InputError, match="unknown option"):
         config_from_args(["--config", str(tmp_path / "c.json"), "--data", "d", "--output", "o"])
+
+
+def test_every_option_is_described_with_its_default():
+    from train.config import parser
+
+    actions = [a for a in parser()._actions if a.option_strings and a.dest not in ("help", "config")]
+    assert len(actions) == len(fields(TrainConfig))
+    for action in actions:
+        assert "default:" in action.help or "(required)" in action.help, action.dest
+
+
+def test_the_sizes_and_accumulation_default_to_the_models(tiny_root):
+    """mgie-mini trains at its working size, one micro-batch a step (5 steps take seconds on a CPU, not minutes);
+    a model that recommends no size (Apple's layout) at MGIE-7B's reference 256 / 512 px, accumulating 4."""
+    plain = TrainConfig(data="d", output="o")
+    mini = plain.for_model(load_model())
+    assert (mini.resolution, mini.clip_resolution, mini.gradient_accumulation) == (64, 64, 1)
+    apple = plain.for_model(load_model(tiny_root))
+    assert (apple.resolution, apple.clip_resolution, apple.gradient_accumulation) == (256, 512, 4)
+    chosen = TrainConfig(data="d", output="o", resolution=128, gradient_accumulation=2).for_model(load_model())
+    assert (chosen.resolution, chosen.clip_resolution, chosen.gradient_accumulation) == (128, 64, 2)
 
 
 def test_write_lora_is_atomic(tiny_root, tmp_path):
