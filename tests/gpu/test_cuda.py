@@ -118,8 +118,8 @@ BF16_DRIFT = ("H200, 2026-12-04: in bf16 one edit of four drifted to 11.1/255 fr
 @pytest.mark.parametrize("dtype, within", [("fp32", 0.5), ("fp16", 4),
                                            pytest.param("bf16", 4, marks=pytest.mark.xfail(reason=BF16_DRIFT))])
 def test_the_shipped_model_paints_on_cuda_what_it_paints_on_the_cpu(dtype, within):
-    """H200, 2026-12-04 (v18): fp32 0.01/255 from the CPU's pictures, fp16 0.8-1.6/255. The CUDA path is the CPU's;
-    what is left is rounding (on 2026-11-30, with the model shipped then, fp16 differed by 3.6-12.8/255)."""
+    """H200, 2026-12-04: fp32 0.01/255 from the CPU's pictures, fp16 0.8-1.6/255. The CUDA path is the CPU's; what
+    is left is rounding."""
     cpu, gpu = _edits_on_both(dtype)
     diffs = [float(np.abs(np.asarray(a, float) - np.asarray(b, float)).mean()) for a, b in zip(cpu.images, gpu.images)]
     print(f"{dtype}: mean |cpu - cuda| per image {[round(d, 2) for d in diffs]} of 255")

@@ -214,3 +214,44 @@ def test_keep_holds_the_imagination_near_the_starting_models(start, tmp_path):
         train_words(model, steps=6, batch_size=4, lr=3e-3, keep=keep, kinds=("smallest",), share=1.0, seed=5, log=log)
         drifts[keep] = _drift(log)[-1]
     assert drifts[100.0] < 0.5 * drifts[0.0]
+
+
+def _banned_by_transformers(model, edit, n: int) -> bool:
+    """The oracle: transformers' own n-gram ban, asked at every answer position of the teacher-forced text."""
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    from train.objective import conversation_ids
+
+    ids, start = conversation_ids(model, edit.instruction, edit.expressive)
+    ban = NoRepeatNGramLogitsProcessor(n)
+    for end in range(start, len(ids)):
+        scores = ban(torch.tensor([ids[:end]]), torch.zeros(1, model.tokenizer.vocab_size))
+        if scores[0, ids[end]] == float("-inf"):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_unsayable_agrees_with_the_ban_derivation_applies(n):
+    from train.mini.checks import unsayable
+
+    model, edits = build_mini(0), world.edits(777, 100)
+    banned = [unsayable(model, e, n) for e in edits]
+    assert banned == [_banned_by_transformers(model, e, n) for e in edits]
+    if n == 2:  # a 2-gram ban forbids many answers, whatever the tokenizer
+        assert any(banned) and not all(banned)
+
+
+def test_the_recipes_tokenizer_has_every_word_whole_and_every_answer_sayable():
+    """A 512-piece BPE alone spelt "sunset" s-u-ns-et, and 27 of 1,000 true answers became unsayable under the
+    3-gram ban; the recipe's tokenizer holds each word of the world and the template as one piece."""
+    import re
+
+    from train.mini.checks import unsayable
+    from train.mini.model import TEMPLATE
+
+    model, edits = build_mini(0), world.edits(777, 1000)
+    words = {w for line in TEMPLATE + [t for e in edits for t in (e.instruction, e.expressive)]
+             for w in re.findall(r"[A-Za-z]{2,}", line)}
+    assert sorted(w for w in words if len(model.tokenizer.sp.encode(w)) > 1) == []
+    assert [e.instruction for e in edits if unsayable(model, e)] == []

@@ -1,5 +1,5 @@
 """mgie-mini's architecture: the real MGIE classes (LLaMA, CLIP vision, projector, edit head, an
-8-channel InstructPix2Pix UNet, a KL VAE) at a size a 2-core CPU trains in under an hour."""
+8-channel InstructPix2Pix UNet, a KL VAE) at a size a 2-core CPU trains and runs."""
 
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ def tokenizer_corpus(count: int = 4000, seed: int = 99) -> list[str]:
 
 def whole_words(corpus: list[str]) -> list[str]:
     """The world's words as pieces of their own ("▁sunset"). With 512 pieces, half of them bytes, BPE has too few
-    merges left for them, and a word spelt in sub-word pieces (v8's s-u-ns-et) can repeat 3 tokens of the
-    instruction in its answer, which derivation's no-repeat rule then forbids (README, mgie-mini). The template's
+    merges left for them, and a word spelt in sub-word pieces (s-u-ns-et) can repeat 3 tokens of the instruction
+    in its answer, which derivation's no-repeat rule then forbids (checks.unsayable). The template's
     own words are left to BPE (weighted, it makes them whole), and since SentencePiece matches these pieces
     anywhere, longest first, so is a word that begins a longer template word ("be", "between")."""
     template = {w for line in TEMPLATE for w in re.findall(r"[A-Za-z]+", line)}
