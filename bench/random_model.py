@@ -6,6 +6,7 @@ Speed and memory do not depend on the weights, so the benchmarks measure on thes
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 
@@ -14,13 +15,13 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from mgie_core.edit_head import EditHead, EditHeadConfig
+from mgie_core.formats.modules import make_spec
 from mgie_core.images import ClipImageConfig
 from mgie_core.model import (
     IM_END,
     IM_PATCH,
     IM_START,
     MGIEModel,
-    ModelSpec,
     MultimodalLLM,
     clip_vision_config_from,
     llama_config_from,
@@ -111,12 +112,8 @@ def build_random_model(preset: Preset, device: torch.device, dtype: torch.dtype)
             unet, vae = UNet2DConditionModel(**preset.unet), AutoencoderKL(**preset.vae)
     finally:
         torch.set_default_dtype(previous)
-    spec = ModelSpec(im_patch_token_id=tok.added_tokens[IM_PATCH], im_start_token_id=tok.added_tokens[IM_START],
-                     im_end_token_id=tok.added_tokens[IM_END],
-                     visual_token_ids=tuple(tok.added_tokens[t] for t in visual_token_names(8)),
-                     eos_token_id=-1,  # never generated: every answer has the forced length
-                     num_image_patches=(preset.vision["image_size"] // preset.vision["patch_size"]) ** 2,
-                     max_position_embeddings=preset.llm["max_position_embeddings"])
+    # every answer has the forced length: </s> is never generated
+    spec = dataclasses.replace(make_spec(tok, llava, mllm, head.config), eos_token_id=-1)
     size = preset.vision["image_size"]
     return MGIEModel(tokenizer=tok, mllm=mllm, edit_head=head, unet=unet, vae=vae, scheduler_config=dict(SD_SCHEDULER),
                      clip_image_config=ClipImageConfig(shortest_edge=size, crop_height=size, crop_width=size),

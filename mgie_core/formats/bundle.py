@@ -121,13 +121,6 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}); copy or convert it again") from None
 
 
-def is_bundle(path: str | Path) -> bool:
-    try:
-        return all(read_metadata(f).get("format") == FORMAT for f in bundle_files(path))
-    except CheckpointError:
-        return False
-
-
 def load_bundle(path: str | Path) -> MGIEModel:
     """Build :class:`MGIEModel` from a bundle; tensors stay memory-mapped until moved."""
     files = bundle_files(path)

@@ -12,13 +12,13 @@ import torch
 from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
 
 from mgie_core.edit_head import EditHead, EditHeadConfig
+from mgie_core.formats.modules import make_spec
 from mgie_core.images import ClipImageConfig
 from mgie_core.model import (
     IM_END,
     IM_PATCH,
     IM_START,
     MGIEModel,
-    ModelSpec,
     MultimodalLLM,
     clip_vision_config_from,
     llama_config_from,
@@ -101,24 +101,17 @@ def clip_image_config() -> ClipImageConfig:
     return ClipImageConfig(shortest_edge=side, crop_height=side, crop_width=side)
 
 
-def build_mini(seed: int = 0, patch_size: int = VISION["patch_size"]) -> MGIEModel:
-    """A freshly initialised mgie-mini (random weights, trained tokenizer); ``patch_size`` is the vision
-    tower's (16: 4x4 patches of a 64x64 picture, the shipped model's; 8: 8x8 patches)."""
+def build_mini(seed: int = 0) -> MGIEModel:
+    """A freshly initialised mgie-mini: random weights (from ``seed``) and the trained tokenizer."""
     torch.manual_seed(seed)
     tokenizer = train_tokenizer()
     llava = {**LLM, "vocab_size": tokenizer.vocab_size}
-    vision = {**VISION, "patch_size": patch_size}
-    mllm = MultimodalLLM(llama_config_from(llava, tokenizer.vocab_size), clip_vision_config_from(vision), -2)
-    edit_head = EditHead(EditHeadConfig(llm_hidden_size=LLM["hidden_size"], num_visual_tokens=NUM_VISUAL, **EDIT_HEAD))
+    mllm = MultimodalLLM(llama_config_from(llava, tokenizer.vocab_size), clip_vision_config_from(VISION), -2)
+    edit_config = EditHeadConfig(llm_hidden_size=LLM["hidden_size"], num_visual_tokens=NUM_VISUAL, **EDIT_HEAD)
+    edit_head = EditHead(edit_config)
     with torch.no_grad():
         edit_head.emb.copy_(mllm.llm.embed_tokens.weight[-NUM_VISUAL:][None])
-    spec = ModelSpec(
-        im_patch_token_id=tokenizer.added_tokens[IM_PATCH], im_start_token_id=tokenizer.added_tokens[IM_START],
-        im_end_token_id=tokenizer.added_tokens[IM_END],
-        visual_token_ids=tuple(tokenizer.added_tokens[t] for t in visual_token_names(NUM_VISUAL)),
-        eos_token_id=tokenizer.eos_token_id, num_image_patches=(vision["image_size"] // patch_size) ** 2,
-        max_position_embeddings=LLM["max_position_embeddings"])
     return MGIEModel(tokenizer=tokenizer, mllm=mllm, edit_head=edit_head, unet=UNet2DConditionModel(**UNET),
                      vae=AutoencoderKL(**VAE), scheduler_config=scheduler_config(),
-                     clip_image_config=clip_image_config(), spec=spec, source="mgie-mini",
-                     info={"format": "mini", "llava_config": llava, "clip_config": vision})
+                     clip_image_config=clip_image_config(), spec=make_spec(tokenizer, llava, mllm, edit_config),
+                     source="mgie-mini", info={"format": "mini", "llava_config": llava, "clip_config": dict(VISION)})
