@@ -132,6 +132,35 @@ def fit_for_vae(images: ImageLike | Sequence[Image.Image], multiple: int, max_si
     return pil_to_tensor(images)
 
 
+def load_mask(path: str | Path) -> torch.Tensor:
+    """A mask file as (1, H, W) float32 in [0, 1]: white (or opaque, for a picture with alpha) is where to edit."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"mask not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            grey = image.getchannel("A") if image.mode in ("RGBA", "LA") else image.convert("L")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise InputError(f"cannot read mask {path} ({type(err).__name__}: {err}); use a PNG with white where to edit") from None
+    return torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0)[None]
+
+
+def fit_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``mask`` ((B,) H', W' or (B, 1, H', W') in [0, 1]) as (B, 1, H, W) for pixels of ``size`` = (H, W);
+    another size is resized (bilinear), as the picture it goes with was."""
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    if mask.ndim != 4 or mask.shape[1] != 1:
+        raise InputError(f"a mask must be (H, W), (B, H, W) or (B, 1, H, W), got shape {tuple(mask.shape)}")
+    mask = mask.float()
+    if tuple(mask.shape[-2:]) != tuple(size):
+        mask = torch.nn.functional.interpolate(mask, size=size, mode="bilinear", align_corners=False)
+    return mask.clamp(0, 1)
+
+
 def check_image_tensor(images: torch.Tensor) -> None:
     if images.ndim != 4 or images.shape[1] != 3:
         raise InputError(f"image tensor must be [B, 3, H, W], got shape {tuple(images.shape)}")

@@ -15,7 +15,7 @@ from .derive import Derivation, derive
 from .devices import resolve_device, resolve_dtype
 from .errors import InputError
 from .formats import load_model
-from .images import ImageLike, fit_for_vae, tensor_to_pil
+from .images import ImageLike, fit_for_vae, fit_mask, tensor_to_pil
 from .imagine import Imagination, imagine
 from .model import MGIEModel
 from .progress import ProgressCallback, offset
@@ -45,6 +45,14 @@ def make_generator(seed: int | None) -> torch.Generator:
     return generator
 
 
+def make_generators(seed: int | Sequence[int] | None) -> torch.Generator | list[torch.Generator]:
+    """One generator for a seed; a generator per image for a list of seeds (each image's noise is its own,
+    whatever batch it is edited in)."""
+    if isinstance(seed, Sequence):
+        return [make_generator(s) for s in seed]
+    return make_generator(seed)
+
+
 class MGIEPipeline:
     """Chains the three stages on one device and dtype (``auto``: fp16 on a CUDA GPU, fp32 elsewhere)."""
 
@@ -71,13 +79,16 @@ class MGIEPipeline:
         return imagine(self.model.edit_head, derivation)
 
     def sample(self, images: ImageLike | Sequence[Image.Image], imagination: Imagination,
-               config: SampleConfig | None = None, seed: int | None = None,
-               callback: ProgressCallback | None = None) -> SampleOutput:
-        """Denoise; without a ``config``, the model's recommended guidance (see :meth:`default_sample_config`)."""
+               config: SampleConfig | None = None, seed: int | Sequence[int] | None = None,
+               callback: ProgressCallback | None = None, mask: torch.Tensor | None = None) -> SampleOutput:
+        """Denoise; without a ``config``, the model's recommended settings (see :meth:`default_sample_config`).
+        ``seed``: one for the batch, or one per image. ``mask``: where to edit, resized to the pictures."""
         config = config or self.default_sample_config()
         pixels = fit_for_vae(images, self.model.vae_scale_factor, config.max_side)
+        mask = fit_mask(mask, tuple(pixels.shape[-2:])) if mask is not None else None
         m = self.model
-        return sample(m.unet, m.vae, m.scheduler_config, pixels, imagination, config, make_generator(seed), callback)
+        return sample(m.unet, m.vae, m.scheduler_config, pixels, imagination, config, make_generators(seed), callback,
+                      mask=mask)
 
     def __call__(
         self,
@@ -85,9 +96,10 @@ class MGIEPipeline:
         instructions: str | Sequence[str],
         derive_config: DeriveConfig = DeriveConfig(),
         sample_config: SampleConfig | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         expressive: str | Sequence[str | None] | None = None,
         callback: ProgressCallback | None = None,
+        mask: torch.Tensor | None = None,
     ) -> EditResult:
         """Edit images by instructions (one instruction for all images, or one per image); without a
         ``sample_config``, the model's recommended guidance applies."""
@@ -102,7 +114,7 @@ class MGIEPipeline:
         imagination = self.imagine(derivation)
         start = len(image_list) * derive_config.max_new_tokens
         pixels = torch.stack(image_list) if isinstance(images, torch.Tensor) else image_list
-        out = self.sample(pixels, imagination, sample_config, seed, offset(callback, start, total))
+        out = self.sample(pixels, imagination, sample_config, seed, offset(callback, start, total), mask)
         return EditResult(tensor_to_pil(out.images), derivation, imagination, out)
 
 

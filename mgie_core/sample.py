@@ -9,11 +9,13 @@ three branches per step — (imagination, image), (null, image), (null, no image
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -22,6 +24,9 @@ from .errors import InputError
 from .imagine import Imagination
 from .progress import ProgressCallback, report
 from .schedulers import make_scheduler
+
+logger = logging.getLogger(__name__)
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 @dataclass(frozen=True)
@@ -40,16 +45,20 @@ def sample(
     pixels: torch.Tensor,
     imagination: Imagination,
     config: SampleConfig = SampleConfig(),
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: ProgressCallback | None = None,
+    *,
+    mask: torch.Tensor | None = None,
 ) -> SampleOutput:
     """Edit ``pixels`` (B, 3, H, W) in [0, 1], H and W multiples of the VAE factor, under ``imagination``.
 
     ``generator`` may live on the CPU whatever the device: noise is then drawn on the CPU and moved,
-    so a seed gives the same picture everywhere.
+    so a seed gives the same picture everywhere. A list of B generators gives each image noise of its own,
+    the same whatever batch it is edited in. ``mask`` (B, 1, H, W) in [0, 1] limits the edit to where it is 1.
     """
     device, dtype = unet.device, unet.dtype
     _check(pixels, vae)
+    mask = _check_mask(mask, pixels)
     imagination = imagination.expand(pixels.shape[0])
     cfg = config.do_classifier_free_guidance
 
@@ -71,8 +80,11 @@ def sample(
 
     # 4. initial noise
     shape = (pixels.shape[0], vae.config.latent_channels, *image_latents.shape[-2:])
-    latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype) * scheduler.init_noise_sigma
-    step_kwargs = _step_kwargs(scheduler, generator)
+    initial_noise = randn_tensor(shape, generator=_generators(generator), device=device, dtype=dtype)
+    latents = initial_noise * scheduler.init_noise_sigma
+    step_kwargs = _step_kwargs(scheduler, _generators(generator))
+    known = image_latents[: shape[0]] * vae.config.scaling_factor  # the input, where the denoised latents live
+    keep = _Keep(mask, known, initial_noise) if mask is not None else None
 
     # 5. denoising loop
     timesteps = scheduler.timesteps
@@ -84,12 +96,17 @@ def sample(
             e_text, e_image, e_null = noise.chunk(3)
             noise = e_null + config.guidance_scale * (e_text - e_image) + config.image_guidance_scale * (e_image - e_null)
         latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+        if keep is not None:  # outside the mask: the input, at the next step's noise level
+            latents = keep.blend(latents, scheduler, timesteps[i + 1] if i + 1 < len(timesteps) else None)
         report(callback, i + 1, len(timesteps))
 
     # 6. decode
     raw = latents / vae.config.scaling_factor
     decoded = vae.decode(raw.to(vae.device, vae.dtype), return_dict=False)[0]
     images = (decoded.float() / 2 + 0.5).clamp(0, 1)
+    if mask is not None:  # 7. outside the mask, the input's own pixels
+        inside = feather(mask).to(images.device)
+        images = inside * images + (1 - inside) * pixels.to(images.device, images.dtype)
     return SampleOutput(images=images, latents=raw.float())
 
 
@@ -101,7 +118,45 @@ def _check(pixels: torch.Tensor, vae: AutoencoderKL) -> None:
         raise InputError(f"image size {pixels.shape[-1]}x{pixels.shape[-2]} is not a multiple of {factor}")
 
 
-def _step_kwargs(scheduler: Any, generator: torch.Generator | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Keep:
+    """What a masked edit keeps: the input's latents (scaled, as the denoised ones are) outside the mask."""
+
+    mask: torch.Tensor  # (B, 1, H, W) in pixels
+    known: torch.Tensor  # (B, C, h, w)
+    noise: torch.Tensor  # (B, C, h, w), the initial noise
+
+    def blend(self, latents: torch.Tensor, scheduler: Any, next_t: torch.Tensor | None) -> torch.Tensor:
+        inside = F.interpolate(self.mask.float(), size=latents.shape[-2:], mode="area").to(latents)  # (B, 1, h, w)
+        known = self.known if next_t is None else scheduler.add_noise(self.known, self.noise, next_t.reshape(1))
+        return inside * latents + (1 - inside) * known.to(latents.dtype)
+
+
+def feather(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` (B, 1, H, W) softened inward over a few pixels (1 per 128 of the longer side): 0 stays 0."""
+    radius = max(1, round(max(mask.shape[-2:]) / 128))
+    padded = F.pad(mask.float(), (radius,) * 4, mode="replicate")
+    return mask.float() * F.avg_pool2d(padded, 2 * radius + 1, stride=1)
+
+
+def _check_mask(mask: torch.Tensor | None, pixels: torch.Tensor) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] != pixels.shape[0] or mask.shape[-2:] != pixels.shape[-2:]:
+        raise InputError(f"mask must be (B, 1, H, W) like the pixels {tuple(pixels.shape)}, got {tuple(mask.shape)}; "
+                         "resize it with images.fit_mask")
+    for index in torch.nonzero(mask.flatten(1).amax(1) <= 0).flatten().tolist():
+        logger.info("the mask of image %d is empty: that image is returned unchanged", index)
+    return mask.clamp(0, 1)
+
+
+def _generators(generator: Generators) -> torch.Generator | list[torch.Generator] | None:
+    return list(generator) if isinstance(generator, Sequence) else generator
+
+
+def _step_kwargs(scheduler: Any, generator: torch.Generator | list[torch.Generator] | None) -> dict[str, Any]:
     # Only some schedulers take ``generator`` (ancestral noise) or ``eta`` (DDIM); pass what each accepts.
     params = inspect.signature(scheduler.step).parameters
     kwargs: dict[str, Any] = {}

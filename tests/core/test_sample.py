@@ -140,3 +140,64 @@ def test_bad_inputs(tiny_model):
         SampleConfig(scheduler="nope")
     with pytest.raises(InputError, match="num_inference_steps must be an integer from 1 to 1000"):
         SampleConfig(num_inference_steps=0)
+
+
+def _masked(model, pixels, mask, cond, seed=4, scheduler="euler_ancestral"):
+    config = SampleConfig(num_inference_steps=STEPS, scheduler=scheduler)
+    return sample(model.unet, model.vae, model.scheduler_config, pixels, cond, config, make_generator(seed),
+                  mask=mask).images
+
+
+@pytest.mark.parametrize("scheduler", ["euler_ancestral", "ddim", "dpmpp_2m"])
+def test_a_mask_keeps_the_input_outside_it_and_edits_inside(tiny_model, scheduler):
+    pixels = pil_to_tensor([make_image(48, 32, seed=1)])  # (1, 3, 32, 48)
+    mask = torch.zeros(1, 1, 32, 48)
+    mask[..., 8:24, 12:36] = 1
+    out = _masked(tiny_model, pixels, mask, conditioning(), scheduler=scheduler)
+    assert torch.equal(out[..., mask[0, 0] == 0], pixels[..., mask[0, 0] == 0])  # outside: the input's own pixels
+    inside = (out - pixels).abs()[..., 12:20, 18:30].mean()  # away from the feathered rim
+    assert inside > 0.02
+
+
+def test_a_full_mask_changes_nothing_and_an_empty_one_returns_the_input(tiny_model, caplog):
+    pixels = pil_to_tensor([make_image(32, 32, seed=1), make_image(32, 32, seed=2)])
+    free = sample(tiny_model.unet, tiny_model.vae, tiny_model.scheduler_config, pixels, conditioning(2),
+                  SampleConfig(num_inference_steps=STEPS), make_generator(4)).images
+    full = _masked(tiny_model, pixels, torch.ones(2, 1, 32, 32), conditioning(2))
+    assert torch.equal(full, free)  # no mask draws no extra noise: the same picture as without one
+    empty = torch.ones(2, 1, 32, 32)
+    empty[1] = 0
+    with caplog.at_level("INFO", logger="mgie_core.sample"):
+        out = _masked(tiny_model, pixels, empty, conditioning(2))
+    assert torch.equal(out[1], pixels[1]) and torch.equal(out[0], free[0])
+    assert "the mask of image 1 is empty: that image is returned unchanged" in caplog.text
+
+
+def test_one_generator_per_image_gives_each_image_its_own_noise_whatever_the_batch(tiny_model):
+    images = [make_image(32, 32, seed=1), make_image(32, 32, seed=2)]
+    config = SampleConfig(num_inference_steps=STEPS)
+    model = tiny_model
+
+    def edit(pixels, cond, generator):
+        return sample(model.unet, model.vae, model.scheduler_config, pixels, cond, config, generator).images
+
+    both = edit(pil_to_tensor(images), conditioning(2), [make_generator(11), make_generator(12)])
+    cond = conditioning(2)
+    second = edit(pil_to_tensor(images[1:]), Imagination(cond.imagination[1:], cond.null_imagination[1:]),
+                  [make_generator(12)])
+    torch.testing.assert_close(both[1:], second, atol=1e-5, rtol=0)  # the batch changes only rounding
+    alone = edit(pil_to_tensor(images[1:]), Imagination(cond.imagination[1:], cond.null_imagination[1:]),
+                 make_generator(12))
+    assert torch.equal(second, alone)  # a list of one generator is that generator
+
+
+def test_masks_are_checked_and_fitted_to_the_picture(tiny_model):
+    from mgie_core.images import fit_mask
+
+    pixels = pil_to_tensor([make_image(32, 32, seed=1)])
+    with pytest.raises(InputError, match=r"mask must be \(B, 1, H, W\) like the pixels \(1, 3, 32, 32\), got \(1, 1, 16, 16\)"):
+        _masked(tiny_model, pixels, torch.ones(1, 1, 16, 16), conditioning())
+    fitted = fit_mask(torch.ones(16, 16), (32, 48))
+    assert fitted.shape == (1, 1, 32, 48) and torch.equal(fitted, torch.ones(1, 1, 32, 48))
+    with pytest.raises(InputError, match="a mask must be"):
+        fit_mask(torch.ones(1, 2, 3, 4, 5), (8, 8))
