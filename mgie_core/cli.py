@@ -49,9 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_edit(edit: argparse.ArgumentParser) -> None:
     d, s = DeriveConfig(), SampleConfig()
     edit.add_argument("--model", help=MODEL_HELP)
-    edit.add_argument("--image", required=True, help="input image file (PNG, JPEG, WebP, BMP, TIFF)")
-    edit.add_argument("--instruction", required=True, help='brief instruction, e.g. "make it look like winter"')
-    edit.add_argument("--out", required=True, help="output image file (.png, .jpg, .webp)")
+    edit.add_argument("--image", help="input image file (PNG, JPEG, WebP, BMP, TIFF); a folder or a glob pattern edits "
+                                      "every picture in it (default: none; give it or --manifest)")
+    edit.add_argument("--instruction", help='brief instruction, e.g. "make it look like winter" (default: none; a '
+                                            "manifest's lines may give their own)")
+    edit.add_argument("--out", required=True, help="output image file (.png, .jpg, .webp), or the output folder when "
+                                                   "editing several images")
+    edit.add_argument("--manifest", metavar="EDITS.jsonl",
+                      help='edit every line: {"image", "instruction", optional "expressive", "seed", "mask" (white '
+                           'where to edit), "out"}; paths relative to the manifest and to --out (default: none)')
+    edit.add_argument("--batch-size", type=int, default=8,
+                      help="edits derived and denoised together when editing several images (default: %(default)s)")
+    edit.add_argument("--overwrite", action="store_true",
+                      help="edit again the images whose output exists (default: skip them, so a killed run resumes)")
     edit.add_argument("--seed", type=int, default=DEFAULT_SEED, help="noise seed (default: %(default)s, Apple's demo)")
     edit.add_argument("--steps", type=int, default=s.num_inference_steps, help="denoising steps (default: %(default)s)")
     edit.add_argument("--guidance-scale", type=float,
@@ -86,27 +96,37 @@ def _add_output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vision-tower", help="CLIP folder (default: found from the LLaVA config; Apple's folders only)")
 
 
+def check_settings(args: argparse.Namespace) -> dict:
+    """The sampling settings (None: the model's), checked before gigabytes load."""
+    settings = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                    image_guidance_scale=args.image_guidance_scale, scheduler=args.scheduler, max_side=args.max_side)
+    sample_config_for({}, **settings)
+    DeriveConfig(max_new_tokens=args.max_new_tokens)
+    return settings
+
+
 def check_edit_args(args: argparse.Namespace) -> tuple[Image.Image, Path, dict]:
     """What is cheap to check, checked before gigabytes load: the image, the instruction, the output name and
     the settings. Returns the image, the output path and the sampling settings (None: the model's)."""
+    if not args.image:
+        raise InputError("give --image (a file, a folder or a glob) or --manifest EDITS.jsonl")
     image = load_image(args.image)
-    if not args.instruction.strip():
+    if not (args.instruction or "").strip():
         raise InputError('--instruction is empty: describe the edit, e.g. "make it look like winter"')
     out = Path(args.out)
     if out.suffix.lower() not in Image.registered_extensions():
         raise InputError(f"--out {out}: unknown image extension {out.suffix!r}; use .png, .jpg or .webp")
     if args.save_intermediates and not args.save_intermediates.endswith(".npz"):
         raise InputError(f"--save-intermediates {args.save_intermediates}: the file name must end with .npz")
-    settings = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                    image_guidance_scale=args.image_guidance_scale, scheduler=args.scheduler, max_side=args.max_side)
-    sample_config_for({}, **settings)  # a bad value fails here, before the model loads
-    DeriveConfig(max_new_tokens=args.max_new_tokens)
-    return image, out, settings
+    return image, out, check_settings(args)
 
 
 def run_edit(args: argparse.Namespace) -> int:
+    from .batch import is_many
     from .pipeline import EditResult, MGIEPipeline
 
+    if args.manifest or (args.image and is_many(args.image)):
+        return run_many(args)
     image, out, settings = check_edit_args(args)
     device = resolve_device(args.device)
     model = load_with_loras(args.model, args.lora, args.vision_tower)
@@ -126,6 +146,39 @@ def run_edit(args: argparse.Namespace) -> int:
     save_image_atomic(result.images[0], out)
     logger.info("wrote %s", out)
     return 0
+
+
+def run_many(args: argparse.Namespace) -> int:
+    """Edit a folder, a glob or a manifest into the --out folder; under ``accelerate launch``, with every process."""
+    from accelerate import PartialState
+
+    from .batch import plan_images, plan_manifest, run
+    from .pipeline import MGIEPipeline
+
+    out_dir, settings = Path(args.out), check_settings(args)
+    if out_dir.suffix.lower() in Image.registered_extensions():
+        raise InputError(f"--out {out_dir}: editing several images writes into a folder; give a folder name")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.manifest:
+        plan = plan_manifest(Path(args.manifest), out_dir, args.seed, args.instruction)
+    elif not (args.instruction or "").strip():
+        raise InputError('--instruction is empty: describe the edit, e.g. "make it look like winter"')
+    else:
+        plan = plan_images(args.image, args.instruction, out_dir, args.seed, args.expressive)
+    state = PartialState(cpu=resolve_device(args.device).type == "cpu")  # several processes under accelerate launch
+    if not state.is_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    device = state.device if state.num_processes > 1 else resolve_device(args.device)
+    model = load_with_loras(args.model, args.lora, args.vision_tower)
+    sample_config = sample_config_for(model.recommended_sampling, **settings)
+    _log_settings(sample_config, model.recommended_sampling)
+    pipe = MGIEPipeline(model, device=device, dtype=args.dtype)
+    summary = run(pipe, plan, out_dir, args.batch_size, DeriveConfig(max_new_tokens=args.max_new_tokens), sample_config,
+                  args.overwrite, state, progress=not args.quiet)
+    if state.is_main_process:
+        print(summary.text())
+    return 1 if summary.failures else 0
 
 
 def _log_settings(config: SampleConfig, recommended: dict) -> None:
@@ -200,5 +253,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"\nerror: {err}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("\ninterrupted; nothing was written\n")
+        sys.stderr.write("\ninterrupted; no file was left half-written (run the same command again to go on)\n")
         return 130
