@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from diffusers import DDPMScheduler
 from PIL import Image
 
@@ -23,7 +23,7 @@ from mgie_core.model import MGIEModel
 from .adapters import Trainable
 from .config import TrainConfig
 from .data import Triplet, center_square, read_triplets
-from .objective import Sample, collate, mgie_loss
+from .objective import Sample, Share, collate, mgie_loss
 from .state import find_checkpoint, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger("mgie.train")
@@ -114,14 +114,20 @@ def prepare(config: TrainConfig) -> Run:
     report = read_triplets(config.data, strict=config.strict)
     base = load_model(config.model)
     config = config.for_model(base)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    # Under accelerate launch every process takes its share of each global batch (split_batches: the schedule
+    # steps once per optimizer step, whatever the number of processes).
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu",
-                              gradient_accumulation_steps=config.gradient_accumulation)
+                              gradient_accumulation_steps=config.gradient_accumulation,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
     if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise InputError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     base = base.to(accelerator.device, base_dtype(config.mixed_precision)).eval()
-    expressive = derive_missing_expressive(base, report.triplets, output / "expressive_cache.json", config.max_new_tokens)
+    with accelerator.main_process_first():  # the main process derives what is missing; the others read its cache
+        expressive = derive_missing_expressive(base, report.triplets, output / "expressive_cache.json",
+                                               config.max_new_tokens)
     samples = [Sample(load_image(t.input), load_image(t.target), t.instruction, e)
                for t, e in zip(report.triplets, expressive)]
     base.fingerprint()  # of the base, before adapters change its state dict
@@ -140,37 +146,55 @@ def prepare(config: TrainConfig) -> Run:
 
 
 def train_step(run: Run, step: int) -> tuple[float, float]:
-    """One optimizer step over ``gradient_accumulation`` micro-batches; returns the mean (L_ins, L_edit)."""
-    config, base = run.config, run.base
+    """One optimizer step over ``gradient_accumulation`` micro-batches; returns the mean (L_ins, L_edit) over the
+    processes. Each micro-batch is a global batch of ``batch_size`` samples per process, of which this process
+    takes its rows (and their random draws); the gradients are averaged over the processes."""
+    config, base, accelerator = run.config, run.base, run.accelerator
+    processes, rank = accelerator.num_processes, accelerator.process_index
     base.unet.train(), base.mllm.llm.train(), base.edit_head.train()
     ins = edit = 0.0
     for micro in range(config.gradient_accumulation):
         index = step * config.gradient_accumulation + micro
-        picked = [run.samples[i] for i in micro_batch_indices(index, config.batch_size, len(run.samples), config.seed)]
-        batch = collate(picked, base, config.resolution, config.clip_resolution).to(run.accelerator.device)
-        with run.accelerator.accumulate(run.trainable), run.accelerator.autocast():
+        chosen = micro_batch_indices(index, config.batch_size * processes, len(run.samples), config.seed)
+        picked = [run.samples[i] for i in chosen[rank * config.batch_size : (rank + 1) * config.batch_size]]
+        batch = collate(picked, base, config.resolution, config.clip_resolution).to(accelerator.device)
+        share = Share(rank * config.batch_size, config.batch_size * processes) if processes > 1 else None
+        with accelerator.accumulate(run.trainable), accelerator.autocast():
             losses = mgie_loss(base, batch, run.ddpm, step_generator(config.seed, index), config.edit_loss_weight,
-                               config.condition_dropout, run.trainable.rows)
-            run.accelerator.backward(losses.total)
-            if run.accelerator.sync_gradients:
-                run.accelerator.clip_grad_norm_(run.params, config.max_grad_norm)
+                               config.condition_dropout, run.trainable.rows, share=share)
+            accelerator.backward(losses.total)
+            if accelerator.sync_gradients:
+                average_gradients(accelerator, run.params)
+                accelerator.clip_grad_norm_(run.params, config.max_grad_norm)
             run.optimizer.step()
             run.scheduler.step()
             run.optimizer.zero_grad()
         ins += losses.instruction.item() / config.gradient_accumulation
         edit += losses.edit.item() / config.gradient_accumulation
+    if processes > 1:
+        ins, edit = accelerator.reduce(torch.tensor([ins, edit], device=accelerator.device), reduction="mean").tolist()
     return ins, edit
+
+
+def average_gradients(accelerator: Accelerator, params: list[torch.nn.Parameter]) -> None:
+    """Every process's gradients replaced by their mean over the processes (one all-reduce of them all)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if accelerator.num_processes == 1 or not grads:
+        return
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+    for grad, mean in zip(grads, flat.split([g.numel() for g in grads])):
+        grad.copy_(mean.view_as(grad))
 
 
 def train(config: TrainConfig) -> Path:
     """Fine-tune; return the path of the written LoRA file."""
     run = prepare(config)
-    config, output = run.config, run.output
+    config, output, main = run.config, run.output, run.accelerator.is_main_process
     start = _resume(config, output, run.trainable, run.optimizer, run.scheduler)
-    logger.info("training %d steps from step %d at %d px, %d micro-batch(es) of %d a step: %s trainable parameters",
-                config.max_steps, start, config.resolution, config.gradient_accumulation, config.batch_size,
-                f"{sum(p.numel() for p in run.params):,}")
-    bar = _progress(config.max_steps, start)
+    logger.info("training %d steps from step %d at %d px, %d micro-batch(es) of %d x %d process(es) a step: %s "
+                "trainable parameters", config.max_steps, start, config.resolution, config.gradient_accumulation,
+                config.batch_size, run.accelerator.num_processes, f"{sum(p.numel() for p in run.params):,}")
+    bar = _progress(config.max_steps, start, shown=main)
     began = time.time()
     for step in range(start, config.max_steps):
         ins, edit = train_step(run, step)
@@ -178,15 +202,20 @@ def train(config: TrainConfig) -> Path:
         bar.update(1)
         bar.set_postfix(loss_ins=f"{ins:.3f}", loss_edit=f"{edit:.4f}",
                         steps_per_s=f"{(done - start) / (time.time() - began):.2f}")
-        _log_losses(output, done, ins, edit)
-        if done % config.save_every == 0 or done == config.max_steps:
-            save_checkpoint(output, done, run.trainable.trainable_state(), run.optimizer.state_dict(),
-                            run.scheduler.state_dict(), config.to_dict())
-        if done % config.sample_every == 0 or done == config.max_steps:
-            text = sample_edit(run.trainable, run.samples[0], config, output / "samples" / f"step-{done:06d}.png")
-            logger.info("step %d sample: %s", done, text)
+        if main:  # one process writes the losses, checkpoints, samples and the LoRA
+            _log_losses(output, done, ins, edit)
+            if done % config.save_every == 0 or done == config.max_steps:
+                save_checkpoint(output, done, run.trainable.trainable_state(), run.optimizer.state_dict(),
+                                run.scheduler.state_dict(), config.to_dict())
+            if done % config.sample_every == 0 or done == config.max_steps:
+                text = sample_edit(run.trainable, run.samples[0], config, output / "samples" / f"step-{done:06d}.png")
+                logger.info("step %d sample: %s", done, text)
     bar.close()
-    return write_lora(run.trainable, config, output / "lora.safetensors")
+    path = output / "lora.safetensors"
+    if main:
+        write_lora(run.trainable, config, path)
+    run.accelerator.wait_for_everyone()
+    return path
 
 
 def _checkpoint_activations(llm: torch.nn.Module) -> None:
@@ -219,10 +248,10 @@ def _resume(config: TrainConfig, output: Path, trainable: Trainable, optimizer, 
     return step
 
 
-def _progress(total: int, start: int):
+def _progress(total: int, start: int, shown: bool = True):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=start, desc="[mgie] train", unit="step")
+    return tqdm(total=total, initial=start, desc="[mgie] train", unit="step", disable=not shown)
 
 
 def _log_losses(output: Path, step: int, ins: float, edit: float) -> None:

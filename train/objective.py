@@ -8,6 +8,7 @@ states that predict the ``[IMG]`` tokens, so its gradient reaches the LLM throug
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -169,9 +170,25 @@ def diffusion_goal(ddpm, latents: torch.Tensor, noise: torch.Tensor, t: torch.Te
     return ddpm.get_velocity(latents, noise, t) if ddpm.config.prediction_type == "v_prediction" else noise
 
 
-def dropout_masks(batch: int, p: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class Share:
+    """This process's rows of a global batch: ``start`` .. ``start`` + its batch size, of ``total``."""
+
+    start: int
+    total: int
+
+
+def draw(sampler, shape: tuple[int, ...] | torch.Size, generator: torch.Generator, share: Share | None) -> torch.Tensor:
+    """``sampler(shape)`` from ``generator``; with a ``share``, the global batch's draw, cut to this process's rows."""
+    if share is None:
+        return sampler(tuple(shape), generator=generator)
+    return sampler((share.total, *shape[1:]), generator=generator)[share.start : share.start + shape[0]]
+
+
+def dropout_masks(batch: int, p: float, generator: torch.Generator,
+                  share: Share | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(null conditioning, keep image latent): prob < 2p drops the text; p <= prob < 3p drops the image."""
-    prob = torch.rand(batch, generator=generator)
+    prob = draw(torch.rand, (batch,), generator, share)
     return prob < 2 * p, ~((prob >= p) & (prob < 3 * p))
 
 
@@ -194,11 +211,13 @@ def instruction_loss(model: MGIEModel, batch: Batch, rows: VisualRows | None = N
 
 def mgie_loss(model: MGIEModel, batch: Batch, ddpm: DDPMScheduler, generator: torch.Generator,
               edit_weight: float = 0.5, dropout: float = 0.05, rows: VisualRows | None = None,
-              tie_emb_to_rows: bool = False, sample_target_latent: bool = True) -> Losses:
+              tie_emb_to_rows: bool = False, sample_target_latent: bool = True, share: Share | None = None) -> Losses:
     """The full MGIE loss for one batch; randomness comes only from ``generator`` (CPU).
 
     ``sample_target_latent``: the reference draws the target latent from the VAE posterior; SD's VAE
     has a tiny posterior spread, a small VAE trained from scratch may not (then use its mode).
+    ``share``: this batch is rows ``start`` .. of a global batch split across processes; the random draws are
+    the global batch's, so each sample gets the noise it would get in one process.
     """
     device, spec = model.mllm.device, model.spec
 
@@ -215,16 +234,16 @@ def mgie_loss(model: MGIEModel, batch: Batch, ddpm: DDPMScheduler, generator: to
     with torch.no_grad():
         vae, sf = model.vae, model.vae.config.scaling_factor
         target_dist = vae.encode(batch.target.to(vae.dtype)).latent_dist
-        eps = torch.randn(target_dist.mean.shape, generator=generator).to(device, target_dist.mean.dtype)
+        eps = draw(torch.randn, target_dist.mean.shape, generator, share).to(device, target_dist.mean.dtype)
         spread = target_dist.std if sample_target_latent else torch.zeros_like(target_dist.std)
         target = (target_dist.mean + spread * eps) * sf  # latent_dist.sample() with CPU noise (or the mode)
         source = vae.encode(batch.source.to(vae.dtype)).latent_dist.mode()
-    noise = torch.randn(target.shape, generator=generator).to(device, target.dtype)
-    t = torch.randint(0, ddpm.config.num_train_timesteps, (target.shape[0],), generator=generator).to(device)
+    noise = draw(torch.randn, target.shape, generator, share).to(device, target.dtype)
+    t = draw(partial(torch.randint, 0, ddpm.config.num_train_timesteps), (target.shape[0],), generator, share).to(device)
     noisy = ddpm.add_noise(target, noise, t)
 
     # 4. conditioning dropout (classifier-free guidance on both text and image)
-    drop_text, keep_image = (m.to(device) for m in dropout_masks(target.shape[0], dropout, generator))
+    drop_text, keep_image = (m.to(device) for m in dropout_masks(target.shape[0], dropout, generator, share))
     cond = torch.where(drop_text[:, None, None], null, imagination)
     source = source * keep_image[:, None, None, None].to(source.dtype)
 
