@@ -293,7 +293,7 @@ def run(pipe: MGIEPipeline, plan: Plan, out_dir: Path, batch_size: int, derive_c
     summary.skipped = sum(len(b) for b in every if not pending(b, overwrite))
     state.wait_for_everyone()  # every process has looked at the outputs before any is written
     bar = _bar(len(plan.items), summary.skipped, progress and state.is_main_process)
-    settings = {k: v for k, v in vars(sample_config).items()} | {"max_new_tokens": derive_config.max_new_tokens}
+    settings = vars(sample_config) | {"max_new_tokens": derive_config.max_new_tokens}
     for mine in deal(work, state.process_index, state.num_processes):
         records = edit_batch(pipe, mine, derive_config, sample_config, overwrite) if mine else []
         everyone = gather_object(records) if state.num_processes > 1 else records

@@ -111,8 +111,7 @@ def check_edit_args(args: argparse.Namespace) -> tuple[Image.Image, Path, dict]:
     if not args.image:
         raise InputError("give --image (a file, a folder or a glob) or --manifest EDITS.jsonl")
     image = load_image(args.image)
-    if not (args.instruction or "").strip():
-        raise InputError('--instruction is empty: describe the edit, e.g. "make it look like winter"')
+    check_instruction(args)
     out = Path(args.out)
     if out.suffix.lower() not in Image.registered_extensions():
         raise InputError(f"--out {out}: unknown image extension {out.suffix!r}; use .png, .jpg or .webp")
@@ -121,18 +120,31 @@ def check_edit_args(args: argparse.Namespace) -> tuple[Image.Image, Path, dict]:
     return image, out, check_settings(args)
 
 
+def check_instruction(args: argparse.Namespace) -> str:
+    if not (args.instruction or "").strip():
+        raise InputError('--instruction is empty: describe the edit, e.g. "make it look like winter"')
+    return args.instruction
+
+
+def make_pipeline(args: argparse.Namespace, settings: dict, device) -> tuple:
+    """The model (with its LoRAs) on ``device`` as a pipeline, and the sampling settings it recommends where the
+    user gave none."""
+    from .pipeline import MGIEPipeline
+
+    model = load_with_loras(args.model, args.lora, args.vision_tower)
+    sample_config = sample_config_for(model.recommended_sampling, **settings)
+    _log_settings(sample_config, model.recommended_sampling)
+    return MGIEPipeline(model, device=device, dtype=args.dtype), sample_config
+
+
 def run_edit(args: argparse.Namespace) -> int:
     from .batch import is_many
-    from .pipeline import EditResult, MGIEPipeline
+    from .pipeline import EditResult
 
     if args.manifest or (args.image and is_many(args.image)):
         return run_many(args)
     image, out, settings = check_edit_args(args)
-    device = resolve_device(args.device)
-    model = load_with_loras(args.model, args.lora, args.vision_tower)
-    sample_config = sample_config_for(model.recommended_sampling, **settings)
-    _log_settings(sample_config, model.recommended_sampling)
-    pipe = MGIEPipeline(model, device=device, dtype=args.dtype)
+    pipe, sample_config = make_pipeline(args, settings, resolve_device(args.device))
     # derive -> imagine -> sample, each stage with its own progress bar
     derivation = pipe.derive([image], [args.instruction], DeriveConfig(max_new_tokens=args.max_new_tokens),
                              [args.expressive], callback=None if args.quiet else _progress_bar("derive", "token"))
@@ -153,7 +165,6 @@ def run_many(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from .batch import plan_images, plan_manifest, run
-    from .pipeline import MGIEPipeline
 
     out_dir, settings = Path(args.out), check_settings(args)
     if out_dir.suffix.lower() in Image.registered_extensions():
@@ -162,18 +173,13 @@ def run_many(args: argparse.Namespace) -> int:
         raise InputError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.manifest:
         plan = plan_manifest(Path(args.manifest), out_dir, args.seed, args.instruction)
-    elif not (args.instruction or "").strip():
-        raise InputError('--instruction is empty: describe the edit, e.g. "make it look like winter"')
     else:
-        plan = plan_images(args.image, args.instruction, out_dir, args.seed, args.expressive)
-    state = PartialState(cpu=resolve_device(args.device).type == "cpu")  # several processes under accelerate launch
+        plan = plan_images(args.image, check_instruction(args), out_dir, args.seed, args.expressive)
+    device = resolve_device(args.device)
+    state = PartialState(cpu=device.type == "cpu")  # several processes under accelerate launch
     if not state.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)
-    device = state.device if state.num_processes > 1 else resolve_device(args.device)
-    model = load_with_loras(args.model, args.lora, args.vision_tower)
-    sample_config = sample_config_for(model.recommended_sampling, **settings)
-    _log_settings(sample_config, model.recommended_sampling)
-    pipe = MGIEPipeline(model, device=device, dtype=args.dtype)
+    pipe, sample_config = make_pipeline(args, settings, state.device if state.num_processes > 1 else device)
     summary = run(pipe, plan, out_dir, args.batch_size, DeriveConfig(max_new_tokens=args.max_new_tokens), sample_config,
                   args.overwrite, state, progress=not args.quiet)
     if state.is_main_process:
