@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,16 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model(tiny_root: Path):
     """A fresh fp32 model on the CPU (loading takes a fraction of a second)."""
     return load_model(tiny_root).to("cpu", torch.float32).eval()
+
+
+def accelerate_launch(processes: int = 2) -> list[str]:
+    """The command that starts ``processes`` processes on this CPU, as ``accelerate launch`` does GPUs (torchrun,
+    gloo), on a port free now rather than the default 29500 another run may still hold."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 def make_image(width: int = 40, height: int = 32, seed: int = 0) -> Image.Image:

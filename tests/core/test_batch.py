@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image
+from conftest import accelerate_launch, make_image
 from PIL import Image
 
 from mgie_core.batch import Item, batches, deal, plan_images, plan_manifest
@@ -161,9 +161,8 @@ def test_two_processes_under_accelerate_write_what_one_writes(tiny_root, tmp_pat
     one = subprocess.run([sys.executable, *edit, "--out", str(tmp_path / "one")], env=env, capture_output=True,
                          text=True, timeout=300)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *edit,
-                          "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run([*accelerate_launch(2), *edit, "--out", str(tmp_path / "two")], env=env, capture_output=True,
+                         text=True, timeout=300)
     assert two.returncode == 0, two.stderr
     assert files(tmp_path / "two") == files(tmp_path / "one") and len(files(tmp_path / "one")) == 5
     assert two.stdout.count("done 5, skipped 0 (already there), failed 0") == 1  # the main process's summary only

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image
+from conftest import accelerate_launch, make_image
 from PIL import Image, ImageOps
 
 from mgie_core import CheckpointError, DeriveConfig, InputError, MGIEPipeline, SampleConfig, load_model
@@ -283,10 +283,8 @@ def test_two_processes_train_what_one_trains_with_the_same_total_batch_and_resum
     train(config(tmp_path / "one", tiny_root, data, batch_size=2, **settings))
     (tmp_path / "two.json").write_text(json.dumps(asdict(config(tmp_path / "two", tiny_root, data, batch_size=1,
                                                                 **settings))))
-    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "train/finetune.py",
-                           "--config", str(tmp_path / "two.json")], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run([*accelerate_launch(2), "train/finetune.py", "--config", str(tmp_path / "two.json")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = (read_lora(tmp_path / n / "out" / "lora.safetensors") for n in ("one", "two"))
     assert one.tensors.keys() == two.tensors.keys()
