@@ -21,6 +21,7 @@ from .errors import InputError, MGIEError, SettingError
 from .files import atomic_write
 from .images import load_image, save_image_atomic, tensor_to_pil
 from .schedulers import SCHEDULER_NAMES
+from .steps import parse_steps
 
 logger = logging.getLogger("mgie_core")
 
@@ -51,8 +52,10 @@ def _add_edit(edit: argparse.ArgumentParser) -> None:
     edit.add_argument("--model", help=MODEL_HELP)
     edit.add_argument("--image", help="input image file (PNG, JPEG, WebP, BMP, TIFF); a folder or a glob pattern edits "
                                       "every picture in it (default: none; give it or --manifest)")
-    edit.add_argument("--instruction", help='brief instruction, e.g. "make it look like winter" (default: none; a '
-                                            "manifest's lines may give their own)")
+    edit.add_argument("--instruction", action="append",
+                      help='brief instruction, e.g. "make it look like winter"; given several times, a multi-step '
+                           "edit: each instruction edits the previous result (default: none; a manifest's lines may "
+                           "give their own)")
     edit.add_argument("--out", required=True, help="output image file (.png, .jpg, .webp), or the output folder when "
                                                    "editing several images")
     edit.add_argument("--manifest", metavar="EDITS.jsonl",
@@ -105,25 +108,39 @@ def check_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def check_edit_args(args: argparse.Namespace) -> tuple[Image.Image, Path, dict]:
-    """What is cheap to check, checked before gigabytes load: the image, the instruction, the output name and
-    the settings. Returns the image, the output path and the sampling settings (None: the model's)."""
+def check_edit_args(args: argparse.Namespace) -> tuple[Image.Image, list[str], Path, dict]:
+    """What is cheap to check, checked before gigabytes load: the image, the instructions, the output name and
+    the settings. Returns the image, the steps, the output path and the sampling settings (None: the model's)."""
     if not args.image:
         raise InputError("give --image (a file, a folder or a glob) or --manifest EDITS.jsonl")
     image = load_image(args.image)
-    check_instruction(args)
+    steps = check_steps(args)
     out = Path(args.out)
     if out.suffix.lower() not in Image.registered_extensions():
         raise InputError(f"--out {out}: unknown image extension {out.suffix!r}; use .png, .jpg or .webp")
     if args.save_intermediates and not args.save_intermediates.endswith(".npz"):
         raise InputError(f"--save-intermediates {args.save_intermediates}: the file name must end with .npz")
-    return image, out, check_settings(args)
+    return image, steps, out, check_settings(args)
+
+
+def check_steps(args: argparse.Namespace) -> list[str]:
+    """The instruction of each step (``--instruction`` given several times: a multi-step edit)."""
+    if not any((text or "").strip() for text in args.instruction or []):
+        raise InputError('--instruction is empty: describe the edit, e.g. "make it look like winter"')
+    steps = parse_steps(args.instruction)
+    if len(steps) > 1 and args.expressive:
+        raise InputError("--expressive replaces the derived instruction of a one-step edit; a multi-step edit "
+                         "(several --instruction) derives each step's own")
+    return steps
 
 
 def check_instruction(args: argparse.Namespace) -> str:
-    if not (args.instruction or "").strip():
-        raise InputError('--instruction is empty: describe the edit, e.g. "make it look like winter"')
-    return args.instruction
+    """The one instruction of a folder or manifest edit (multi-step edits take a single --image)."""
+    steps = check_steps(args)
+    if len(steps) > 1:
+        raise InputError("several --instruction (a multi-step edit) work on one --image file; for a folder, run "
+                         "one command per step, each on the previous command's --out folder")
+    return steps[0]
 
 
 def make_pipeline(args: argparse.Namespace, settings: dict, device) -> tuple:
@@ -143,15 +160,20 @@ def run_edit(args: argparse.Namespace) -> int:
 
     if args.manifest or (args.image and is_many(args.image)):
         return run_many(args)
-    image, out, settings = check_edit_args(args)
+    image, steps, out, settings = check_edit_args(args)
     pipe, sample_config = make_pipeline(args, settings, resolve_device(args.device))
-    # derive -> imagine -> sample, each stage with its own progress bar
-    derivation = pipe.derive([image], [args.instruction], DeriveConfig(max_new_tokens=args.max_new_tokens),
-                             [args.expressive], callback=None if args.quiet else _progress_bar("derive", "token"))
-    print(derivation.expressive_instructions[0])
-    imagination = pipe.imagine(derivation)
-    output = pipe.sample(image, imagination, sample_config, seed=args.seed,
-                         callback=None if args.quiet else _progress_bar("denoise", "step"))
+    current = image
+    for number, instruction in enumerate(steps, start=1):
+        # derive -> imagine -> sample, each stage with its own progress bar; a next step edits this result
+        images = list(current) if number > 1 else [current]
+        derivation = pipe.derive(images, [instruction], DeriveConfig(max_new_tokens=args.max_new_tokens),
+                                 [args.expressive], callback=None if args.quiet else _progress_bar("derive", "token"))
+        expressive = derivation.expressive_instructions[0]
+        print(f"{number}. {expressive}" if len(steps) > 1 else expressive)
+        imagination = pipe.imagine(derivation)
+        output = pipe.sample(current, imagination, sample_config, seed=args.seed,
+                             callback=None if args.quiet else _progress_bar("denoise", "step"))
+        current = output.images  # (1, 3, H, W): the next step edits the sampler's float pixels
     result = EditResult(tensor_to_pil(output.images), derivation, imagination, output)
     if args.save_intermediates:
         save_intermediates(result, args.save_intermediates)
@@ -172,7 +194,7 @@ def run_many(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.manifest:
-        plan = plan_manifest(Path(args.manifest), out_dir, args.seed, args.instruction)
+        plan = plan_manifest(Path(args.manifest), out_dir, args.seed, check_instruction(args) if args.instruction else None)
     else:
         plan = plan_images(args.image, check_instruction(args), out_dir, args.seed, args.expressive)
     device = resolve_device(args.device)

@@ -20,6 +20,7 @@ from .imagine import Imagination, imagine
 from .model import MGIEModel
 from .progress import ProgressCallback, offset
 from .sample import SampleOutput, sample
+from .steps import parse_steps
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,30 @@ class MGIEPipeline:
         pixels = torch.stack(image_list) if isinstance(images, torch.Tensor) else image_list
         out = self.sample(pixels, imagination, sample_config, seed, offset(callback, start, total), mask)
         return EditResult(tensor_to_pil(out.images), derivation, imagination, out)
+
+    def edit_in_steps(
+        self,
+        images: ImageLike | Sequence[Image.Image],
+        steps: str | Sequence[str],
+        derive_config: DeriveConfig = DeriveConfig(),
+        sample_config: SampleConfig | None = None,
+        seed: int | Sequence[int] | None = None,
+        callback: ProgressCallback | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> list[EditResult]:
+        """A multi-step edit: each instruction of ``steps`` (a list, or a text with one per line) edits the
+        previous step's result, with the same seed and mask, as chained edits would. One result per step;
+        the last one holds the final images."""
+        steps = parse_steps(steps)
+        sample_config = sample_config or self.default_sample_config()
+        per_step = len(as_image_list(images)) * derive_config.max_new_tokens + sample_config.num_inference_steps
+        results: list[EditResult] = []
+        current = images
+        for index, instruction in enumerate(steps):
+            progress = offset(callback, index * per_step, per_step * len(steps))
+            results.append(self(current, instruction, derive_config, sample_config, seed, callback=progress, mask=mask))
+            current = results[-1].output.images  # the sampler's float pixels, not 8-bit files
+        return results
 
 
 def as_image_list(images: ImageLike | Sequence[Image.Image]) -> list[ImageLike]:

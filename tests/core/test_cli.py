@@ -13,6 +13,7 @@ import pytest
 from conftest import make_image
 from PIL import Image
 
+from mgie_core import DeriveConfig
 from mgie_core.cli import main
 from mgie_core.images import load_image
 
@@ -52,6 +53,18 @@ def test_edit_writes_image_intermediates_and_prints_instruction(tiny_root, tmp_p
                "--save-intermediates", str(npz2)) == 0
     assert capsys.readouterr().out.strip().endswith("turn the apple red.")
     assert not np.allclose(np.load(npz2)["imagination"], data["imagination"])
+
+
+def test_instruction_given_twice_is_a_multi_step_edit(tiny_root, tmp_path, image_path, capsys):
+    from mgie_core import MGIEPipeline, SampleConfig, load_model
+
+    assert run(tiny_root, tmp_path, image_path, "--instruction", "make it red", "--seed", "3") == 0
+    assert capsys.readouterr().out.splitlines() == ["1. paint the whole sky a deep blue.keep the rest as it is.",
+                                                    "2. turn the apple red."]
+    pipe = MGIEPipeline(load_model(tiny_root), "cpu", "fp32")
+    steps = pipe.edit_in_steps(load_image(image_path), ["make the sky blue", "make it red"],
+                               DeriveConfig(max_new_tokens=40), SampleConfig(num_inference_steps=3), seed=3)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(steps[-1].images[0]))
 
 
 def test_module_entry_point(tiny_root, tmp_path, image_path):
@@ -145,6 +158,9 @@ def _error(capsys) -> str:
         (lambda p: None, [], r"error: image not found: .*bad.png"),
         (lambda p: Image.new("RGB", (1, 1)).save(p), [], r"error: image of 1x1 pixels is too small: .* upscale it first"),
         (lambda p: make_image().save(p), ["--instruction", "   "], r"error: --instruction is empty"),
+        (lambda p: make_image().save(p), ["--instruction", "a"] * 17, r"error: 17 steps given; .* at most 16"),
+        (lambda p: make_image().save(p), ["--instruction", "a", "--instruction", "b", "--expressive", "c"],
+         r"error: --expressive replaces .* a multi-step edit"),
         (lambda p: make_image().save(p), ["--instruction", "go " * 500], r"error: instruction is too long: .* shorten"),
         (lambda p: make_image().save(p), ["--model", "/nonexistent/mgie"], r"error: model not found: /nonexistent/mgie"),
         (lambda p: make_image().save(p), ["--steps", "0"], r"error: --steps must be an integer from 1 to 1000, got 0"),
@@ -157,7 +173,8 @@ def _error(capsys) -> str:
 def test_bad_input_one_line_error_and_no_output(tiny_root, tmp_path, capsys, setup, extra, message):
     path = tmp_path / "bad.png"
     setup(path)
-    args = ["edit", "--model", str(tiny_root), "--image", str(path), "--instruction", "make it red",
+    instruction = [] if "--instruction" in extra else ["--instruction", "make it red"]  # --instruction appends steps
+    args = ["edit", "--model", str(tiny_root), "--image", str(path), *instruction,
             "--out", str(tmp_path / "out.png"), "--save-intermediates", str(tmp_path / "i.npz"), *FAST, *extra]
     assert main(args) == 2
     line = _error(capsys)

@@ -50,3 +50,31 @@ def test_dtype_names(tiny_model):
     assert MGIEPipeline(tiny_model, "cpu", "bf16").model.unet.dtype == torch.bfloat16
     with pytest.raises(InputError, match="dtype 'fp8' is not one of"):
         MGIEPipeline(tiny_model, "cpu", "fp8")
+
+
+def test_multi_step_edit_is_the_chain_of_single_edits(pipe):
+    image = make_image(32, 32, seed=3)
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 8:24, 8:24] = 1
+    seen = []
+    steps = pipe.edit_in_steps(image, "make the sky blue\n\n  make it red  \n", DERIVE, SAMPLE, seed=7, mask=mask,
+                               callback=lambda step, total: seen.append((step, total)))
+    assert [s.expressive_instructions[0] for s in steps] == ["paint the whole sky a deep blue.keep the rest as it is.",
+                                                             "turn the apple red."]
+    first = pipe(image, "make the sky blue", DERIVE, SAMPLE, seed=7, mask=mask)
+    second = pipe(first.output.images, "make it red", DERIVE, SAMPLE, seed=7, mask=mask)  # on the float result
+    assert torch.equal(steps[0].output.images, first.output.images)
+    assert torch.equal(steps[1].output.images, second.output.images)
+    assert not torch.equal(second.output.images, first.output.images)
+    outside = (mask == 0).expand(1, 3, 32, 32)
+    start = pil_to_tensor([image])
+    assert torch.equal(steps[1].output.images[outside], start[outside])  # the mask holds at every step
+    per_step = DERIVE.max_new_tokens + SAMPLE.num_inference_steps
+    assert seen[-1] == (2 * per_step, 2 * per_step) and all(total == 2 * per_step for _, total in seen)
+
+
+@pytest.mark.parametrize("text, message", [("\n  \n", "the instruction is empty"),
+                                           ("\n".join(["a"] * 17), "17 steps given; .* at most 16")])
+def test_multi_step_bad_instructions(pipe, text, message):
+    with pytest.raises(InputError, match=message):
+        pipe.edit_in_steps(make_image(16, 16), text, DERIVE, SAMPLE)
