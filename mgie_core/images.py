@@ -146,16 +146,21 @@ def load_mask(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0)[None]
 
 
-def fit_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def fit_mask(mask: torch.Tensor, size: tuple[int, int], count: int | None = None) -> torch.Tensor:
     """``mask`` ((B,) H', W' or (B, 1, H', W') in [0, 1]) as (B, 1, H, W) for pixels of ``size`` = (H, W);
-    another size is resized (bilinear), as the picture it goes with was."""
+    another size is resized (bilinear), as the picture it goes with was. With ``count`` images, one mask
+    serves them all and B masks pair with B images."""
     if mask.ndim == 2:
         mask = mask[None]
     if mask.ndim == 3:
         mask = mask[:, None]
     if mask.ndim != 4 or mask.shape[1] != 1:
         raise InputError(f"a mask must be (H, W), (B, H, W) or (B, 1, H, W), got shape {tuple(mask.shape)}")
-    mask = mask.float()
+    if count is not None and mask.shape[0] not in (1, count):
+        raise InputError(f"{mask.shape[0]} masks for {count} images: give one mask for all the images, or one per image")
+    if count is not None:
+        mask = mask.expand(count, -1, -1, -1)
+    mask = mask.float().cpu()
     if tuple(mask.shape[-2:]) != tuple(size):
         mask = torch.nn.functional.interpolate(mask, size=size, mode="bilinear", align_corners=False)
     return mask.clamp(0, 1)

@@ -86,7 +86,7 @@ class MGIEPipeline:
         ``seed``: one for the batch, or one per image. ``mask``: where to edit, resized to the pictures."""
         config = config or self.default_sample_config()
         pixels = fit_for_vae(images, self.model.vae_scale_factor, config.max_side)
-        mask = fit_mask(mask, tuple(pixels.shape[-2:])) if mask is not None else None
+        mask = fit_mask(mask, tuple(pixels.shape[-2:]), pixels.shape[0]) if mask is not None else None
         m = self.model
         return sample(m.unet, m.vae, m.scheduler_config, pixels, imagination, config, make_generators(seed), callback,
                       mask=mask)
