@@ -7,7 +7,7 @@ import dataclasses
 import torch
 
 from ..mgie_core import DeriveConfig, Imagination, InputError, SampleConfig, derive, imagine, make_generator, sample
-from ..mgie_core.images import fit_for_vae
+from ..mgie_core.images import fit_for_vae, fit_mask
 from ..mgie_core.progress import ProgressCallback, offset
 from .runtime import MGIEHandle, image_from_core, image_to_core, intermediate, progress
 from .types import DerivationLink
@@ -48,17 +48,36 @@ def from_conditioning(conditioning: list, what: str) -> torch.Tensor:
 
 
 def run_sample(handle: MGIEHandle, image: torch.Tensor, imagination: Imagination, seed: int,
-               config: SampleConfig, callback: ProgressCallback | None = None) -> tuple[torch.Tensor, dict]:
+               config: SampleConfig, callback: ProgressCallback | None = None,
+               mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Denoise ``image`` under ``imagination``; a ComfyUI MASK ((B,) H, W: one for all images or one per image,
+    any size) limits the edit to where it is 1."""
     handle.use("sample")
     pixels = fit_for_vae(image_to_core(image), handle.model.vae_scale_factor, config.max_side)
+    mask = fit_mask(mask, tuple(pixels.shape[-2:]), pixels.shape[0]) if mask is not None else None
     m = handle.model
     out = sample(m.unet, m.vae, m.scheduler_config, pixels, imagination, config, make_generator(seed),
-                 callback or progress(config.num_inference_steps))
+                 callback or progress(config.num_inference_steps), mask=mask)
     return image_from_core(out.images), {"samples": intermediate(out.latents)}
 
 
-def edit_progress(image: torch.Tensor, max_new_tokens: int, steps: int) -> tuple[ProgressCallback, ProgressCallback]:
-    """One progress bar over both stages of a one-node edit: (derive callback, sample callback)."""
+def mask_note(mask: torch.Tensor | None) -> str:
+    """What the node says about its mask: nothing, or that an empty mask left the image unchanged."""
+    if mask is None:
+        return ""
+    empty = (mask if mask.ndim > 2 else mask[None]).flatten(1).amax(1) <= 0  # one per mask of the batch
+    if bool(empty.all()):
+        return "\nThe mask is empty (nothing painted): the image is returned unchanged."
+    if bool(empty.any()):
+        return f"\nThe masks of images {empty.nonzero().flatten().tolist()} are empty: those images are unchanged."
+    return ""
+
+
+def edit_progress(image: torch.Tensor, max_new_tokens: int, steps: int,
+                  edits: int = 1) -> list[tuple[ProgressCallback, ProgressCallback]]:
+    """One progress bar over every stage of a one-node edit of ``edits`` steps: (derive, sample) callbacks per step."""
     tokens = image.shape[0] * max_new_tokens
-    bar = progress(tokens + steps)
-    return offset(bar, 0, tokens + steps), offset(bar, tokens, tokens + steps)
+    per_edit = tokens + steps
+    total = per_edit * edits
+    bar = progress(total)
+    return [(offset(bar, k * per_edit, total), offset(bar, k * per_edit + tokens, total)) for k in range(edits)]

@@ -24,6 +24,12 @@ def override_input() -> io.String.Input:
                                    "one and the visual tokens are recomputed from your text.")
 
 
+def mask_input() -> io.Mask.Input:
+    return io.Mask.Input("mask", optional=True,
+                         tooltip="Optional: edit only where the mask is 1 (paint it in Load Image's mask editor). "
+                                 "Pixels outside stay the input's; one mask for all images or one per image.")
+
+
 def max_new_tokens_input() -> io.Int.Input:
     return io.Int.Input("max_new_tokens", default=DeriveConfig.max_new_tokens, min=1, max=512,
                         tooltip="Token budget of the derived expressive instruction (the paper uses 96).")

@@ -215,3 +215,70 @@ def test_loader_offers_the_embedded_default(comfy):
     assert options[-1] == "mgie-mini (embedded)"
     handle = load(nodes, "mgie-mini (embedded)")
     assert handle.model.info["format"] == "bundle" and handle.model.spec.num_visual_tokens == 8
+
+
+EDIT = dict(seed=2, steps=3, guidance_scale=7.5, image_guidance_scale=1.5, scheduler="euler_ancestral", max_side=0)
+
+
+def test_a_mask_limits_the_edit_and_a_small_one_is_resized(comfy):
+    nodes = comfy[0]
+    handle = load(nodes)
+    image = comfy_image((32, 32), (32, 32))
+    mask = torch.zeros(1, 8, 8)  # as Load Image's mask editor makes it, at another size: resized to the image
+    mask[:, 2:6, 2:6] = 1
+    free, _ = nodes["MGIEEdit"].execute(mgie_model=handle, image=image, instruction="make it red", **EDIT).values
+    out = nodes["MGIEEdit"].execute(mgie_model=handle, image=image, instruction="make it red", **EDIT, mask=mask)
+    masked = out.values[0]
+    outside, inside = torch.ones(32, 32, dtype=torch.bool), torch.zeros(32, 32, dtype=torch.bool)
+    outside[6:26, 6:26] = False  # the resized mask covers 8..24, feathered by a pixel
+    inside[10:22, 10:22] = True
+    assert torch.equal(masked[:, outside], image[:, outside])  # both images of the batch: the input outside
+    assert (masked[:, inside] - image[:, inside]).abs().mean() > 0.01  # edited inside
+    assert not torch.equal(masked, free)
+    assert "mask is empty" not in out.ui["text"][0]
+
+
+def test_sampler_masks_pair_with_images_and_an_empty_mask_returns_the_input(comfy):
+    nodes = comfy[0]
+    handle = load(nodes)
+    image = comfy_image((16, 16), (16, 16))
+    cond = [[torch.randn(1, 77, 32), {}]]
+    args = dict(mgie_model=handle, image=image, positive=cond, negative=[[torch.zeros(1, 77, 32), {}]], **EDIT)
+    masks = torch.zeros(2, 16, 16)
+    masks[1] = 1  # the first image is kept, the second edited everywhere
+    out = nodes["MGIESampler"].execute(**args, mask=masks)
+    free = nodes["MGIESampler"].execute(**args).values[0]
+    assert torch.equal(out.values[0][0], image[0]) and torch.equal(out.values[0][1], free[1])
+    assert "masks of images [0] are empty" in out.ui["text"][0]
+    empty = nodes["MGIESampler"].execute(**args, mask=torch.zeros(1, 16, 16))
+    assert torch.equal(empty.values[0], image) and "the image is returned unchanged" in empty.ui["text"][0]
+    with pytest.raises(ValueError, match="^3 masks for 2 images: give one mask for all the images, or one per image$"):
+        nodes["MGIESampler"].execute(**args, mask=torch.ones(3, 16, 16))
+
+
+def test_edit_node_applies_one_instruction_per_line_in_turn(comfy):
+    nodes, _, utils, _, _ = comfy
+    handle = load(nodes)
+    image = comfy_image((16, 16))
+    edit = nodes["MGIEEdit"]
+    out = edit.execute(mgie_model=handle, image=image, instruction="make the sky blue\n\n   \nmake it red\n", **EDIT)
+    images, text = out.values
+    updates, total = list(utils.updates), 2 * (96 + 3)
+    assert updates[-1] == (total, total) and all(t == total for _, t in updates[-total:])  # one bar over both steps
+    assert text == "1. paint the whole sky a deep blue.keep the rest as it is.\n2. turn the apple red."
+    assert out.ui["text"][0].startswith(text)
+    first, _ = edit.execute(mgie_model=handle, image=image, instruction="make the sky blue", **EDIT).values
+    chained, _ = edit.execute(mgie_model=handle, image=first, instruction="make it red", **EDIT).values
+    assert torch.equal(images, chained)  # the same as two MGIE Edit nodes in a row
+
+
+@pytest.mark.parametrize("instruction, extra, message", [
+    ("\n \n", {}, "^the instruction is empty"),
+    ("\n".join(f"step {i}" for i in range(17)), {}, "^17 steps given; a multi-step edit takes at most 16"),
+    ("a\nb", {"expressive_override": "x"}, "^expressive_override replaces the derived instruction of a one-step edit"),
+])
+def test_edit_node_step_errors(comfy, instruction, extra, message):
+    nodes = comfy[0]
+    with pytest.raises(ValueError, match=message):
+        nodes["MGIEEdit"].execute(mgie_model=load(nodes), image=comfy_image((16, 16)), instruction=instruction,
+                                  **EDIT, **extra)
