@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from ..mgie_core import InputError
 from ..mgie_core.devices import AUTO, DTYPES
+from .comfy_parts import comfy_model, comfy_vae
 from .runtime import NO_LORA, NONE_FOUND, list_loras, list_models, make_handle
 from .types import MGIEModel
 
@@ -21,7 +22,8 @@ class MGIELoader(io.ComfyNode):
             display_name="Load MGIE",
             category="MGIE",
             description="Loads MGIE from ComfyUI/models/mgie: Apple's folder (LLaVA-7B-v1/, mgie_7b/, "
-                        "instruct-pix2pix/, clip-vit-large-patch14/) or a .safetensors bundle.",
+                        "instruct-pix2pix/, clip-vit-large-patch14/) or a .safetensors bundle. MODEL and VAE are "
+                        "MGIE's UNet and VAE for ComfyUI's own samplers and VAE nodes (the same weights, no copy).",
             inputs=[
                 io.Combo.Input("model", options=list_models(),
                                tooltip="Folders and .safetensors bundles found in ComfyUI/models/mgie. mgie-mini "
@@ -37,7 +39,12 @@ class MGIELoader(io.ComfyNode):
                 io.Float.Input("lora_strength", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
                                tooltip="0 leaves the model unchanged, 1 applies the LoRA as trained."),
             ],
-            outputs=[MGIEModel.Output(display_name="mgie_model")],
+            outputs=[MGIEModel.Output(display_name="mgie_model"),
+                     io.Model.Output(display_name="MODEL",
+                                     tooltip="MGIE's UNet as ComfyUI's InstructPix2Pix model, for stock samplers: "
+                                             "InstructPixToPixConditioning -> DualCFGGuider (cfg_conds = text "
+                                             "guidance, cfg_cond2_negative = image guidance) -> SamplerCustomAdvanced."),
+                     io.Vae.Output(display_name="VAE", tooltip="MGIE's VAE as a ComfyUI VAE (the same weights).")],
         )
 
     @classmethod
@@ -49,4 +56,6 @@ class MGIELoader(io.ComfyNode):
         if precision not in PRECISIONS or residency not in RESIDENCY:
             raise InputError(f"precision must be one of {PRECISIONS} and residency one of {RESIDENCY}")
         handle = make_handle(model, precision, residency == "sequential", lora, lora_strength)
-        return io.NodeOutput(handle)
+        m = handle.model
+        return io.NodeOutput(handle, comfy_model(m.unet, m.scheduler_config, m.vae.config.scaling_factor),
+                             comfy_vae(m.vae))

@@ -30,8 +30,13 @@ def comfy_image(*sizes, seed=0):
     return torch.cat([pil_to_tensor(make_image(w, h, seed=seed + i)).permute(0, 2, 3, 1) for i, (w, h) in enumerate(sizes)])
 
 
+def load_outputs(nodes, name="tiny", precision="fp32", residency="auto"):
+    """Load MGIE's three outputs: the MGIE model, ComfyUI's MODEL and VAE."""
+    return nodes["MGIELoader"].execute(model=name, precision=precision, residency=residency).values
+
+
 def load(nodes, name="tiny", precision="fp32", residency="auto"):
-    return nodes["MGIELoader"].execute(model=name, precision=precision, residency=residency).values[0]
+    return load_outputs(nodes, name, precision, residency)[0]
 
 
 def test_pack_imports_without_comfyui(tmp_path):

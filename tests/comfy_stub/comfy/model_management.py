@@ -67,3 +67,15 @@ def throw_exception_if_processing_interrupted():
     if _interrupted:
         _interrupted = False  # ComfyUI clears the flag when it raises
         raise InterruptProcessingException()
+
+
+def vae_device():
+    return DEVICE
+
+
+def vae_offload_device():
+    return torch.device("cpu")
+
+
+def unet_manual_cast(weight_dtype, inference_device, supported_dtypes=(torch.float16, torch.bfloat16, torch.float32)):
+    return None if weight_dtype in supported_dtypes else torch.float32

@@ -20,3 +20,20 @@ class ProgressBar:
 
     def update(self, value):
         self.update_absolute(self.current + value, self.total)
+
+layouts: list[dict] = []  # every layout unet_to_diffusers was asked for
+
+
+class _SameNames(dict):
+    """Stands in for ComfyUI's diffusers -> LDM name map: every diffusers name maps to itself, prefixed."""
+
+    def __contains__(self, key):
+        return True
+
+    def __missing__(self, key):
+        return f"ldm:{key}"
+
+
+def unet_to_diffusers(unet_config):
+    layouts.append(dict(unet_config))
+    return _SameNames()

@@ -39,6 +39,7 @@ def _type(name: str):
 Image, Mask, Latent, Conditioning = _type("IMAGE"), _type("MASK"), _type("LATENT"), _type("CONDITIONING")
 String, Int, Float, Boolean, Combo = _type("STRING"), _type("INT"), _type("FLOAT"), _type("BOOLEAN"), _type("COMBO")
 AnyType = _type("*")
+Model, Vae = _type("MODEL"), _type("VAE")
 
 
 def Custom(io_type: str):  # noqa: N802 - mirrors ComfyUI
