@@ -5,6 +5,9 @@ outside ComfyUI (pytest, scripts); the nodes are imported when ComfyUI asks for 
 """
 
 
+WEB_DIRECTORY = "./web"  # mgie_text.js: the derived expressive instruction shown on the node after a run
+
+
 async def comfy_entrypoint():
     from .nodes import MGIEExtension
 
