@@ -27,16 +27,31 @@ NODE_IO = {
     "PreviewImage": ([("images", "IMAGE", False)], [], (320, 300)),
     "PreviewAny": ([("source", "*", False)], [], (320, 160)),
     "ImageScaleBy": ([("image", "IMAGE", False)], [("IMAGE", "IMAGE")], (300, 90)),
-    "MGIELoader": ([], [("mgie_model", "MGIE_MODEL")], (320, 110)),
+    "MGIELoader": ([], [("mgie_model", "MGIE_MODEL"), ("MODEL", "MODEL"), ("VAE", "VAE")], (320, 150)),
+    "Note": ([], [], (400, 200)),
+    "InstructPixToPixConditioning": ([("positive", "CONDITIONING", False), ("negative", "CONDITIONING", False),
+                                      ("vae", "VAE", False), ("pixels", "IMAGE", False)],
+                                     [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")],
+                                     (300, 100)),
+    "DualCFGGuider": ([("model", "MODEL", False), ("cond1", "CONDITIONING", False), ("cond2", "CONDITIONING", False),
+                       ("negative", "CONDITIONING", False)], [("GUIDER", "GUIDER")], (300, 150)),
+    "RandomNoise": ([], [("NOISE", "NOISE")], (300, 90)),
+    "KSamplerSelect": ([], [("SAMPLER", "SAMPLER")], (300, 60)),
+    "BasicScheduler": ([("model", "MODEL", False)], [("SIGMAS", "SIGMAS")], (300, 110)),
+    "SamplerCustomAdvanced": ([("noise", "NOISE", False), ("guider", "GUIDER", False), ("sampler", "SAMPLER", False),
+                               ("sigmas", "SIGMAS", False), ("latent_image", "LATENT", False)],
+                              [("output", "LATENT"), ("denoised_output", "LATENT")], (300, 130)),
+    "SetLatentNoiseMask": ([("samples", "LATENT", False), ("mask", "MASK", False)], [("LATENT", "LATENT")], (260, 50)),
+    "VAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False)], [("IMAGE", "IMAGE")], (220, 50)),
     "MGIEDeriveInstruction": ([("mgie_model", "MGIE_MODEL", False), ("image", "IMAGE", False)],
                               [("derivation", "MGIE_DERIVATION"), ("expressive_instruction", "STRING")], (360, 260)),
     "MGIEVisualImagination": ([("derivation", "MGIE_DERIVATION", False)],
                               [("positive", "CONDITIONING"), ("negative", "CONDITIONING")], (280, 60)),
     "MGIESampler": ([("mgie_model", "MGIE_MODEL", False), ("image", "IMAGE", False),
-                     ("positive", "CONDITIONING", False), ("negative", "CONDITIONING", False)],
+                     ("positive", "CONDITIONING", False), ("negative", "CONDITIONING", False), ("mask", "MASK", True)],
                     [("image", "IMAGE"), ("latent", "LATENT")], (330, 260)),
-    "MGIEEdit": ([("mgie_model", "MGIE_MODEL", False), ("image", "IMAGE", False)],
-                 [("image", "IMAGE"), ("expressive_instruction", "STRING")], (360, 420)),
+    "MGIEEdit": ([("mgie_model", "MGIE_MODEL", False), ("image", "IMAGE", False), ("mask", "MASK", True)],
+                 [("image", "IMAGE"), ("expressive_instruction", "STRING")], (360, 440)),
 }
 
 
@@ -152,11 +167,105 @@ def multi_turn() -> Graph:
     return g
 
 
+STOCK_NOTE = (
+    "MGIE on ComfyUI's own sampling. Load MGIE's MODEL and VAE are MGIE's UNet and VAE (the same weights).\n"
+    "InstructPixToPixConditioning adds the input image to the visual imagination (positive) and the null "
+    "imagination (negative). DualCFGGuider: cond1 = its positive, cond2 = its negative, negative = the null "
+    "imagination WITHOUT the image (straight from Visual Imagination); cfg_conds = text guidance, "
+    "cfg_cond2_negative = image guidance, style regular.\n"
+    "mgie-mini: 2 / 1.5 at 64 px; Apple's MGIE-7B: 7.5 / 1.5 (the paper). euler + normal with the same seed and "
+    "steps gives MGIE Sampler's euler edit."
+)
+GUIDANCE = [2.0, 1.5, "regular"]  # mgie-mini's text and image guidance (MGIE-7B: 7.5, 1.5)
+
+
+def stock_sampler(masked: bool = False) -> Graph:
+    """MGIE's conditioning on ComfyUI's stock samplers; ``masked``: through Set Latent Noise Mask."""
+    g = Graph()
+    image = g.add("LoadImage", (0, 0), ["scene-masked.png" if masked else "scene.png", "image"])
+    model = g.add("MGIELoader", (0, 380), LOADER)
+    derive = g.add("MGIEDeriveInstruction", (380, 0), ["make the biggest shape red", 96, ""])
+    imagine = g.add("MGIEVisualImagination", (380, 320))
+    ip2p = g.add("InstructPixToPixConditioning", (720, 0))
+    guider = g.add("DualCFGGuider", (720, 160), GUIDANCE)
+    noise = g.add("RandomNoise", (720, 360), [13331, "fixed"])
+    sampler = g.add("KSamplerSelect", (720, 490), ["euler"])
+    sigmas = g.add("BasicScheduler", (720, 590), ["normal", 100, 1.0])
+    run = g.add("SamplerCustomAdvanced", (1060, 0))
+    decode = g.add("VAEDecode", (1060, 180))
+    save = g.add("SaveImage", (1320, 0), ["mgie/stock_masked" if masked else "mgie/stock"])
+    g.add("Note", (1060, 300), [STOCK_NOTE], title="How MGIE plugs into stock sampling")
+    g.link(model, 0, derive, "mgie_model")
+    g.link(image, 0, derive, "image")
+    g.link(derive, 0, imagine, "derivation")
+    g.link(imagine, 0, ip2p, "positive")
+    g.link(imagine, 1, ip2p, "negative")
+    g.link(model, 2, ip2p, "vae")
+    g.link(image, 0, ip2p, "pixels")
+    g.link(model, 1, guider, "model")
+    g.link(ip2p, 0, guider, "cond1")
+    g.link(ip2p, 1, guider, "cond2")
+    g.link(imagine, 1, guider, "negative")
+    g.link(model, 1, sigmas, "model")
+    g.link(noise, 0, run, "noise")
+    g.link(guider, 0, run, "guider")
+    g.link(sampler, 0, run, "sampler")
+    g.link(sigmas, 0, run, "sigmas")
+    if masked:
+        noise_mask = g.add("SetLatentNoiseMask", (1060, 520))
+        g.link(ip2p, 2, noise_mask, "samples")
+        g.link(image, 1, noise_mask, "mask")
+        g.link(noise_mask, 0, run, "latent_image")
+    else:
+        g.link(ip2p, 2, run, "latent_image")
+    g.link(run, 0, decode, "samples")
+    g.link(model, 2, decode, "vae")
+    g.link(decode, 0, save, "images")
+    return g
+
+
+def masked_edit() -> Graph:
+    g = Graph()
+    image = g.add("LoadImage", (0, 0), ["scene-masked.png", "image"])
+    model = g.add("MGIELoader", (0, 380), LOADER)
+    edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, ""])
+    text = g.add("PreviewAny", (380, 480), title="Expressive instruction")
+    save = g.add("SaveImage", (780, 0), ["mgie/masked"])
+    g.add("Note", (780, 380), ["Paint where to edit in Load Image's mask editor (right click > Open in MaskEditor). "
+                               "Outside the mask the pixels stay the input's. An empty mask returns the image "
+                               "unchanged and says so on the node."], title="Masked edit")
+    g.link(model, 0, edit, "mgie_model")
+    g.link(image, 0, edit, "image")
+    g.link(image, 1, edit, "mask")
+    g.link(edit, 0, save, "images")
+    g.link(edit, 1, text, "source")
+    return g
+
+
+def multi_step() -> Graph:
+    g = Graph()
+    image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
+    model = g.add("MGIELoader", (0, 380), LOADER)
+    edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red\nmake it night", *SAMPLING, ""],
+                 title="MGIE Edit: one instruction per line")
+    text = g.add("PreviewAny", (380, 480), title="Expressive instruction of every step")
+    save = g.add("SaveImage", (780, 0), ["mgie/multi_step"])
+    g.link(model, 0, edit, "mgie_model")
+    g.link(image, 0, edit, "image")
+    g.link(edit, 0, save, "images")
+    g.link(edit, 1, text, "source")
+    return g
+
+
 WORKFLOWS = {
     "mgie_basic_edit.json": basic_edit,
     "mgie_quick_edit.json": quick_edit,
     "mgie_edit_then_upscale.json": edit_then_upscale,
     "mgie_multi_turn.json": multi_turn,
+    "mgie_stock_sampler.json": stock_sampler,
+    "mgie_stock_masked.json": lambda: stock_sampler(masked=True),
+    "mgie_masked_edit.json": masked_edit,
+    "mgie_multi_step.json": multi_step,
 }
 
 

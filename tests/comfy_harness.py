@@ -62,9 +62,12 @@ def load_pack(custom_nodes: Path):
 
 # -- stand-ins for the stock nodes the shipped workflows use ---------------------------------------
 def _load_image(ctx, image):
-    pil = Image.open(ctx.input_dir / image).convert("RGB")
-    tensor = torch.from_numpy(np.asarray(pil, np.float32) / 255.0)[None]
-    return tensor, torch.zeros(1, *tensor.shape[1:3])
+    """As ComfyUI's Load Image: the mask is 1 where the mask editor cleared the alpha; 64x64 zeros without alpha."""
+    pil = Image.open(ctx.input_dir / image)
+    tensor = torch.from_numpy(np.asarray(pil.convert("RGB"), np.float32) / 255.0)[None]
+    if "A" not in pil.getbands():
+        return tensor, torch.zeros(1, 64, 64)
+    return tensor, 1.0 - torch.from_numpy(np.asarray(pil.getchannel("A"), np.float32) / 255.0)[None]
 
 
 def _save_image(ctx, images, filename_prefix="ComfyUI"):
@@ -105,10 +108,21 @@ STOCK = {
 }
 
 
+# ComfyUI's sampling nodes, which only a real ComfyUI runs: their widgets in layout order
+REAL_ONLY = {
+    "InstructPixToPixConditioning": [], "DualCFGGuider": ["cfg_conds", "cfg_cond2_negative", "style"],
+    "RandomNoise": ["noise_seed", "noise_seed:control"], "KSamplerSelect": ["sampler_name"],
+    "BasicScheduler": ["scheduler", "steps", "denoise"], "SamplerCustomAdvanced": [], "SetLatentNoiseMask": [],
+    "VAEDecode": [],
+}
+
+
 def widget_names(node_type: str, nodes: dict) -> list[str]:
     """Widget slots of a node in ``widgets_values`` order; ``:control`` marks a seed's control value."""
     if node_type in STOCK:
         return STOCK[node_type][1]
+    if node_type in REAL_ONLY:
+        return REAL_ONLY[node_type]
     names = []
     for widget in nodes[node_type].define_schema().widget_order():
         names.append(widget.id)

@@ -12,10 +12,11 @@ from conftest import make_image
 from PIL import Image
 
 WORKFLOWS = sorted((harness.ROOT / "workflows").glob("*.json"))
-EXPECTED = {"mgie_basic_edit.json", "mgie_quick_edit.json", "mgie_edit_then_upscale.json", "mgie_multi_turn.json"}
+EXPECTED = {"mgie_basic_edit.json", "mgie_quick_edit.json", "mgie_edit_then_upscale.json", "mgie_multi_turn.json",
+            "mgie_stock_sampler.json", "mgie_stock_masked.json", "mgie_masked_edit.json", "mgie_multi_step.json"}
 
 
-def test_the_four_workflows_ship_and_are_current():
+def test_the_workflows_ship_and_are_current():
     assert EXPECTED <= {p.name for p in WORKFLOWS}
     sys.path.insert(0, str(harness.ROOT / "scripts"))
     try:
@@ -50,6 +51,18 @@ def test_workflow_runs(comfy, path: Path):
     ctx = harness.Context(input_dir=tmp_path / "input", output_dir=tmp_path / "output")
     ctx.input_dir.mkdir()
     make_image(48, 32).save(ctx.input_dir / "scene.png")
+    painted = make_image(48, 32).convert("RGBA")
+    painted.putalpha(Image.new("L", (48, 32), 255))
+    painted.paste((0, 0, 0, 0), (8, 8, 40, 24))  # the mask editor clears the alpha where the artist paints
+    painted.save(ctx.input_dir / "scene-masked.png")
+    stock = {s["class_type"] for s in prompt.values()} & set(harness.REAL_ONLY)
+    if stock:  # ComfyUI's own samplers: only the MGIE nodes run here; the whole graph runs in a real ComfyUI
+        _check_stock_wiring(prompt)
+        prompt = _without(prompt, set(harness.REAL_ONLY))
+        prompt["preview"] = {"class_type": "PreviewAny", "inputs": {"source": [_node(prompt, "MGIEDeriveInstruction"), 1]}}
+        harness.execute(prompt, nodes, ctx)
+        assert ctx.texts and all(t.endswith(".") for t in ctx.texts)
+        return
     harness.execute(prompt, nodes, ctx)
     assert ctx.saved, "the workflow saved no image"
     expected_size = (96, 64) if "upscale" in path.name else (48, 32)
@@ -57,3 +70,27 @@ def test_workflow_runs(comfy, path: Path):
     assert ctx.texts and all(t.endswith(".") for t in ctx.texts)  # expressive instructions are shown
     mgie_nodes = {s["class_type"] for s in prompt.values()} & set(nodes)
     assert "MGIELoader" in mgie_nodes and len(mgie_nodes) >= 2
+
+
+def _node(prompt: dict, class_type: str) -> str:
+    return next(i for i, s in prompt.items() if s["class_type"] == class_type)
+
+
+def _check_stock_wiring(prompt: dict) -> None:
+    """The wiring the README documents: MODEL and VAE from Load MGIE; DualCFGGuider's cond1/cond2 from
+    InstructPixToPixConditioning, its negative the null imagination without the image."""
+    loader, imagine, ip2p = (_node(prompt, t) for t in ("MGIELoader", "MGIEVisualImagination", "InstructPixToPixConditioning"))
+    guider = prompt[_node(prompt, "DualCFGGuider")]["inputs"]
+    assert guider["model"] == [loader, 1] and prompt[ip2p]["inputs"]["vae"] == [loader, 2]
+    assert guider["cond1"] == [ip2p, 0] and guider["cond2"] == [ip2p, 1] and guider["negative"] == [imagine, 1]
+    assert prompt[_node(prompt, "VAEDecode")]["inputs"]["vae"] == [loader, 2]
+
+
+def _without(prompt: dict, types: set) -> dict:
+    """The prompt less the nodes of ``types`` and every node that depends on them."""
+    kept = {i: s for i, s in prompt.items() if s["class_type"] not in types}
+    while True:
+        gone = {i for i, s in kept.items() for v in s["inputs"].values() if isinstance(v, list) and v[0] not in kept}
+        if not gone:
+            return kept
+        kept = {i: s for i, s in kept.items() if i not in gone}
