@@ -11,6 +11,7 @@ mgie-mini (``formats/`` holds every file format). ``devices`` has the one table 
 This package never imports ComfyUI.
 """
 
+from . import quiet  # noqa: F401  (first: before any module imports diffusers)
 from .config import DEFAULT_SEED, DeriveConfig, SampleConfig
 from .derive import Derivation, derive
 from .errors import CheckpointError, EditCancelled, InputError, MGIEError, SettingError

@@ -178,7 +178,7 @@ def greedy_generate(model: MGIEModel, prompt_ids: torch.Tensor, embeds: torch.Te
     prompt positions from the prefill, then one per generated token except the last. Rows that
     reached ``</s>`` keep decoding with the others (nothing is shared between rows) and are cut.
     """
-    llm, lm_head, eos = model.mllm.llm, model.mllm.lm_head, model.spec.eos_token_id
+    llm, eos = model.mllm.llm, model.spec.eos_token_id
     ban = NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size) if config.no_repeat_ngram_size > 0 else None
     cache = DynamicCache()
     hidden = llm(inputs_embeds=embeds, use_cache=True, **with_cache(llm, cache)).last_hidden_state  # (G, L, H)
@@ -186,7 +186,7 @@ def greedy_generate(model: MGIEModel, prompt_ids: torch.Tensor, embeds: torch.Te
     lengths = torch.full((ids.shape[0],), ids.shape[1])
     finished = torch.zeros(ids.shape[0], dtype=torch.bool)
     for step in range(config.max_new_tokens):
-        scores = lm_head(hidden[:, -1]).float()  # (G, V)
+        scores = model.mllm.logits(hidden[:, -1]).float()  # (G, V)
         if ban is not None:
             scores = ban(ids, scores)
         next_id = scores.argmax(dim=-1, keepdim=True)  # (G, 1)

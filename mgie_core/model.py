@@ -78,6 +78,10 @@ class MultimodalLLM(nn.Module):
             patches = out.hidden_states[self.vision_select_layer][:, 1:]  # (B, N, C)
         return self.mm_projector(patches.to(self.mm_projector.weight.dtype))  # (B, N, H)
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token scores from final-norm hidden states, in ``lm_head``'s precision (a 4-bit LLM computes in bf16)."""
+        return self.lm_head(hidden.to(self.lm_head.weight.dtype))
+
     def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor, im_patch_id: int) -> torch.Tensor:
         """Token embeddings (B, T, H) with the image features written over the ``<im_patch>`` positions."""
         embeds = self.llm.embed_tokens(input_ids)  # (B, T, H)
