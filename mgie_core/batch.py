@@ -249,6 +249,7 @@ def _derive_and_sample(pipe: MGIEPipeline, ready: list[Loaded], derive_config: D
             raise
         return _one_at_a_time(pipe, ready, derive_config, sample_config, records)  # find whose words are at fault
     imagination, pictures = pipe.imagine(derivation), {}
+    pipe.residency.place("sample")
     for indices in _size_groups(ready):  # the sampler edits pictures of one size together
         chosen = torch.tensor(indices)
         masks = [ready[i].mask for i in indices]

@@ -19,6 +19,8 @@ from .images import ImageLike, fit_for_vae, fit_mask, tensor_to_pil
 from .imagine import Imagination, imagine
 from .model import MGIEModel
 from .progress import ProgressCallback, offset
+from .quant import check_llm_quant, quantize_llm
+from .residency import Residency
 from .sample import SampleOutput, sample
 from .steps import parse_steps
 
@@ -55,17 +57,30 @@ def make_generators(seed: int | Sequence[int] | None) -> torch.Generator | list[
 
 
 class MGIEPipeline:
-    """Chains the three stages on one device and dtype (``auto``: fp16 on a CUDA GPU, fp32 elsewhere)."""
+    """Chains the three stages on one device and dtype (``auto``: fp16 on a CUDA GPU, fp32 elsewhere).
 
-    def __init__(self, model: MGIEModel, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None):
+    For small GPUs: ``llm_quant`` (``int8``, or ``int4`` on CUDA) quantizes the LLM's linear layers as the model
+    is placed (see :mod:`.quant`); ``low_vram`` stages the parts, so the LLM and the UNet are never on the GPU
+    together (see :mod:`.residency`). The defaults (``none``, False) keep every part on the device as loaded.
+    """
+
+    def __init__(self, model: MGIEModel, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
+                 llm_quant: str = "none", low_vram: bool = False):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.model = model.to(self.device, self.dtype).eval()
+        check_llm_quant(llm_quant, self.device)
+        # Quantizing or staging starts from the CPU, so the full-precision LLM is never whole on the GPU.
+        home = "cpu" if low_vram or llm_quant != "none" else self.device
+        self.model = model.to(home, self.dtype).eval()
+        quantize_llm(self.model.mllm.llm, llm_quant, self.device)
+        self.residency = Residency(self.model, self.device, staged=low_vram)
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype | None = None, vision_tower: str | Path | None = None) -> MGIEPipeline:
-        return cls(load_model(path, vision_tower=vision_tower), device=device, dtype=dtype)
+                        dtype: str | torch.dtype | None = None, vision_tower: str | Path | None = None,
+                        llm_quant: str = "none", low_vram: bool = False) -> MGIEPipeline:
+        return cls(load_model(path, vision_tower=vision_tower), device=device, dtype=dtype, llm_quant=llm_quant,
+                   low_vram=low_vram)
 
     def default_sample_config(self) -> SampleConfig:
         """The paper's sampling, with the settings the model recommends where it does (mgie-mini: guidance
@@ -74,6 +89,7 @@ class MGIEPipeline:
 
     def derive(self, images: Sequence[ImageLike], instructions: Sequence[str], config: DeriveConfig = DeriveConfig(),
                expressive: Sequence[str | None] | None = None, callback: ProgressCallback | None = None) -> Derivation:
+        self.residency.place("derive")
         return derive(self.model, images, instructions, config, expressive, callback)
 
     def imagine(self, derivation: Derivation) -> Imagination:
@@ -88,6 +104,7 @@ class MGIEPipeline:
         pixels = fit_for_vae(images, self.model.vae_scale_factor, config.max_side)
         mask = fit_mask(mask, tuple(pixels.shape[-2:]), pixels.shape[0]) if mask is not None else None
         m = self.model
+        self.residency.place("sample")
         return sample(m.unet, m.vae, m.scheduler_config, pixels, imagination, config, make_generators(seed), callback,
                       mask=mask)
 
