@@ -13,6 +13,7 @@ from .errors import InputError, SettingError
 from .schedulers import SCHEDULERS
 
 DEFAULT_SEED = 13331  # the seed of Apple's demo notebook
+VAE_TILING = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class SampleConfig:
     image_guidance_scale: float = 1.5  # keeps the result close to the input image
     scheduler: str = "euler_ancestral"
     max_side: int = 1024  # longer image sides are scaled down to this before encoding; 0 = no limit
+    vae_tiling: str = "auto"  # auto: VAE in tiles above 1024 px (sample.TILE_ABOVE); on; off
 
     def __post_init__(self) -> None:
         _check_int("num_inference_steps", self.num_inference_steps, 1, 1000)
@@ -45,6 +47,8 @@ class SampleConfig:
             raise SettingError("scheduler", f"must be one of {', '.join(SCHEDULERS)}", self.scheduler)
         if self.max_side != 0:
             _check_int("max_side", self.max_side, 8, 16384)
+        if self.vae_tiling not in VAE_TILING:
+            raise SettingError("vae_tiling", f"must be one of {', '.join(VAE_TILING)}", self.vae_tiling)
 
     @property
     def do_classifier_free_guidance(self) -> bool:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from .schedulers import make_scheduler
 
 logger = logging.getLogger(__name__)
 Generators = torch.Generator | Sequence[torch.Generator] | None
+TILE_ABOVE = 1024  # px: longer sides above this are encoded and decoded in tiles (vae_tiling="auto")
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,10 @@ def sample(
     scheduler.set_timesteps(config.num_inference_steps, device=device)
 
     # 3. image latents: the VAE mode, unscaled (as InstructPix2Pix was trained); zeros for the third branch
+    tiled = use_vae_tiling(config.vae_tiling, pixels.shape[-2:])
     image = (pixels * 2.0 - 1.0).to(vae.device, vae.dtype)  # (B, 3, H, W) in [-1, 1]
-    image_latents = vae.encode(image).latent_dist.mode().to(device, dtype)  # (B, C, h, w)
+    with vae_tiles(vae, tiled):
+        image_latents = vae.encode(image).latent_dist.mode().to(device, dtype)  # (B, C, h, w)
     if cfg:
         image_latents = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])  # (3B, C, h, w)
 
@@ -102,12 +106,33 @@ def sample(
 
     # 6. decode
     raw = latents / vae.config.scaling_factor
-    decoded = vae.decode(raw.to(vae.device, vae.dtype), return_dict=False)[0]
+    with vae_tiles(vae, tiled):
+        decoded = vae.decode(raw.to(vae.device, vae.dtype), return_dict=False)[0]
     images = (decoded.float() / 2 + 0.5).clamp(0, 1)
     if mask is not None:  # 7. outside the mask, the input's own pixels
         inside = feather(mask).to(images.device)
         images = inside * images + (1 - inside) * pixels.to(images.device, images.dtype)
     return SampleOutput(images=images, latents=raw.float())
+
+
+def use_vae_tiling(setting: str, size: Sequence[int]) -> bool:
+    """Whether the VAE encodes and decodes ``size`` (H, W) in tiles: diffusers' overlapping tiles of the VAE's
+    ``sample_size``, blended. ``auto`` tiles above :data:`TILE_ABOVE` px, so a 2048 px picture fits a small GPU
+    while edits within the default 1024 px limit are not tiled."""
+    if setting == "auto":
+        return max(size) > TILE_ABOVE
+    return setting == "on"
+
+
+@contextmanager
+def vae_tiles(vae: AutoencoderKL, tiled: bool) -> Iterator[None]:
+    """diffusers' VAE tiling on (or off) for the calls inside, then as it was (ComfyUI's VAE shares this VAE)."""
+    before = vae.use_tiling
+    vae.enable_tiling() if tiled else vae.disable_tiling()
+    try:
+        yield
+    finally:
+        vae.enable_tiling() if before else vae.disable_tiling()
 
 
 def _check(pixels: torch.Tensor, vae: AutoencoderKL) -> None:
