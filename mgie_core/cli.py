@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .config import DEFAULT_SEED, DeriveConfig, SampleConfig, sample_config_for
+from .config import DEFAULT_SEED, VAE_TILING, DeriveConfig, SampleConfig, sample_config_for
 from .devices import AUTO, DTYPES, resolve_device
 from .errors import InputError, MGIEError, SettingError
 from .files import atomic_write
 from .images import load_image, save_image_atomic, tensor_to_pil
+from .quant import LLM_QUANTS, check_llm_quant
+from .sample import TILE_ABOVE
 from .schedulers import SCHEDULER_NAMES
 from .steps import parse_steps
 
@@ -28,7 +30,7 @@ logger = logging.getLogger("mgie_core")
 # Config fields -> the flags that set them, so that an out-of-range value is reported by its flag.
 FLAGS = {"num_inference_steps": "--steps", "guidance_scale": "--guidance-scale",
          "image_guidance_scale": "--image-guidance-scale", "scheduler": "--scheduler", "max_side": "--max-side",
-         "max_new_tokens": "--max-new-tokens"}
+         "max_new_tokens": "--max-new-tokens", "vae_tiling": "--vae-tiling"}
 MODEL_HELP = "Apple's MGIE root folder or an MGIE .safetensors bundle (default: the embedded mgie-mini)"
 
 
@@ -86,6 +88,14 @@ def _add_edit(edit: argparse.ArgumentParser) -> None:
     edit.add_argument("--device", default=AUTO, help="cpu, cuda, cuda:1, mps ... (default: cuda if there is one, else cpu)")
     edit.add_argument("--dtype", choices=(AUTO, *DTYPES), default=AUTO,
                       help="precision (default: fp16 on CUDA, fp32 elsewhere)")
+    edit.add_argument("--llm-quant", choices=LLM_QUANTS, default="none",
+                      help="the LLM's linear layers in int8 (an 8 GB card with --low-vram; CPU too) or 4 bits (6 GB; "
+                           "CUDA only); default: %(default)s, as loaded")
+    edit.add_argument("--low-vram", action="store_true",
+                      help="staged residency: the LLM leaves the GPU before denoising, the UNet and VAE wait off it "
+                           "while the LLM decodes")
+    edit.add_argument("--vae-tiling", choices=VAE_TILING, default=s.vae_tiling,
+                      help=f"encode and decode in tiles: auto does it above {TILE_ABOVE} px (default: %(default)s)")
     edit.add_argument("--vision-tower", help="CLIP folder (default: found from the LLaVA config; Apple's folders only)")
     edit.add_argument("--save-intermediates", metavar="FILE.npz",
                       help="also save token ids, visual tokens, (null) imagination and the expressive instruction "
@@ -102,7 +112,8 @@ def _add_output_args(parser: argparse.ArgumentParser) -> None:
 def check_settings(args: argparse.Namespace) -> dict:
     """The sampling settings (None: the model's), checked before gigabytes load."""
     settings = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                    image_guidance_scale=args.image_guidance_scale, scheduler=args.scheduler, max_side=args.max_side)
+                    image_guidance_scale=args.image_guidance_scale, scheduler=args.scheduler, max_side=args.max_side,
+                    vae_tiling=args.vae_tiling)
     sample_config_for({}, **settings)
     DeriveConfig(max_new_tokens=args.max_new_tokens)
     return settings
@@ -148,10 +159,12 @@ def make_pipeline(args: argparse.Namespace, settings: dict, device) -> tuple:
     user gave none."""
     from .pipeline import MGIEPipeline
 
+    check_llm_quant(args.llm_quant, device)  # before gigabytes load
     model = load_with_loras(args.model, args.lora, args.vision_tower)
     sample_config = sample_config_for(model.recommended_sampling, **settings)
     _log_settings(sample_config, model.recommended_sampling)
-    return MGIEPipeline(model, device=device, dtype=args.dtype), sample_config
+    pipe = MGIEPipeline(model, device=device, dtype=args.dtype, llm_quant=args.llm_quant, low_vram=args.low_vram)
+    return pipe, sample_config
 
 
 def run_edit(args: argparse.Namespace) -> int:
