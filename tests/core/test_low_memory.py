@@ -113,3 +113,13 @@ def test_auto_tiling_starts_above_the_limit():
     assert not use_vae_tiling("auto", (TILE_ABOVE, TILE_ABOVE))
     assert use_vae_tiling("auto", (512, TILE_ABOVE + 8))
     assert use_vae_tiling("on", (64, 64)) and not use_vae_tiling("off", (4096, 4096))
+
+
+@pytest.mark.parametrize("card_gib, plan", [(24, ("none", False)), (16, ("none", True)), (12, ("int8", True)),
+                                            (8, ("int8", True)), (6, ("int4", True)), (4, ("int4", True))])
+def test_memory_plan_for_mgie_7b_on_common_cards(card_gib, plan):
+    from bench.random_model import PRESETS, build_random_model
+    from mgie_core.residency import plan_memory
+
+    model = build_random_model(PRESETS["full"], torch.device("meta"), torch.float16)  # MGIE-7B's shapes, no memory
+    assert plan_memory(model, torch.float16, card_gib * 2**30) == plan
