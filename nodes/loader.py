@@ -7,11 +7,10 @@ from comfy_api.latest import io
 from ..mgie_core import InputError
 from ..mgie_core.devices import AUTO, DTYPES
 from .comfy_parts import comfy_model, comfy_vae
-from .runtime import NO_LORA, NONE_FOUND, list_loras, list_models, make_handle
+from .runtime import MEMORY_MODES, NO_LORA, NONE_FOUND, list_loras, list_models, make_handle
 from .types import MGIEModel
 
 PRECISIONS = [AUTO, *DTYPES]
-RESIDENCY = ["auto", "sequential"]
 
 
 class MGIELoader(io.ComfyNode):
@@ -31,9 +30,14 @@ class MGIELoader(io.ComfyNode):
                                        "but does not edit photos; photos need Apple's MGIE-7B weights."),
                 io.Combo.Input("precision", options=PRECISIONS, default="auto",
                                tooltip="auto: fp16 on a GPU (as Apple's demo), fp32 on the CPU."),
-                io.Combo.Input("residency", options=RESIDENCY, default="auto",
-                               tooltip="auto: ComfyUI keeps parts on the GPU while memory allows. sequential: the "
-                                       "LLM leaves the GPU before denoising (low VRAM cards)."),
+                io.Combo.Input("memory", options=list(MEMORY_MODES), default="auto",
+                               tooltip="How MGIE-7B fits your GPU. auto: the fastest mode that fits this card. "
+                                       "24 GB: every part stays on the GPU. 16 GB: the LLM leaves the GPU before "
+                                       "denoising and the UNet waits off it while the LLM writes (staged). 8 GB: "
+                                       "staged, LLM in int8 (slightly different visual tokens, same words as a "
+                                       "rule). 6 GB: staged, LLM in 4 bits (CUDA only; the LLM computes in bf16; "
+                                       "its answers may differ more). The LLM is quantized as it loads: no other "
+                                       "file is needed."),
                 io.Combo.Input("lora", options=list_loras(), default=NO_LORA, optional=True,
                                tooltip="A LoRA made by train/finetune.py, from ComfyUI/models/mgie_loras."),
                 io.Float.Input("lora_strength", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
@@ -48,14 +52,14 @@ class MGIELoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model: str, precision: str = "auto", residency: str = "auto", lora: str = NO_LORA,
+    def execute(cls, model: str, precision: str = "auto", memory: str = "auto", lora: str = NO_LORA,
                 lora_strength: float = 1.0) -> io.NodeOutput:
         if model == NONE_FOUND:
             raise InputError("no MGIE model found: put Apple's MGIE folder or a .safetensors bundle in ComfyUI/models/mgie "
                              "(README, 'Getting the weights')")
-        if precision not in PRECISIONS or residency not in RESIDENCY:
-            raise InputError(f"precision must be one of {PRECISIONS} and residency one of {RESIDENCY}")
-        handle = make_handle(model, precision, residency == "sequential", lora, lora_strength)
+        if precision not in PRECISIONS or memory not in MEMORY_MODES:
+            raise InputError(f"precision must be one of {PRECISIONS} and memory one of {list(MEMORY_MODES)}")
+        handle = make_handle(model, precision, memory, lora, lora_strength)
         m = handle.model
         return io.NodeOutput(handle, comfy_model(m.unet, m.scheduler_config, m.vae.config.scaling_factor),
                              comfy_vae(m.vae))

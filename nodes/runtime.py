@@ -20,6 +20,8 @@ from torch import nn
 from ..mgie_core import CheckpointError, MGIEModel, load_model
 from ..mgie_core.devices import resolve_dtype
 from ..mgie_core.formats import apply_lora, default_model_path, is_apple_layout
+from ..mgie_core.quant import check_llm_quant, quantize_llm, storage_bytes
+from ..mgie_core.residency import plan_memory
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,14 @@ LORA_FOLDER = "mgie_loras"
 NO_LORA = "none"
 EMBEDDED = "mgie-mini (embedded)"
 NONE_FOUND = "(no MGIE model found in models/mgie)"
+# Load MGIE's memory choice -> (LLM quantization, staged residency); auto asks plan_memory about this GPU.
+MEMORY_MODES: dict[str, tuple[str, bool] | None] = {
+    "auto": None,
+    "24 GB (fp16, all on the GPU)": ("none", False),
+    "16 GB (fp16, staged)": ("none", True),
+    "8 GB (int8 LLM, staged)": ("int8", True),
+    "6 GB (4-bit LLM, staged)": ("int4", True),
+}
 
 
 def register_model_folder() -> None:
@@ -115,6 +125,7 @@ class MGIEHandle:
     name: str
     dtype: torch.dtype
     sequential: bool
+    llm_quant: str
     mllm: comfy.model_patcher.ModelPatcher
     edit_head: comfy.model_patcher.ModelPatcher
     diffusion: comfy.model_patcher.ModelPatcher
@@ -129,19 +140,40 @@ class MGIEHandle:
         mm.load_models_gpu([wanted], force_full_load=True)
 
 
-def make_handle(name: str, precision: str, sequential: bool, lora: str = NO_LORA, strength: float = 1.0) -> MGIEHandle:
+def memory_plan(memory: str, model: MGIEModel, dtype: torch.dtype, device: torch.device) -> tuple[str, bool]:
+    """(LLM quantization, staged) for Load MGIE's ``memory`` choice; ``auto`` fits the model to this GPU."""
+    chosen = MEMORY_MODES[memory]
+    if chosen is not None:
+        return chosen
+    if device.type != "cuda":
+        return "none", False
+    return plan_memory(model, dtype, mm.get_total_memory(device))
+
+
+def make_handle(name: str, precision: str, memory: str = "auto", lora: str = NO_LORA,
+                strength: float = 1.0) -> MGIEHandle:
     dtype = resolve_precision(precision)
+    load, offload = mm.get_torch_device(), mm.unet_offload_device()
+    chosen = MEMORY_MODES[memory]
+    if chosen is not None:
+        check_llm_quant(chosen[0], load)  # before gigabytes load
     model = load_model(resolve_model(name))
     if lora != NO_LORA:
         apply_lora(model, resolve_lora(lora), strength)
     model = model.to("cpu", dtype).eval()
-    load, offload = mm.get_torch_device(), mm.unet_offload_device()
+    llm_quant, staged = memory_plan(memory, model, dtype, load)
+    quantize_llm(model.mllm.llm, llm_quant, load)  # layer by layer on the GPU; the weights stay on the CPU
+    logger.info("MGIE memory: %s LLM, %s", llm_quant if llm_quant != "none" else "unquantized",
+                "staged" if staged else "all parts resident")
 
     def patcher(**parts: nn.Module):
-        return comfy.model_patcher.ModelPatcher(Resident(**parts), load_device=load, offload_device=offload)
+        resident = Resident(**parts)  # sized by what the weights take (quantized ones are smaller than they look)
+        return comfy.model_patcher.ModelPatcher(resident, load_device=load, offload_device=offload,
+                                                size=storage_bytes(resident))
 
-    return MGIEHandle(model=model, name=name, dtype=dtype, sequential=sequential, mllm=patcher(mllm=model.mllm),
-                      edit_head=patcher(edit_head=model.edit_head), diffusion=patcher(unet=model.unet, vae=model.vae))
+    return MGIEHandle(model=model, name=name, dtype=dtype, sequential=staged, llm_quant=llm_quant,
+                      mllm=patcher(mllm=model.mllm), edit_head=patcher(edit_head=model.edit_head),
+                      diffusion=patcher(unet=model.unet, vae=model.vae))
 
 
 def unload(patcher: comfy.model_patcher.ModelPatcher) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "workflows"
 MODEL = "mgie-mini (embedded)"
-LOADER = [MODEL, "auto", "auto", "none", 1.0]  # model, precision, residency, lora, lora_strength
+LOADER = [MODEL, "auto", "auto", "none", 1.0]  # model, precision, memory, lora, lora_strength
 # seed, control, steps, scales, scheduler, max_side: the scales and max_side at 0 take what the loaded model
 # recommends (mgie-mini: 2 / 1.5 and 64 px; MGIE-7B: the paper's 7.5 / 1.5 and 1024 px)
 SAMPLING = [13331, "fixed", 100, 0, 0, "euler_ancestral", 0]

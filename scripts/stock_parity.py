@@ -25,7 +25,7 @@ def prompt(model: str, sampler: str, scheduler: str, steps: int, text: float, im
                 "scheduler": mgie_scheduler, "max_side": 0}
     return {
         "1": {"class_type": "LoadImage", "inputs": {"image": "scene.png"}},
-        "2": {"class_type": "MGIELoader", "inputs": {"model": model, "precision": "fp32", "residency": "auto"}},
+        "2": {"class_type": "MGIELoader", "inputs": {"model": model, "precision": "fp32", "memory": "auto"}},
         "3": {"class_type": "MGIEDeriveInstruction", "inputs": {"mgie_model": ["2", 0], "image": ["1", 0],
               "instruction": "make the biggest shape red", "max_new_tokens": 96, "expressive_override": ""}},
         "4": {"class_type": "MGIEVisualImagination", "inputs": {"derivation": ["3", 0]}},

@@ -30,13 +30,13 @@ def comfy_image(*sizes, seed=0):
     return torch.cat([pil_to_tensor(make_image(w, h, seed=seed + i)).permute(0, 2, 3, 1) for i, (w, h) in enumerate(sizes)])
 
 
-def load_outputs(nodes, name="tiny", precision="fp32", residency="auto"):
+def load_outputs(nodes, name="tiny", precision="fp32", memory="auto"):
     """Load MGIE's three outputs: the MGIE model, ComfyUI's MODEL and VAE."""
-    return nodes["MGIELoader"].execute(model=name, precision=precision, residency=residency).values
+    return nodes["MGIELoader"].execute(model=name, precision=precision, memory=memory).values
 
 
-def load(nodes, name="tiny", precision="fp32", residency="auto"):
-    return load_outputs(nodes, name, precision, residency)[0]
+def load(nodes, name="tiny", precision="fp32", memory="auto"):
+    return load_outputs(nodes, name, precision, memory)[0]
 
 
 def test_pack_imports_without_comfyui(tmp_path):
@@ -132,14 +132,32 @@ def test_edit_node_batch_and_override(comfy):
     assert text2 == "paint the whole sky a deep blue." and not torch.allclose(images, images2)
 
 
-def test_sequential_residency_unloads_the_llm_before_denoising(comfy):
+def test_staged_memory_unloads_the_llm_before_denoising(comfy):
     nodes, mm, _, _, _ = comfy
-    handle = load(nodes, residency="sequential")
+    handle = load(nodes, memory="16 GB (fp16, staged)")
     nodes["MGIEEdit"].execute(mgie_model=handle, image=comfy_image((16, 16)), instruction="make it red", seed=0,
                               steps=2, guidance_scale=7.5, image_guidance_scale=1.5, scheduler="euler", max_side=0)
     order = [(kind, p) for kind, p in mm.events if p in (handle.mllm, handle.diffusion)]
     assert order.index(("unload", handle.mllm)) < order.index(("load", handle.diffusion))
     assert not any(loaded.model is handle.mllm for loaded in mm.current_loaded_models)
+
+
+def test_int8_memory_mode_edits_like_full_precision(comfy):
+    nodes = comfy[0]
+    args = dict(image=comfy_image((32, 32)), instruction="make it red", seed=1, steps=3, guidance_scale=7.5,
+                image_guidance_scale=1.5, scheduler="euler", max_side=1024)
+    full, full_text = nodes["MGIEEdit"].execute(mgie_model=load(nodes), **args).values
+    handle = load(nodes, memory="8 GB (int8 LLM, staged)")
+    assert handle.llm_quant == "int8" and handle.sequential
+    assert 0 < handle.mllm.size < sum(p.numel() * 4 for p in handle.model.mllm.parameters())  # sized as stored
+    low, low_text = nodes["MGIEEdit"].execute(mgie_model=handle, **args).values
+    assert low_text == full_text and not torch.equal(low, full)
+    assert float((low - full).abs().mean()) < 2 / 255
+
+
+def test_four_bit_memory_mode_on_a_cpu_says_what_works(comfy):
+    with pytest.raises(ValueError, match="4-bit LLM needs a CUDA GPU.*use int8"):
+        load(comfy[0], memory="6 GB (4-bit LLM, staged)")
 
 
 def test_cancel_stops_within_a_step_and_the_next_run_is_normal(comfy):

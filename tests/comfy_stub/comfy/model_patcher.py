@@ -3,5 +3,5 @@
 
 class ModelPatcher:
     def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
-        self.model, self.load_device, self.offload_device = model, load_device, offload_device
+        self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
         self.model.device = offload_device  # ComfyUI does this; a read-only property would fail here
