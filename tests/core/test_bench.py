@@ -33,3 +33,17 @@ def test_bench_prints_both_stacks(capsys, tmp_path):
         assert f"| 1 | {stage} |" in text, stage
     assert re.search(r"\| 1 \| end to end \| [\d.]+ m?s \| [\d.]+ m?s \| [\d.]+x \|", text)
     assert out.read_text().strip() == text.strip()
+
+
+def test_memory_bench_compares_each_mode_with_the_resident_baseline(capsys):
+    from bench.memory import main as memory_main
+
+    assert memory_main(["--preset", "tiny", "--device", "cpu", "--modes", "int8,staged,resident,int4", "--steps", "2",
+                        "--answer-tokens", "2", "--size", "64"]) == 0
+    captured = capsys.readouterr()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in captured.out.splitlines() if re.match(r"\| (resident|staged|int8) \|", line)}
+    assert list(rows) == ["resident", "int8", "staged"]  # the baseline first, then in the order asked
+    assert rows["resident"][6] == "reference" and rows["staged"][6] == "same"
+    assert float(rows["staged"][7]) < 1e-5 and 0 < float(rows["int8"][7]) < 0.1  # visual tokens against fp32
+    assert "int4: failed: InputError: the 4-bit LLM needs a CUDA GPU" in captured.err  # reported, not fatal
