@@ -24,7 +24,8 @@ from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 
 from mgie_core.config import DeriveConfig, SampleConfig
-from mgie_core.derive import Derivation, greedy_generate
+from mgie_core.decode import greedy_generate
+from mgie_core.derive import Derivation
 from mgie_core.devices import DTYPES, resolve_device, resolve_dtype
 from mgie_core.images import clip_pixel_values, pil_to_tensor
 from mgie_core.imagine import imagine

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache as _memo
-from inspect import signature
 
 import torch
-from transformers import DynamicCache, NoRepeatNGramLogitsProcessor
 
 from .config import DeriveConfig
+from .decode import greedy_generate
 from .errors import InputError
 from .images import ImageLike, clip_pixel_values
 from .model import MGIEModel
@@ -53,11 +51,12 @@ def derive(
     config: DeriveConfig = DeriveConfig(),
     expressive_overrides: Sequence[str | None] | None = None,
     callback: ProgressCallback | None = None,
+    compiled: bool = False,
 ) -> Derivation:
     """Derive expressive instructions and visual tokens for ``len(images)`` edits.
 
     ``instructions`` (and ``expressive_overrides``) hold one entry per image; an override that is
-    ``None`` or blank means "derive it".
+    ``None`` or blank means "derive it". ``compiled``: the decode step under torch.compile (a GPU's CUDA graphs).
     """
     images, instructions = list(images), list(instructions)
     overrides = list(expressive_overrides) if expressive_overrides is not None else [None] * len(images)
@@ -86,7 +85,7 @@ def derive(
     for members in groups.values():
         step_callback = _batch_callback(callback, done, len(members), len(images), config.max_new_tokens)
         for b, item in zip(members, _generated(model, torch.cat([prompts[b] for b in members]),
-                                               features[members], config, step_callback)):
+                                               features[members], config, step_callback, compiled)):
             results[b] = item
         done += len(members)
         report(callback, done * config.max_new_tokens, total)
@@ -136,12 +135,12 @@ def _encode_prompt(model: MGIEModel, text: str, budget: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _generated(model: MGIEModel, prompt_ids: torch.Tensor, features: torch.Tensor, config: DeriveConfig,
-               callback: ProgressCallback | None) -> list[tuple]:
+               callback: ProgressCallback | None, compiled: bool = False) -> list[tuple]:
     """Derive for prompts of one length: (G, L) ids, (G, N, H) image features -> G result tuples."""
     embeds = model.mllm.embed(prompt_ids, features, model.spec.im_patch_token_id)  # (G, L, H)
     out = []
     first_visual = model.tokenizer.id_to_token(model.spec.visual_token_ids[0])
-    for ids, states in greedy_generate(model, prompt_ids, embeds, config, callback):
+    for ids, states in greedy_generate(model, prompt_ids, embeds, config, callback, compiled):
         answer = model.tokenizer.decode(ids[prompt_ids.shape[1]:].tolist())
         text = clean_expressive(answer, first_visual, model.tokenizer.eos_token)
         out.append((ids.cpu(), prompt_ids.shape[1], states, text, False))
@@ -156,47 +155,3 @@ def _teacher_forced(model: MGIEModel, instruction: str, expressive: str, feature
     embeds = model.mllm.embed(ids, features, model.spec.im_patch_token_id)
     states = model.mllm.llm(inputs_embeds=embeds).last_hidden_state[0]  # (T, H)
     return ids[0].cpu(), prompt_length, states, expressive, True
-
-
-@_memo
-def _cache_keyword(llm_class: type) -> str:
-    names = signature(llm_class.forward).parameters
-    return "cache" if "cache" in names else "past_key_values"
-
-
-def with_cache(llm: torch.nn.Module, cache: DynamicCache) -> dict:
-    """The keyword by which ``llm``'s forward takes a KV cache: ``cache`` in recent transformers 5
-    releases (where ``past_key_values`` is deprecated and goes in 5.40), ``past_key_values`` before."""
-    return {_cache_keyword(type(llm)): cache}
-
-
-def greedy_generate(model: MGIEModel, prompt_ids: torch.Tensor, embeds: torch.Tensor, config: DeriveConfig,
-                    callback: ProgressCallback | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Greedy decoding with a KV cache, as ``generate(do_sample=False, num_beams=1)`` did, for G prompts of one length.
-
-    Returns, per prompt, the full sequence (T,) and the final-norm hidden states (T - 1, H): all
-    prompt positions from the prefill, then one per generated token except the last. Rows that
-    reached ``</s>`` keep decoding with the others (nothing is shared between rows) and are cut.
-    """
-    llm, eos = model.mllm.llm, model.spec.eos_token_id
-    ban = NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size) if config.no_repeat_ngram_size > 0 else None
-    cache = DynamicCache()
-    hidden = llm(inputs_embeds=embeds, use_cache=True, **with_cache(llm, cache)).last_hidden_state  # (G, L, H)
-    states, ids = [hidden], prompt_ids
-    lengths = torch.full((ids.shape[0],), ids.shape[1])
-    finished = torch.zeros(ids.shape[0], dtype=torch.bool)
-    for step in range(config.max_new_tokens):
-        scores = model.mllm.logits(hidden[:, -1]).float()  # (G, V)
-        if ban is not None:
-            scores = ban(ids, scores)
-        next_id = scores.argmax(dim=-1, keepdim=True)  # (G, 1)
-        ids = torch.cat([ids, next_id], dim=1)
-        lengths += (~finished).long()
-        finished |= next_id[:, 0].cpu() == eos
-        report(callback, step + 1, config.max_new_tokens)
-        if bool(finished.all()) or step + 1 == config.max_new_tokens:
-            break
-        hidden = llm(inputs_embeds=llm.embed_tokens(next_id), use_cache=True, **with_cache(llm, cache)).last_hidden_state
-        states.append(hidden)
-    states = torch.cat(states, dim=1)  # (G, T_max - 1, H)
-    return [(ids[g, : lengths[g]], states[g, : lengths[g] - 1]) for g in range(ids.shape[0])]

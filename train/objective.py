@@ -16,7 +16,7 @@ from diffusers import DDPMScheduler
 from torch import nn
 from transformers import DynamicCache
 
-from mgie_core.derive import with_cache
+from mgie_core.decode import with_cache
 from mgie_core.images import clip_pixel_values
 from mgie_core.model import MGIEModel
 from mgie_core.prompt import build_conversation, build_prompt

@@ -9,7 +9,7 @@ import torch
 from bench.random_model import PRESETS, build_random_model
 from bench.speed import main
 from mgie_core.config import DeriveConfig
-from mgie_core.derive import greedy_generate
+from mgie_core.decode import greedy_generate
 from mgie_core.prompt import build_prompt
 
 

@@ -53,7 +53,7 @@ def test_matches_transformers_generate(tiny_model, image, instruction):
 def test_one_state_fewer_than_tokens(tiny_model, image):
     import warnings
 
-    from mgie_core.derive import greedy_generate
+    from mgie_core.decode import greedy_generate
 
     ids = torch.tensor([tiny_model.tokenizer.encode(build_prompt("make the sky blue", tiny_model.spec))])
     pixels = clip_pixel_values(image, tiny_model.clip_image_config)[None]
