@@ -256,7 +256,7 @@ def _derive_and_sample(pipe: MGIEPipeline, ready: list[Loaded], derive_config: D
         mask = None if all(m is None for m in masks) else torch.cat(
             [m if m is not None else torch.ones_like(ready[i].pixels[:, :1]) for i, m in zip(indices, masks)])
         m = pipe.model
-        out = sample(m.unet, m.vae, m.scheduler_config, torch.cat([ready[i].pixels for i in indices]),
+        out = sample(pipe.sampling_unet, m.vae, m.scheduler_config, torch.cat([ready[i].pixels for i in indices]),
                      Imagination(imagination.imagination[chosen], imagination.null_imagination[chosen]),
                      sample_config, [make_generator(items[i].seed) for i in indices], mask=mask)
         pictures.update(zip(indices, tensor_to_pil(out.images)))

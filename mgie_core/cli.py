@@ -94,6 +94,9 @@ def _add_edit(edit: argparse.ArgumentParser) -> None:
     edit.add_argument("--low-vram", action="store_true",
                       help="staged residency: the LLM leaves the GPU before denoising, the UNet and VAE wait off it "
                            "while the LLM decodes")
+    edit.add_argument("--compile", action="store_true",
+                      help="torch.compile decoding and denoising (CUDA graphs on a GPU); the first edit at each size "
+                           "compiles, the next ones are faster (not with --low-vram)")
     edit.add_argument("--vae-tiling", choices=VAE_TILING, default=s.vae_tiling,
                       help=f"encode and decode in tiles: auto does it above {TILE_ABOVE} px (default: %(default)s)")
     edit.add_argument("--vision-tower", help="CLIP folder (default: found from the LLaVA config; Apple's folders only)")
@@ -160,10 +163,14 @@ def make_pipeline(args: argparse.Namespace, settings: dict, device) -> tuple:
     from .pipeline import MGIEPipeline
 
     check_llm_quant(args.llm_quant, device)  # before gigabytes load
+    if args.compile and args.low_vram:
+        raise InputError("--compile and --low-vram do not go together: compiled graphs keep the parts on the GPU, "
+                         "--low-vram moves them at every edit; use --compile on a card that holds MGIE whole")
     model = load_with_loras(args.model, args.lora, args.vision_tower)
     sample_config = sample_config_for(model.recommended_sampling, **settings)
     _log_settings(sample_config, model.recommended_sampling)
-    pipe = MGIEPipeline(model, device=device, dtype=args.dtype, llm_quant=args.llm_quant, low_vram=args.low_vram)
+    pipe = MGIEPipeline(model, device=device, dtype=args.dtype, llm_quant=args.llm_quant, low_vram=args.low_vram,
+                        compile=args.compile)
     return pipe, sample_config
 
 

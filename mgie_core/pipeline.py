@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .compiled import compile_unet
 from .config import DEFAULT_SEED, DeriveConfig, SampleConfig, sample_config_for
 from .derive import Derivation, derive
 from .devices import resolve_device, resolve_dtype
@@ -62,25 +63,33 @@ class MGIEPipeline:
     For small GPUs: ``llm_quant`` (``int8``, or ``int4`` on CUDA) quantizes the LLM's linear layers as the model
     is placed (see :mod:`.quant`); ``low_vram`` stages the parts, so the LLM and the UNet are never on the GPU
     together (see :mod:`.residency`). The defaults (``none``, False) keep every part on the device as loaded.
+    ``compile`` runs decoding and denoising under torch.compile (see :mod:`.compiled`), for GPUs that keep every
+    part resident; the first edit at each size pays for compiling.
     """
 
     def __init__(self, model: MGIEModel, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-                 llm_quant: str = "none", low_vram: bool = False):
+                 llm_quant: str = "none", low_vram: bool = False, compile: bool = False):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         check_llm_quant(llm_quant, self.device)
+        if compile and low_vram:
+            raise InputError("compile and low_vram do not go together: compiled graphs keep the parts where they were "
+                             "compiled, staging moves them at every edit; choose compile on a card that holds MGIE "
+                             "whole, low_vram on a small one")
         # Quantizing or staging starts from the CPU, so the full-precision LLM is never whole on the GPU.
         home = "cpu" if low_vram or llm_quant != "none" else self.device
         self.model = model.to(home, self.dtype).eval()
         quantize_llm(self.model.mllm.llm, llm_quant, self.device)
         self.residency = Residency(self.model, self.device, staged=low_vram)
+        self.compile = compile
+        self.sampling_unet = compile_unet(self.model.unet) if compile else self.model.unet  # what denoises
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype | None = None, vision_tower: str | Path | None = None,
-                        llm_quant: str = "none", low_vram: bool = False) -> MGIEPipeline:
+                        llm_quant: str = "none", low_vram: bool = False, compile: bool = False) -> MGIEPipeline:
         return cls(load_model(path, vision_tower=vision_tower), device=device, dtype=dtype, llm_quant=llm_quant,
-                   low_vram=low_vram)
+                   low_vram=low_vram, compile=compile)
 
     def default_sample_config(self) -> SampleConfig:
         """The paper's sampling, with the settings the model recommends where it does (mgie-mini: guidance
@@ -90,7 +99,7 @@ class MGIEPipeline:
     def derive(self, images: Sequence[ImageLike], instructions: Sequence[str], config: DeriveConfig = DeriveConfig(),
                expressive: Sequence[str | None] | None = None, callback: ProgressCallback | None = None) -> Derivation:
         self.residency.place("derive")
-        return derive(self.model, images, instructions, config, expressive, callback)
+        return derive(self.model, images, instructions, config, expressive, callback, compiled=self.compile)
 
     def imagine(self, derivation: Derivation) -> Imagination:
         return imagine(self.model.edit_head, derivation)
@@ -105,7 +114,7 @@ class MGIEPipeline:
         mask = fit_mask(mask, tuple(pixels.shape[-2:]), pixels.shape[0]) if mask is not None else None
         m = self.model
         self.residency.place("sample")
-        return sample(m.unet, m.vae, m.scheduler_config, pixels, imagination, config, make_generators(seed), callback,
+        return sample(self.sampling_unet, m.vae, m.scheduler_config, pixels, imagination, config, make_generators(seed), callback,
                       mask=mask)
 
     def __call__(

@@ -66,6 +66,11 @@ def test_quantizing_twice_or_an_unknown_mode_is_refused(int8_pipe):
         check_llm_quant("int3", "cpu")
 
 
+def test_compile_and_low_vram_are_refused_together(tiny_model):
+    with pytest.raises(InputError, match="compile and low_vram do not go together"):
+        MGIEPipeline(tiny_model, "cpu", "fp32", low_vram=True, compile=True)
+
+
 def test_four_bit_on_a_cpu_says_what_works(tiny_model):
     with pytest.raises(InputError, match="4-bit LLM needs a CUDA GPU.*use int8"):
         MGIEPipeline(tiny_model, "cpu", "fp32", llm_quant="int4")
