@@ -42,6 +42,10 @@ class MGIELoader(io.ComfyNode):
                                tooltip="A LoRA made by train/finetune.py, from ComfyUI/models/mgie_loras."),
                 io.Float.Input("lora_strength", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
                                tooltip="0 leaves the model unchanged, 1 applies the LoRA as trained."),
+                io.Boolean.Input("compile", default=False, optional=True,
+                                 tooltip="torch.compile the LLM's decoding and the UNet (CUDA graphs on a GPU). The "
+                                         "first edit at each image size compiles (a minute or more), the next ones "
+                                         "run faster. Needs every part on the GPU (memory auto or 24 GB)."),
             ],
             outputs=[MGIEModel.Output(display_name="mgie_model"),
                      io.Model.Output(display_name="MODEL",
@@ -53,13 +57,13 @@ class MGIELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: str, precision: str = "auto", memory: str = "auto", lora: str = NO_LORA,
-                lora_strength: float = 1.0) -> io.NodeOutput:
+                lora_strength: float = 1.0, compile: bool = False) -> io.NodeOutput:
         if model == NONE_FOUND:
             raise InputError("no MGIE model found: put Apple's MGIE folder or a .safetensors bundle in ComfyUI/models/mgie "
                              "(README, 'Getting the weights')")
         if precision not in PRECISIONS or memory not in MEMORY_MODES:
             raise InputError(f"precision must be one of {PRECISIONS} and memory one of {list(MEMORY_MODES)}")
-        handle = make_handle(model, precision, memory, lora, lora_strength)
+        handle = make_handle(model, precision, memory, lora, lora_strength, compile)
         m = handle.model
         return io.NodeOutput(handle, comfy_model(m.unet, m.scheduler_config, m.vae.config.scaling_factor),
                              comfy_vae(m.vae))

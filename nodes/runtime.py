@@ -17,7 +17,8 @@ import folder_paths
 import torch
 from torch import nn
 
-from ..mgie_core import CheckpointError, MGIEModel, load_model
+from ..mgie_core import CheckpointError, InputError, MGIEModel, load_model
+from ..mgie_core.compiled import compile_unet
 from ..mgie_core.devices import resolve_dtype
 from ..mgie_core.formats import apply_lora, default_model_path, is_apple_layout
 from ..mgie_core.quant import check_llm_quant, quantize_llm, storage_bytes
@@ -129,6 +130,18 @@ class MGIEHandle:
     mllm: comfy.model_patcher.ModelPatcher
     edit_head: comfy.model_patcher.ModelPatcher
     diffusion: comfy.model_patcher.ModelPatcher
+    compile: bool = False
+    compiled_unet: nn.Module | None = None
+
+    @property
+    def sampling_unet(self) -> nn.Module:
+        """The UNet MGIE Sampler runs: compiled on first use after ``compile`` was chosen (on the GPU it then
+        lives on), else the module itself."""
+        if not self.compile:
+            return self.model.unet
+        if self.compiled_unet is None:
+            self.compiled_unet = compile_unet(self.model.unet)
+        return self.compiled_unet
 
     def use(self, stage: str) -> None:
         """Put the modules of ``stage`` on the GPU; in sequential mode the other big part leaves first."""
@@ -151,12 +164,15 @@ def memory_plan(memory: str, model: MGIEModel, dtype: torch.dtype, device: torch
 
 
 def make_handle(name: str, precision: str, memory: str = "auto", lora: str = NO_LORA,
-                strength: float = 1.0) -> MGIEHandle:
+                strength: float = 1.0, compile: bool = False) -> MGIEHandle:
     dtype = resolve_precision(precision)
     load, offload = mm.get_torch_device(), mm.unet_offload_device()
     chosen = MEMORY_MODES[memory]
     if chosen is not None:
         check_llm_quant(chosen[0], load)  # before gigabytes load
+    if compile and chosen is not None and chosen[1]:
+        raise InputError(f"compile does not go with memory {memory!r}: staged parts move at every edit, compiled "
+                         "graphs want them to stay; choose '24 GB (fp16, all on the GPU)' or turn compile off")
     model = load_model(resolve_model(name))
     if lora != NO_LORA:
         apply_lora(model, resolve_lora(lora), strength)
@@ -171,9 +187,11 @@ def make_handle(name: str, precision: str, memory: str = "auto", lora: str = NO_
         return comfy.model_patcher.ModelPatcher(resident, load_device=load, offload_device=offload,
                                                 size=storage_bytes(resident))
 
+    if compile and staged:
+        logger.info("compile is off: this GPU needs the staged memory mode")
     return MGIEHandle(model=model, name=name, dtype=dtype, sequential=staged, llm_quant=llm_quant,
                       mllm=patcher(mllm=model.mllm), edit_head=patcher(edit_head=model.edit_head),
-                      diffusion=patcher(unet=model.unet, vae=model.vae))
+                      diffusion=patcher(unet=model.unet, vae=model.vae), compile=compile and not staged)
 
 
 def unload(patcher: comfy.model_patcher.ModelPatcher) -> None:

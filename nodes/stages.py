@@ -22,7 +22,7 @@ def run_derive(handle: MGIEHandle, image: torch.Tensor, instruction: str, overri
     handle.use("derive")
     overrides = [override] * count if override and override.strip() else None
     callback = callback or progress(count * max_new_tokens)
-    d = derive(handle.model, list(pixels), [instruction] * count, config, overrides, callback)
+    d = derive(handle.model, list(pixels), [instruction] * count, config, overrides, callback, compiled=handle.compile)
     return DerivationLink(handle, dataclasses.replace(d, visual_tokens=intermediate(d.visual_tokens)))
 
 
@@ -56,7 +56,7 @@ def run_sample(handle: MGIEHandle, image: torch.Tensor, imagination: Imagination
     pixels = fit_for_vae(image_to_core(image), handle.model.vae_scale_factor, config.max_side)
     mask = fit_mask(mask, tuple(pixels.shape[-2:]), pixels.shape[0]) if mask is not None else None
     m = handle.model
-    out = sample(m.unet, m.vae, m.scheduler_config, pixels, imagination, config, make_generator(seed),
+    out = sample(handle.sampling_unet, m.vae, m.scheduler_config, pixels, imagination, config, make_generator(seed),
                  callback or progress(config.num_inference_steps), mask=mask)
     return image_from_core(out.images), {"samples": intermediate(out.latents)}
 

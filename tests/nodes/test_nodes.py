@@ -155,6 +155,14 @@ def test_int8_memory_mode_edits_like_full_precision(comfy):
     assert float((low - full).abs().mean()) < 2 / 255
 
 
+def test_compile_wants_every_part_resident(comfy):
+    nodes = comfy[0]
+    with pytest.raises(ValueError, match="compile does not go with memory '16 GB \\(fp16, staged\\)'"):
+        nodes["MGIELoader"].execute(model="tiny", precision="fp32", memory="16 GB (fp16, staged)", compile=True)
+    handle = nodes["MGIELoader"].execute(model="tiny", precision="fp32", memory="auto", compile=True).values[0]
+    assert handle.compile and handle.compiled_unet is None  # compiled when MGIE Sampler first runs, not before
+
+
 def test_four_bit_memory_mode_on_a_cpu_says_what_works(comfy):
     with pytest.raises(ValueError, match="4-bit LLM needs a CUDA GPU.*use int8"):
         load(comfy[0], memory="6 GB (4-bit LLM, staged)")
