@@ -60,15 +60,15 @@ def test_evaluate_keeps_each_scenes_outcome_and_pairs_a_later_run_with_it(tmp_pa
     assert split["only_second"] == sum(a == "0" and b == "1" for a, b in zip(ours, theirs))
 
 
-@pytest.mark.parametrize("column, steps, message", [
-    ("", "4", "another setting (steps 3 here 4)"),
-    (":ip2p_twin", "3", "no scene-by-scene outcomes for 'ip2p_twin'"),
+@pytest.mark.parametrize("column, seed, message", [
+    ("", "7", f"other scenes (seed {HELD_OUT_SEED} here 7)"),
+    (":ip2p_twin", str(HELD_OUT_SEED), "no scene-by-scene outcomes for 'ip2p_twin'"),
 ])
-def test_evaluate_refuses_to_pair_with_a_run_of_other_scenes_or_a_missing_column(column, steps, message, tmp_path,
+def test_evaluate_refuses_to_pair_with_a_run_of_other_scenes_or_a_missing_column(column, seed, message, tmp_path,
                                                                                    capsys):
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"families": list(world.FAMILIES), "count": 5, "seed": HELD_OUT_SEED, "steps": 3,
                                "guidance_scale": 7.5, "image_guidance_scale": 1.5,
                                "outcomes": {"mgie_mini": "10101"}}))
-    assert evaluate_main(["--count", "5", "--steps", steps, "--against", f"{old}{column}"]) == 2
+    assert evaluate_main(["--count", "5", "--steps", "4", "--seed", seed, "--against", f"{old}{column}"]) == 2
     assert message in capsys.readouterr().err
