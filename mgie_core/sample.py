@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -106,8 +107,7 @@ def sample(
 
     # 6. decode
     raw = latents / vae.config.scaling_factor
-    with vae_tiles(vae, tiled):
-        decoded = vae.decode(raw.to(vae.device, vae.dtype), return_dict=False)[0]
+    decoded = decode_latents(vae, raw, tiled)
     images = (decoded.float() / 2 + 0.5).clamp(0, 1)
     if mask is not None:  # 7. outside the mask, the input's own pixels
         inside = feather(mask).to(images.device)
@@ -122,6 +122,22 @@ def use_vae_tiling(setting: str, size: Sequence[int]) -> bool:
     if setting == "auto":
         return max(size) > TILE_ABOVE
     return setting == "on"
+
+
+def decode_latents(vae: AutoencoderKL, raw: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+    """Raw latents -> pixels in [-1, 1]. A half-precision VAE that overflows (inf or NaN, as SD VAEs can on
+    some pictures) decodes that batch again in fp32, once, and says so; a finite result is kept as it is."""
+    with vae_tiles(vae, tiled):
+        decoded = vae.decode(raw.to(vae.device, vae.dtype), return_dict=False)[0]
+        if vae.dtype != torch.float16 or bool(torch.isfinite(decoded).all()):
+            return decoded
+        logger.warning("the VAE overflowed in fp16; decoding this picture again in fp32")
+        half = vae.dtype
+        nn.Module.to(vae, dtype=torch.float32)
+        try:
+            return vae.decode(raw.to(vae.device, torch.float32), return_dict=False)[0]
+        finally:
+            nn.Module.to(vae, dtype=half)
 
 
 @contextmanager

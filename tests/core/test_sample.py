@@ -201,3 +201,26 @@ def test_masks_are_checked_and_fitted_to_the_picture(tiny_model):
     assert fitted.shape == (1, 1, 32, 48) and torch.equal(fitted, torch.ones(1, 1, 32, 48))
     with pytest.raises(InputError, match="a mask must be"):
         fit_mask(torch.ones(1, 2, 3, 4, 5), (8, 8))
+
+
+def test_an_fp16_vae_overflow_is_decoded_again_in_fp32(tiny_model, caplog):
+    from mgie_core.sample import decode_latents
+
+    vae = tiny_model.vae.to(torch.float16)
+    latents = torch.randn(1, vae.config.latent_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+    calls = []
+    original = type(vae).decode
+
+    def overflowing(self, z, return_dict=True):  # the first, half-precision call overflows
+        calls.append(z.dtype)
+        out = original(self, z, return_dict=return_dict)
+        return (out[0].fill_(float("inf")),) if z.dtype == torch.float16 else out
+
+    vae.decode = overflowing.__get__(vae)
+    with caplog.at_level("WARNING"):
+        pixels = decode_latents(vae, latents)
+    assert calls == [torch.float16, torch.float32] and torch.isfinite(pixels).all()
+    assert vae.dtype == torch.float16 and "overflowed in fp16" in caplog.text  # the VAE stays half, the log says why
+    del vae.decode
+    expected = original(vae.to(torch.float32), latents, return_dict=False)[0]
+    torch.testing.assert_close(pixels, expected)
