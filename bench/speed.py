@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import platform
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ import torch
 from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 
+from mgie_core.compiled import compile_unet
 from mgie_core.config import DeriveConfig, SampleConfig
 from mgie_core.decode import greedy_generate
 from mgie_core.derive import Derivation
@@ -65,8 +67,10 @@ def rss_bytes() -> int:
 
 # -- our pipeline, stage by stage ------------------------------------------------------------------
 def run_ours(model: MGIEModel, images: list[Image.Image], instruction: str, tokens: int, steps: int,
-             device: torch.device, repeat: int = 1) -> dict[str, float]:
-    spec = model.spec
+             device: torch.device, repeat: int = 1, unet: torch.nn.Module | None = None,
+             compiled: bool = False) -> dict[str, float]:
+    """Our stages; ``compiled``: the compiled decode step, and ``unet`` (a compiled UNet) denoises."""
+    spec, unet = model.spec, unet or model.unet
     config = DeriveConfig(max_new_tokens=tokens + spec.num_visual_tokens)
     ids = torch.tensor([model.tokenizer.encode(build_prompt(instruction, spec))], device=device)
     out: dict[str, float] = {}
@@ -87,7 +91,7 @@ def run_ours(model: MGIEModel, images: list[Image.Image], instruction: str, toke
             features = model.mllm.image_features(pixels)
             batch_ids = ids.expand(len(images), -1)
             embeds = model.mllm.embed(batch_ids, features, spec.im_patch_token_id)
-            results.extend(greedy_generate(model, batch_ids, embeds, config))
+            results.extend(greedy_generate(model, batch_ids, embeds, config, compiled=compiled))
 
     _, seconds, out["peak LLM"] = timed(device, generate, repeat)
     out["derive (all tokens)"] = seconds
@@ -100,7 +104,7 @@ def run_ours(model: MGIEModel, images: list[Image.Image], instruction: str, toke
         _, out["VAE encode"], _ = timed(device, lambda: model.vae.encode((pix * 2 - 1).to(device, model.vae.dtype)), repeat)
     cfg, m = SampleConfig(num_inference_steps=steps), model
     res, out["denoise total (incl. VAE)"], out["peak diffusion"] = timed(
-        device, lambda: sample(m.unet, m.vae, m.scheduler_config, pix, imagination, cfg, torch.Generator().manual_seed(0)),
+        device, lambda: sample(unet, m.vae, m.scheduler_config, pix, imagination, cfg, torch.Generator().manual_seed(0)),
         repeat)
     out["denoise per step"] = out["denoise total (incl. VAE)"] / steps
     latents = res.latents.to(device, model.vae.dtype)
@@ -154,21 +158,69 @@ def run_reference(model: MGIEModel, images: list[Image.Image], instruction: str,
     return out
 
 
-def format_results(rows: dict[int, tuple[dict, dict | None]], header: str) -> str:
-    lines = [header, "", "| batch | stage | ours | reference | ratio (ref / ours) |", "|---|---|---|---|---|"]
-    for batch, (ours, ref) in rows.items():
-        for stage, value in ours.items():
+def format_results(rows: dict[int, dict[str, dict]], header: str) -> str:
+    """One line per batch and stage: each side's median, and the reference's time over ours."""
+    sides = list(next(iter(rows.values())))
+    ours = [side for side in sides if side != "reference"]
+    head = " | ".join(sides) + "".join(f" | ratio (ref / {side})" for side in ours if "reference" in sides)
+    lines = [header, "", f"| batch | stage | {head} |", "|---|---|" + "---|" * (head.count("|") + 1)]
+    for batch, results in rows.items():
+        stages = list(dict.fromkeys(stage for side in sides for stage in results[side]))
+        for stage in stages:
             is_mem = stage.startswith("peak")
-            fmt = (lambda v: f"{v / 2**30:.2f} GiB") if is_mem else (lambda v: f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s")
-            other = ref.get(stage) if ref else None
-            ratio = f"{other / value:.2f}x" if other is not None and value > 0 and not is_mem else ""
-            lines.append(f"| {batch} | {stage} | {fmt(value)} | {fmt(other) if other is not None else ''} | {ratio} |")
+            values = [results[side].get(stage) for side in sides]
+            cells = [_format(v, is_mem) for v in values]
+            ref = results.get("reference", {}).get(stage)
+            if "reference" in sides:
+                cells += [f"{ref / results[side][stage]:.2f}x" if ref is not None and results[side].get(stage)
+                          and not is_mem else "" for side in ours]
+            lines.append(f"| {batch} | {stage} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def _format(value: float | None, is_mem: bool) -> str:
+    if value is None:
+        return ""
+    if is_mem:
+        return f"{value / 2**30:.2f} GiB"
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each stage's median over repeated runs (peaks: the largest)."""
+    stages = runs[0]
+    return {k: (max if k.startswith("peak") else statistics.median)([r[k] for r in runs]) for k in stages}
 
 
 def _progress(text: str) -> None:
     """Partial results on stderr as they come (a run cut short still says where its time went)."""
     print(text, file=sys.stderr, flush=True)
+
+
+def bench_batch(model: MGIEModel, images: list[Image.Image], args: argparse.Namespace, steps: int,
+                device: torch.device, compiled_unet: torch.nn.Module | None) -> dict[str, dict[str, float]]:
+    """Every side on one batch: a warm-up edit each (the compiled side compiles then), then ``--repeat`` runs
+    of each, the sides' order alternating, and each stage's median."""
+    instruction, tokens = "make it look like winter", args.answer_tokens
+    sides = {"ours": lambda: run_ours(model, images, instruction, tokens, steps, device)}
+    if compiled_unet is not None:
+        sides["ours compiled"] = lambda: run_ours(model, images, instruction, tokens, steps, device,
+                                                  unet=compiled_unet, compiled=True)
+    if not args.no_reference:
+        sides["reference"] = lambda: run_reference(model, images, instruction, tokens, steps, device)
+    first = {}
+    for name, run in sides.items():
+        began = time.perf_counter()
+        run()
+        first[name] = time.perf_counter() - began
+    runs: dict[str, list] = {name: [] for name in sides}
+    for repeat in range(max(1, args.repeat)):
+        for name in list(sides) if repeat % 2 == 0 else list(sides)[::-1]:
+            runs[name].append(sides[name]())
+    results = {name: median_of(r) for name, r in runs.items()}
+    if compiled_unet is not None:
+        results["ours compiled"]["first edit (compiles)"] = first["ours compiled"]
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, help="image side (preset default: 512 full, 128 tiny)")
     parser.add_argument("--answer-tokens", type=int, default=32)
     parser.add_argument("--no-reference", action="store_true")
-    parser.add_argument("--repeat", type=int, default=1, help="time each stage this often; report the fastest")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="whole runs of each side, the sides' order alternating; the median is reported")
+    parser.add_argument("--compile", action="store_true",
+                        help="also ours compiled (decode step and UNet); its first edit, which compiles, is reported")
     parser.add_argument("--out", help="append the table to this markdown file")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
@@ -193,22 +248,17 @@ def main(argv: list[str] | None = None) -> int:
     model = build_random_model(preset, device, dtype)
     _progress(f"built the {args.preset} model in {time.perf_counter() - began:.1f} s")
     image = Image.new("RGB", (size, size), (120, 90, 60))
+    compiled_unet = compile_unet(model.unet) if args.compile else None
     rows = {}
     for batch in (int(b) for b in args.batch.split(",")):
-        images = [image] * batch
-        # warm-up over the whole answer, so no KV-cache length is met for the first time while timed
-        run_ours(model, images[:1], "make it look like winter", args.answer_tokens, 2, device)
-        ours = run_ours(model, images, "make it look like winter", args.answer_tokens, steps, device, args.repeat)
-        _progress(format_results({batch: (ours, None)}, f"batch {batch}, ours:"))
-        ref = None if args.no_reference else run_reference(model, images, "make it look like winter", args.answer_tokens,
-                                                          steps, device, args.repeat)
-        rows[batch] = (ours, ref)
+        rows[batch] = bench_batch(model, [image] * batch, args, steps, device, compiled_unet)
+        _progress(format_results({batch: rows[batch]}, f"batch {batch}:"))
     import diffusers
     import transformers
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     header = (f"### preset {args.preset}: {size}x{size}, {steps} steps, {args.answer_tokens}+8 answer tokens, "
-              f"best of {max(1, args.repeat)}, "
+              f"median of {max(1, args.repeat)} (order alternating, after a warm-up edit of each side), "
               f"{str(dtype).replace('torch.', '')} on {device.type} ({name}, {torch.get_num_threads()} threads)\n\n"
               f"torch {torch.__version__}, transformers {transformers.__version__}, diffusers {diffusers.__version__}; "
               f"`python -m bench.speed {' '.join(argv if argv is not None else sys.argv[1:])}`")

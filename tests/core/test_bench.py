@@ -25,7 +25,7 @@ def test_answers_have_the_forced_length():
 
 def test_bench_prints_both_stacks(capsys, tmp_path):
     out = tmp_path / "RESULTS.md"
-    assert main(["--preset", "tiny", "--batch", "1", "--steps", "2", "--answer-tokens", "2", "--size", "64",
+    assert main(["--preset", "tiny", "--batch", "1", "--steps", "2", "--answer-tokens", "2", "--size", "64", "--repeat", "1",
                  "--out", str(out)]) == 0
     text = capsys.readouterr().out
     for stage in ("vision + prefill", "decode per token (batch)", "edit head", "denoise per step", "VAE encode", "VAE decode",
