@@ -189,3 +189,19 @@ def test_no_model_and_no_default_is_a_clear_error(tmp_path, image_path, capsys, 
     monkeypatch.setattr(loader, "default_model_path", lambda: tmp_path / "missing.safetensors")
     assert main(["edit", "--image", str(image_path), "--instruction", "x", "--out", str(tmp_path / "o.png")]) == 2
     assert "no model given and the embedded mgie-mini is missing" in _error(capsys)
+
+
+def test_the_fast_preset_sets_sampler_and_steps_unless_given():
+    from mgie_core.cli import build_parser, check_settings
+
+    def settings(*extra):
+        args = build_parser().parse_args(["edit", "--image", "x.png", "--instruction", "x", "--out", "o.png", *extra])
+        return check_settings(args)
+
+    assert settings()["scheduler"] is None and settings()["num_inference_steps"] is None  # the paper's, later
+    fast = settings("--preset", "fast")
+    assert (fast["scheduler"], fast["num_inference_steps"]) == ("dpmpp_2m_karras", 25)
+    mine = settings("--preset", "fast", "--steps", "30")
+    assert (mine["scheduler"], mine["num_inference_steps"]) == ("dpmpp_2m_karras", 30)
+    paper = settings("--preset", "paper")
+    assert (paper["scheduler"], paper["num_inference_steps"]) == ("euler_ancestral", 100)
