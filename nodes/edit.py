@@ -8,7 +8,7 @@ from ..mgie_core import DeriveConfig, InputError
 from ..mgie_core.steps import MAX_STEPS, parse_steps, steps_text
 from .stages import edit_progress, expressive_text, mask_note, run_derive, run_imagine, run_sample
 from .types import MGIEModel
-from .widgets import mask_input, override_input, sample_config, sampling_inputs, settings_text
+from .widgets import AS_SET, mask_input, override_input, preset_input, sample_config, sampling_inputs, settings_text
 
 
 class MGIEEdit(io.ComfyNode):
@@ -22,23 +22,23 @@ class MGIEEdit(io.ComfyNode):
                         "then the image is edited under its visual imagination. Several instructions, one per "
                         "line, are applied in turn, each on the previous result.",
             inputs=[MGIEModel.Input("mgie_model"), io.Image.Input("image"), steps_input(), *sampling_inputs(),
-                    override_input(), mask_input()],
+                    override_input(), mask_input(), preset_input()],
             outputs=[io.Image.Output(display_name="image"), io.String.Output(display_name="expressive_instruction")],
         )
 
     @classmethod
     def execute(cls, mgie_model, image, instruction: str, seed: int, steps: int, guidance_scale: float,
                 image_guidance_scale: float, scheduler: str, max_side: int = 0, expressive_override: str = "",
-                mask=None) -> io.NodeOutput:
+                mask=None, preset: str = AS_SET) -> io.NodeOutput:
         edits = parse_steps(instruction)
         if len(edits) > 1 and expressive_override.strip():
             raise InputError("expressive_override replaces the derived instruction of a one-step edit; clear it for a "
                              "multi-step edit (each step derives its own)")
         recommended = mgie_model.model.recommended_sampling
-        config = sample_config(recommended, steps, guidance_scale, image_guidance_scale, scheduler, max_side)
+        config = sample_config(recommended, steps, guidance_scale, image_guidance_scale, scheduler, max_side, preset)
         texts = []
         for edit, (derive_progress, sample_progress) in zip(
-                edits, edit_progress(image, DeriveConfig.max_new_tokens, steps, len(edits))):
+                edits, edit_progress(image, DeriveConfig.max_new_tokens, config.num_inference_steps, len(edits))):
             link = run_derive(mgie_model, image, edit, expressive_override, callback=derive_progress)
             image, _ = run_sample(mgie_model, image, run_imagine(link), seed, config, sample_progress, mask)
             texts.append(expressive_text(link))

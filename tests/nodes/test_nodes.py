@@ -215,14 +215,18 @@ def test_sampling_widgets_at_zero_take_what_the_model_recommends(comfy):
     args = dict(mgie_model=handle, image=comfy_image((40, 32)), positive=cond, negative=cond, seed=0, steps=2,
                 scheduler="euler", guidance_scale=0, image_guidance_scale=0, max_side=0)
     out = nodes["MGIESampler"].execute(**args)  # Apple's layout recommends nothing: the paper's values
-    assert out.ui["text"] == ("guidance 7.5 (text) / 1.5 (image), images up to 1024 px.",)
+    assert out.ui["text"] == ("euler, 2 steps; guidance 7.5 (text) / 1.5 (image), images up to 1024 px.",)
     handle.model.info["sampling"] = {"guidance_scale": 2.0, "image_guidance_scale": 1.2, "max_side": 16}
     out = nodes["MGIESampler"].execute(**args)  # as a bundle that recommends settings (mgie-mini: 2 / 1.5, 64 px)
-    assert out.ui["text"] == ("guidance 2 (text) / 1.2 (image), images up to 16 px.",)
+    assert out.ui["text"] == ("euler, 2 steps; guidance 2 (text) / 1.2 (image), images up to 16 px.",)
     same = nodes["MGIESampler"].execute(**args | dict(guidance_scale=2.0, image_guidance_scale=1.2, max_side=16))
     assert out.values[0].shape == (1, 12, 16, 3) and torch.equal(out.values[0], same.values[0])
     chosen = nodes["MGIESampler"].execute(**args | dict(guidance_scale=3.0, max_side=1024))  # a set widget wins
-    assert chosen.ui["text"] == ("guidance 3 (text) / 1.2 (image), images up to 1024 px.",)
+    assert chosen.ui["text"] == ("euler, 2 steps; guidance 3 (text) / 1.2 (image), images up to 1024 px.",)
+    fast = nodes["MGIESampler"].execute(**args | dict(preset="fast"))  # the preset replaces steps and scheduler
+    assert fast.ui["text"][0].startswith("dpmpp_2m_karras, 25 steps; ")
+    with pytest.raises(ValueError, match="preset 'quick' is unknown"):
+        nodes["MGIESampler"].execute(**args | dict(preset="quick"))
     with pytest.raises(ValueError, match="^steps must be an integer from 1 to 1000, got 0$"):  # named as on the node
         nodes["MGIESampler"].execute(**args | dict(steps=0))
 
