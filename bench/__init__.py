@@ -5,3 +5,11 @@
 
 Figures go to bench/RESULTS.md with the machine, the versions and the command that made them.
 """
+
+
+def publish(text: str, out: str | None) -> None:
+    """Print a benchmark's table and, with ``--out``, append it to that markdown file (bench/RESULTS.md)."""
+    print(text)
+    if out:
+        with open(out, "a") as handle:
+            handle.write(text + "\n\n")

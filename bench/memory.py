@@ -29,6 +29,7 @@ from mgie_core.devices import DTYPES, resolve_device, resolve_dtype
 from mgie_core.images import clip_pixel_values
 from mgie_core.pipeline import MGIEPipeline
 
+from . import publish
 from .random_model import PRESETS, build_random_model
 
 MODES = {"resident": ("none", False), "staged": ("none", True), "int8": ("int8", True), "int4": ("int4", True)}
@@ -181,10 +182,7 @@ def main(argv: list[str] | None = None) -> int:
               f"torch {torch.__version__}, transformers {transformers.__version__}, diffusers {diffusers.__version__}{ao}; "
               f"`python -m bench.memory {' '.join(argv if argv is not None else sys.argv[1:])}`")
     text = table(rows, header, device.type == "cuda")
-    print(text)
-    if args.out:
-        with open(args.out, "a") as handle:
-            handle.write(text + "\n\n")
+    publish(text, args.out)
     return 0
 
 

@@ -36,6 +36,7 @@ from mgie_core.prompt import build_prompt
 from mgie_core.sample import sample
 from mgie_core.schedulers import make_scheduler
 
+from . import publish
 from .random_model import PRESETS, build_random_model
 
 
@@ -263,10 +264,7 @@ def main(argv: list[str] | None = None) -> int:
               f"torch {torch.__version__}, transformers {transformers.__version__}, diffusers {diffusers.__version__}; "
               f"`python -m bench.speed {' '.join(argv if argv is not None else sys.argv[1:])}`")
     text = format_results(rows, header)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as handle:
-            handle.write(text + "\n\n")
+    publish(text, args.out)
     return 0
 
 

@@ -26,6 +26,7 @@ from mgie_core.images import pil_to_tensor
 from mgie_core.model import move
 from mgie_core.sample import vae_tiles
 
+from . import publish
 from .memory import Peaks
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "scene.png"
@@ -90,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| difference, mean / max | | {float(difference.mean()) * 255:.2f} / {float(difference.max()) * 255:.1f} (/255) |",
         f"| worst row or column mean / median one | | {worst:.2f} / {median:.2f} (/255) |",
     ])
-    print(text)
-    if args.out:
-        with open(args.out, "a") as handle:
-            handle.write(text + "\n\n")
+    publish(text, args.out)
     return 0
 
 
