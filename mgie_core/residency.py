@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .model import MGIEModel, move
+from .quant import llm_bytes
 
 STAGES = {"derive": ("mllm",), "sample": ("unet", "vae")}
 
@@ -54,8 +55,6 @@ SAMPLE_WORKSPACE = 3 * 2**29  # 1.5 GiB
 def plan_memory(model: MGIEModel, dtype: torch.dtype, gpu_bytes: int) -> tuple[str, bool]:
     """(llm_quant, staged) for a CUDA GPU of ``gpu_bytes``: every part resident when it all fits, else staged,
     with the LLM in fp16, int8 or 4 bits, the first that fits (the 4-bit staged plan when nothing does)."""
-    from .quant import llm_bytes
-
     rest = sum(p.numel() for name in ("edit_head", "unet", "vae")
                for p in model.modules()[name].parameters()) * (torch.finfo(dtype).bits // 8)
     sample = rest + SAMPLE_WORKSPACE
