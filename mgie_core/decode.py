@@ -62,20 +62,17 @@ def decode_step(llm: torch.nn.Module, token: torch.Tensor, position: torch.Tenso
     return _forward(llm, llm.embed_tokens(token), position, cache)
 
 
-_compiled: dict[int, Callable] = {}
-
-
-def compiled_step(llm: torch.nn.Module) -> Callable:
-    """:func:`decode_step` under ``torch.compile(mode="reduce-overhead")``, compiled once per LLM."""
-    if id(llm) not in _compiled:
-        _compiled[id(llm)] = torch.compile(decode_step, mode="reduce-overhead", dynamic=False)
-    return _compiled[id(llm)]
+@_memo
+def compiled_step() -> Callable:
+    """:func:`decode_step` under ``torch.compile(mode="reduce-overhead")``: one wrapper for every LLM (the LLM is
+    an argument; dynamo's guards keep a graph per model and shape)."""
+    return torch.compile(decode_step, mode="reduce-overhead", dynamic=False)
 
 
 @torch.no_grad()
 def greedy_generate(model, prompt_ids: torch.Tensor, embeds: torch.Tensor, config: DeriveConfig,
-                           callback: ProgressCallback | None = None,
-                           compiled: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                    callback: ProgressCallback | None = None,
+                    compiled: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Greedy decoding for G prompts of one length L: per prompt, the full sequence (T,) and the final-norm
     states (T - 1, H) (every prompt position, then one per generated token but the last), as
     ``generate(do_sample=False, num_beams=1)`` would. Rows that ended keep decoding with the others (nothing
@@ -91,7 +88,7 @@ def greedy_generate(model, prompt_ids: torch.Tensor, embeds: torch.Tensor, confi
     states[:, :length] = hidden
     lengths = torch.full((rows,), length, device=device)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    step_fn = compiled_step(llm) if compiled else decode_step
+    step_fn = compiled_step() if compiled else decode_step
     last = hidden[:, -1]  # (G, H)
     for step in range(budget):
         current = length + step
