@@ -24,7 +24,7 @@ from .config import (
     preset_settings,
     sample_config_for,
 )
-from .devices import AUTO, DTYPES, resolve_device
+from .devices import AUTO, DTYPES, leave_process_group, resolve_device
 from .errors import InputError, MGIEError, SettingError
 from .files import atomic_write
 from .images import load_image, save_image_atomic, tensor_to_pil
@@ -237,6 +237,7 @@ def run_many(args: argparse.Namespace) -> int:
                   args.overwrite, state, progress=not args.quiet)
     if state.is_main_process:
         print(summary.text())
+    leave_process_group()
     return 1 if summary.failures else 0
 
 

@@ -47,3 +47,14 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str, fp
 def dtype_name(dtype: torch.dtype) -> str:
     """The table's name of ``dtype`` (fp16, bf16, fp32)."""
     return next(name for name, value in DTYPES.items() if value == dtype)
+
+
+def leave_process_group() -> None:
+    """End a run of several processes (``accelerate launch``): wait for every process, then tear the process group
+    down while the interpreter is whole. Left to exit, gloo's worker threads can still hold the tensors of a finished
+    gather and free them during interpreter shutdown, which aborts the process (SIGABRT) after its work is done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository root
 
+from mgie_core.devices import leave_process_group  # noqa: E402
 from mgie_core.errors import MGIEError  # noqa: E402
 from train.config import config_from_args  # noqa: E402
 from train.loop import train  # noqa: E402
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[mgie] %(message)s")
     try:
         path = train(config_from_args(argv))
+        leave_process_group()
     except MGIEError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2

@@ -168,3 +168,18 @@ def test_two_processes_under_accelerate_write_what_one_writes(tiny_root, tmp_pat
     assert two.stdout.count("done 5, skipped 0 (already there), failed 0") == 1  # the main process's summary only
     results = (tmp_path / "two" / "results.jsonl").read_text().splitlines()
     assert sorted(json.loads(r)["out"] for r in results) == sorted(str(tmp_path / "two" / n) for n in files(tmp_path / "one"))
+
+
+def test_a_run_of_several_processes_leaves_its_process_group(tmp_path):
+    import torch.distributed as dist
+
+    from mgie_core.devices import leave_process_group
+
+    leave_process_group()  # none started: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        leave_process_group()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
