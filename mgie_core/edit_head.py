@@ -1,4 +1,4 @@
-"""The edit head: visual tokens -> visual imagination (MGIE.md §2.8).
+"""The edit head: visual tokens -> visual imagination (docs/algorithm.md §2.8).
 
 A linear map of the visual-token hidden states (plus the ``[IMG]`` input embeddings) into a
 small transformer whose decoder reads a learned query of ``num_queries`` rows, then a linear

@@ -1,4 +1,4 @@
-"""Stage 2, imagine: visual tokens -> visual imagination and null imagination (MGIE.md §2.8)."""
+"""Stage 2, imagine: visual tokens -> visual imagination and null imagination (docs/algorithm.md §2.8)."""
 
 from __future__ import annotations
 

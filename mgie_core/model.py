@@ -71,7 +71,7 @@ class MultimodalLLM(nn.Module):
         return self.lm_head.weight.dtype
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) CLIP pixels -> (B, N, H) projected patch features (CLS dropped, MGIE.md §2.4)."""
+        """(B, 3, S, S) CLIP pixels -> (B, N, H) projected patch features (CLS dropped, docs/algorithm.md §2.4)."""
         # The vision tower is frozen in MGIE, as in LLaVA; only a model trained from scratch trains it.
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_vision_tower):
             out = self.vision_tower(pixel_values.to(self.device, self.vision_tower.dtype), output_hidden_states=True)

@@ -1,4 +1,4 @@
-"""The texts MGIE feeds its LLM (MGIE.md §2.2, §2.7, §3), and checks of user instructions."""
+"""The texts MGIE feeds its LLM (docs/algorithm.md §2.2, §2.7, §3), and checks of user instructions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 3, sample: dual-guidance denoising of the input image's latent (MGIE.md §2.9).
+"""Stage 3, sample: dual-guidance denoising of the input image's latent (docs/algorithm.md §2.9).
 
 The same computation as diffusers' ``StableDiffusionInstructPix2PixPipeline`` given
 ``prompt_embeds=imagination, negative_prompt_embeds=null_imagination`` and the same generator:

@@ -1,7 +1,7 @@
 """The LLaMA tokenizer exactly as transformers 4.28's *slow* ``LlamaTokenizer`` behaved.
 
 MGIE was trained and released with that tokenizer; today's Llama tokenizers in transformers
-encode differently around added tokens, so we apply its rule ourselves (MGIE.md §2.1):
+encode differently around added tokens, so we apply its rule ourselves (docs/algorithm.md §2.1):
 
 1. the text is split on added tokens (``<im_patch>``, ``<im_start>``, ``<im_end>``, ``[IMGk]``)
    and special tokens (``<s>``, ``</s>``, ``<unk>``), longest match first;

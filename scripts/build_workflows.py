@@ -3,7 +3,7 @@
     python scripts/build_workflows.py          # rewrites workflows/*.json
 
 Widget values are listed in the order ComfyUI lays the widgets out (required inputs as declared,
-then optional ones; a seed is followed by its control_after_generate value). tests/test_workflows.py
+then optional ones; a seed is followed by its control_after_generate value). tests/nodes/test_workflows.py
 checks every file against the node schemas, so a node change that breaks a workflow fails CI.
 """
 

@@ -1,4 +1,4 @@
-"""Build a *tiny* MGIE checkpoint in exactly Apple's on-disk layout (MGIE.md §1), in seconds.
+"""Build a *tiny* MGIE checkpoint in exactly Apple's on-disk layout (docs/algorithm.md §1), in seconds.
 
     ROOT/LLaVA-7B-v1/        config.json (model_type "llava", mm_* fields), tokenizer.model (SentencePiece
                              trained here), added_tokens.json, tokenizer_config.json, special_tokens_map.json,

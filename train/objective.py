@@ -1,4 +1,4 @@
-"""MGIE's training objective (MGIE.md §3), one graph: L = L_ins + 0.5 * L_edit.
+"""MGIE's training objective (docs/algorithm.md §3), one graph: L = L_ins + 0.5 * L_edit.
 
 L_ins: cross-entropy on the assistant turn ``"{expressive} [IMG0] ... [IMG7]</s>"`` (teacher forcing).
 L_edit: the InstructPix2Pix denoising loss, conditioned on the edit head's output for the hidden

@@ -1,4 +1,4 @@
-"""Loading Apple's released MGIE exactly as users have it on disk (MGIE.md §1).
+"""Loading Apple's released MGIE exactly as users have it on disk (docs/algorithm.md §1).
 
 A root folder holds ``LLaVA-7B-v1/`` (sharded pickles + tokenizer), ``mgie_7b/`` (``mllm.pt``,
 ``unet.pt``), ``instruct-pix2pix/`` (diffusers folder: VAE, scheduler, UNet config) and the CLIP

@@ -35,7 +35,7 @@ def reference_generate(model, instruction, image, config):
 
 
 def reference_rule(ids, states, img0):
-    """MGIE.md §2.6, written out literally."""
+    """docs/algorithm.md §2.6, written out literally."""
     ids = ids.tolist()
     p = min(ids.index(img0) - 1 if img0 in ids else len(states) - 9, len(states) - 9)
     return p, states[p : p + 8]

@@ -49,7 +49,7 @@ def expressive_ok(edit: world.Edit, text: str) -> bool:
 
 
 def unsayable(model, edit: world.Edit, n: int = DeriveConfig.no_repeat_ngram_size) -> bool:
-    """True when derivation's n-gram ban (MGIE.md §2.5: no n tokens of prompt or answer twice) forbids the
+    """True when derivation's n-gram ban (docs/algorithm.md §2.5: no n tokens of prompt or answer twice) forbids the
     true expressive instruction, so no model can derive it: one of its n-grams of tokens came before."""
     if n < 1:
         return False  # no ban

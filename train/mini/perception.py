@@ -1,6 +1,6 @@
 """mgie-mini's stand-in for CLIP's pretraining: its vision tower learns to see every object before the MLLM does.
 
-MGIE's vision tower is CLIP ViT-L/14, pretrained on 400M pictures and frozen (MGIE.md); mgie-mini's is a
+MGIE's vision tower is CLIP ViT-L/14, pretrained on 400M pictures and frozen (docs/algorithm.md); mgie-mini's is a
 4-layer ViT trained from scratch. Trained only through the instruction and diffusion losses, such a tower
 learns colour and size but hardly shape. Here it learns what each point of the scene holds instead: at every
 object's centre its shape, colour and size, and (``position``) its column and row of the grid, at every empty

@@ -182,7 +182,7 @@ def make_add(rng: random.Random) -> Edit:
     scene = random_scene(rng, count=rng.randint(1, 3))
     free = [c for c in range(GRID * GRID) if c not in {o.cell for o in scene.objects}]
     added = Obj(shape=rng.choice(SHAPES), colour=rng.choice(list(COLOURS)), size="small", cell=free[0])
-    # Not "put a {colour} {shape} in the picture": derivation bans repeating any 3 prompt tokens (MGIE.md §2.5),
+    # Not "put a {colour} {shape} in the picture": derivation bans repeating any 3 prompt tokens (docs/algorithm.md §2.5),
     # and "{colour} {shape} in" opens the right answer, which that template made unsayable.
     instruction = rng.choice(["add a {} {}", "put a {} {} somewhere", "draw a {} {}"]).format(added.colour, added.shape)
     return Edit("add", "add", instruction, f"add a small {added.colour} {added.shape} in the {SLOTS[added.cell]}.",
