@@ -28,6 +28,8 @@ from mgie_core.derive import Derivation, select_visual_tokens
 from mgie_core.devices import DTYPES, resolve_device, resolve_dtype
 from mgie_core.images import clip_pixel_values
 from mgie_core.pipeline import MGIEPipeline
+from mgie_core.placement import Placement
+from mgie_core.runner import Edit, run_edit
 
 from . import publish
 from .random_model import PRESETS, build_random_model
@@ -69,18 +71,21 @@ def measure(base, mode: str, device: torch.device, dtype: torch.dtype, image: Im
     quant, staged = MODES[mode]
     peaks, row = Peaks(device), {}
     peaks.reset()
-    pipe = MGIEPipeline(copy.deepcopy(base), device, dtype, llm_quant=quant, low_vram=staged)
+    pipe = MGIEPipeline(copy.deepcopy(base), placement=Placement(device, dtype, quant, staged))
     row["load"] = peaks.read()
     pipe(image, INSTRUCTION, derive, sample, seed=0)  # warm-up: kernels, cuBLAS handles, allocator pools
     if device.type == "cuda":
         torch.cuda.empty_cache()
     peaks.reset()
+
+    def stage_starts(stage: str, index: int) -> None:  # the runner's hook as each stage starts
+        if stage == "sample":
+            row["derive"] = peaks.read()  # deriving and imagining
+            peaks.reset()
+
     start = time.perf_counter()
-    derivation = pipe.derive([image], [INSTRUCTION], derive)
-    row["derive"] = peaks.read()
-    peaks.reset()
-    imagination = pipe.imagine(derivation)
-    out = pipe.sample(image, imagination, sample, seed=0)
+    out = run_edit(pipe, Edit.of(image, INSTRUCTION, seed=0), derive, sample, stage_starts)[0]
+    derivation = out.derivation
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     row["seconds"] = time.perf_counter() - start
@@ -104,7 +109,7 @@ def quality(pipe: MGIEPipeline, image: Image.Image, derivation: Derivation, refe
     reference's own sequence (teacher-forced, so a different greedy answer does not hide the precision's error)."""
     model, ids = pipe.model, reference.token_ids[0]
     same = torch.equal(derivation.token_ids[0], ids)
-    pipe.residency.place("derive")
+    pipe.place("derive")
     features = model.mllm.image_features(clip_pixel_values(image, model.clip_image_config)[None])
     embeds = model.mllm.embed(ids[None].to(model.mllm.device), features, model.spec.im_patch_token_id)
     states = model.mllm.llm(inputs_embeds=embeds).last_hidden_state[0, :-1]  # as decoding: none after the last

@@ -6,19 +6,23 @@ The edit flows through three stages, one module each:
                         --imagine--> visual imagination (Q x D conditioning)
                         --sample---> edited image (dual classifier-free guidance)
 
-``MGIEPipeline`` chains them; ``load_model`` reads Apple's folders, an MGIE bundle or the embedded
-mgie-mini (``formats/`` holds every file format). ``devices`` has the one table of precisions.
+``runner.run_edit`` is the one place that chains them, for every front end (``MGIEPipeline`` for Python,
+the CLI, the nodes, training's previews); ``config.EditSettings`` declares every setting once, and
+``placement.Placement`` decides once where the parts live. ``load_model`` reads Apple's folders, an MGIE
+bundle or the embedded mgie-mini (``formats/`` holds every file format).
 This package never imports ComfyUI.
 """
 
 from . import quiet  # noqa: F401  (first: before any module imports diffusers)
-from .config import DEFAULT_SEED, DeriveConfig, SampleConfig
+from .config import DEFAULT_SEED, DeriveConfig, EditSettings, SampleConfig
 from .derive import Derivation, derive
 from .errors import CheckpointError, EditCancelled, InputError, MGIEError, SettingError
 from .formats import default_model_path, load_model
 from .imagine import Imagination, imagine
 from .model import MGIEModel
-from .pipeline import EditResult, MGIEPipeline, make_generator
+from .pipeline import MGIEPipeline
+from .placement import Placement
+from .runner import Edit, EditResult, make_generator, run_edit
 from .sample import SampleOutput, sample
 from .schedulers import SCHEDULER_NAMES
 
@@ -30,13 +34,16 @@ __all__ = [
     "CheckpointError",
     "Derivation",
     "DeriveConfig",
+    "Edit",
     "EditCancelled",
     "EditResult",
+    "EditSettings",
     "Imagination",
     "InputError",
     "MGIEError",
     "MGIEModel",
     "MGIEPipeline",
+    "Placement",
     "SampleConfig",
     "SampleOutput",
     "SettingError",
@@ -45,5 +52,6 @@ __all__ = [
     "imagine",
     "load_model",
     "make_generator",
+    "run_edit",
     "sample",
 ]

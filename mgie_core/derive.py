@@ -1,4 +1,4 @@
-"""Stage 1, derive: image + brief instruction -> expressive instruction + visual tokens (MGIE.md §2.1-2.7).
+"""Stage 1, derive: image + brief instruction -> expressive instruction + visual tokens (docs/algorithm.md §2.1-2.7).
 
 The MLLM reads the prompt with the image's CLIP features spliced in at ``<im_patch>``, answers
 greedily (``no_repeat_ngram_size`` over prompt and answer), and the final-norm hidden states
@@ -76,7 +76,7 @@ def derive(
             check_instruction(override, tokenizer, what="expressive instruction")
             results[b] = _teacher_forced(model, instructions[b], override.strip(), features[b : b + 1])
     # Prompts of equal length (always, for one instruction over an image batch) decode together.
-    prompts = {b: _encode_prompt(model, build_prompt(instructions[b], spec), config.max_new_tokens)
+    prompts = {b: encode_prompt(model, instructions[b], config.max_new_tokens)
                for b in range(len(images)) if b not in results}
     groups: dict[int, list[int]] = {}
     for b, ids in prompts.items():
@@ -104,7 +104,7 @@ def _batch_callback(callback: ProgressCallback | None, done: int, members: int, 
 
 
 def select_visual_tokens(states: torch.Tensor, token_ids: torch.Tensor, first_visual_id: int, count: int) -> torch.Tensor:
-    """The ``count`` states that predict ``[IMG0]..``: (S, H) -> (count, H) (MGIE.md §2.6).
+    """The ``count`` states that predict ``[IMG0]..``: (S, H) -> (count, H) (docs/algorithm.md §2.6).
 
     ``p`` is one before the first ``[IMG0]`` in the full sequence, or ``len(states) - count - 1``
     when none was generated; then ``p = min(p, len(states) - count - 1)``.
@@ -118,7 +118,13 @@ def select_visual_tokens(states: torch.Tensor, token_ids: torch.Tensor, first_vi
     return states[p : p + count]
 
 
-def _encode_prompt(model: MGIEModel, text: str, budget: int) -> torch.Tensor:
+def encode_prompt(model: MGIEModel, instruction: str, budget: int) -> torch.Tensor:
+    """The prompt's token ids (1, T) for ``instruction``; refused when it and ``budget`` new tokens exceed the
+    model's context."""
+    return _encode(model, build_prompt(instruction, model.spec), budget)
+
+
+def _encode(model: MGIEModel, text: str, budget: int) -> torch.Tensor:
     ids = model.tokenizer.encode(text)
     patches = sum(1 for i in ids if i == model.spec.im_patch_token_id)
     if patches != model.spec.num_image_patches:
@@ -151,7 +157,7 @@ def _generated(model: MGIEModel, prompt_ids: torch.Tensor, features: torch.Tenso
 def _teacher_forced(model: MGIEModel, instruction: str, expressive: str, features: torch.Tensor):
     prompt_length = len(model.tokenizer.encode(build_prompt(instruction, model.spec)))
     text = build_conversation(instruction, expressive, model.spec, model.tokenizer.eos_token)
-    ids = _encode_prompt(model, text, 0)  # (1, T)
+    ids = _encode(model, text, 0)  # (1, T)
     embeds = model.mllm.embed(ids, features, model.spec.im_patch_token_id)
     states = model.mllm.llm(inputs_embeds=embeds).last_hidden_state[0]  # (T, H)
     return ids[0].cpu(), prompt_length, states, expressive, True

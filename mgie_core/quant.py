@@ -51,6 +51,14 @@ def _torchao():
     return quantization
 
 
+def size_text(count: int) -> str:
+    """Bytes as people read them: GiB, MiB or KiB, whichever keeps the figure readable."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if count >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count / 2**10:.1f} KiB"
+
+
 def quantize_llm(llm: nn.Module, mode: str, device: torch.device | str) -> nn.Module:
     """Quantize the linear layers of ``llm``'s decoder layers in place, one layer at a time on ``device``.
 
@@ -64,6 +72,7 @@ def quantize_llm(llm: nn.Module, mode: str, device: torch.device | str) -> nn.Mo
         raise InputError("the LLM is already quantized; load the model again to change its quantization")
     config = _config(mode)
     quantize_ = _torchao().quantize_
+    before = storage_bytes(llm)
     if mode == "int4":
         nn.Module.to(llm, dtype=INT4_DTYPE)
     for layer in llm.layers:
@@ -74,7 +83,8 @@ def quantize_llm(llm: nn.Module, mode: str, device: torch.device | str) -> nn.Mo
             quantize_(layer, config, filter_fn=lambda module, _name: isinstance(module, nn.Linear))
         nn.Module.to(layer, device=home)
     llm.mgie_quantization = mode
-    logger.info("LLM quantized to %s: %.2f GiB of weights", mode, storage_bytes(llm) / 2**30)
+    logger.info("LLM quantized to %s: its weights take %s, down from %s", mode, size_text(storage_bytes(llm)),
+                size_text(before))
     return llm
 
 

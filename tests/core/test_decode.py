@@ -11,9 +11,8 @@ from transformers import DynamicCache, NoRepeatNGramLogitsProcessor
 
 from mgie_core import DeriveConfig
 from mgie_core.decode import STOP_CHECK_EVERY, ban_repeated_ngrams, greedy_generate, with_cache
-from mgie_core.derive import _encode_prompt
+from mgie_core.derive import encode_prompt
 from mgie_core.images import clip_pixel_values
-from mgie_core.prompt import build_prompt
 
 CONFIG = DeriveConfig(max_new_tokens=40)
 PROMPTS = ["make it red", "add a hat", "make it look like winter", "turn the sky green", "tell me a story"]
@@ -47,7 +46,7 @@ def dynamic_greedy_generate(model, prompt_ids, embeds, config):
 
 
 def prompt_batch(model, prompts, seeds):
-    ids = torch.cat([_encode_prompt(model, build_prompt(p, model.spec), CONFIG.max_new_tokens) for p in prompts])
+    ids = torch.cat([encode_prompt(model, p, CONFIG.max_new_tokens) for p in prompts])
     pixels = torch.stack([clip_pixel_values(make_image(seed=s), model.clip_image_config) for s in seeds])
     with torch.no_grad():
         return ids, model.mllm.embed(ids, model.mllm.image_features(pixels), model.spec.im_patch_token_id)

@@ -8,8 +8,8 @@ from conftest import make_image
 
 from mgie_core import DeriveConfig, InputError, MGIEPipeline, SampleConfig, load_model
 from mgie_core.images import pil_to_tensor
+from mgie_core.placement import PlacedModel, Placement, plan_memory
 from mgie_core.quant import check_llm_quant, is_quantized, quantization_of, quantize_llm, storage_bytes
-from mgie_core.residency import Residency
 from mgie_core.sample import TILE_ABOVE, use_vae_tiling
 
 DERIVE, SAMPLE = DeriveConfig(max_new_tokens=40), SampleConfig(num_inference_steps=4)
@@ -22,7 +22,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture()
 def int8_pipe(tiny_root):
-    return MGIEPipeline(load_model(tiny_root), "cpu", "fp32", llm_quant="int8")
+    return MGIEPipeline(load_model(tiny_root), "cpu", "fp32", memory="8")  # the 8 GB mode: int8 LLM (staged: no-op here)
 
 
 def test_int8_keeps_the_tokens_and_comes_close(tiny_model, int8_pipe):
@@ -66,36 +66,54 @@ def test_quantizing_twice_or_an_unknown_mode_is_refused(int8_pipe):
         check_llm_quant("int3", "cpu")
 
 
-def test_compile_and_low_vram_are_refused_together(tiny_model):
-    with pytest.raises(InputError, match="compile and low_vram do not go together"):
-        MGIEPipeline(tiny_model, "cpu", "fp32", low_vram=True, compile=True)
+def test_compile_and_a_staged_mode_are_refused_together_before_anything_loads():
+    for memory in ("16", "8"):
+        with pytest.raises(InputError, match="compile does not go with a staged memory mode"):
+            Placement.make("cpu", "fp32", memory, compile=True)
+    with pytest.raises(InputError, match="compile does not go with a staged memory mode"):
+        Placement(torch.device("cpu"), torch.float32, staged=True, compile=True)
 
 
-def test_four_bit_on_a_cpu_says_what_works(tiny_model):
+def test_four_bit_on_a_cpu_says_what_works():
     with pytest.raises(InputError, match="4-bit LLM needs a CUDA GPU.*use int8"):
-        MGIEPipeline(tiny_model, "cpu", "fp32", llm_quant="int4")
+        Placement.make("cpu", "fp32", "6")
+
+
+def test_memory_modes_name_the_same_plan_by_key_or_by_label():
+    from mgie_core.placement import MEMORY, memory_key
+
+    for key, (_, label) in MEMORY.items():
+        assert memory_key(key) == memory_key(label) == key
+    assert Placement.make("cpu", "fp32", "8 GB (int8 LLM, staged)") == Placement.make("cpu", "fp32", "8")
+    assert Placement.make("cpu", "fp32", "auto") == Placement(torch.device("cpu"), torch.float32)  # as loaded
+    with pytest.raises(InputError, match="memory '12' is not one of auto, 24, 16, 8, 6"):
+        Placement.make("cpu", "fp32", "12")
 
 
 def test_staged_residency_moves_each_stage_in_and_the_other_out(tiny_model, monkeypatch):
     placed = {}
     names = {id(module): name for name, module in tiny_model.modules().items()}
-    monkeypatch.setattr("mgie_core.residency.move", lambda module, device: placed.update({names[id(module)]: str(device)}))
-    residency = Residency(tiny_model, torch.device("cuda"), staged=True)  # only recorded: no GPU is needed
+    record = lambda module, device=None, dtype=None: placed.update({names[id(module)]: str(device)})  # noqa: E731
+    monkeypatch.setattr("mgie_core.placement.move", record)
+    monkeypatch.setattr("mgie_core.model.move", lambda module, device=None, dtype=None: module)
+    cuda, fp32 = torch.device("cuda"), torch.float32
+    staged = PlacedModel(tiny_model, Placement(cuda, fp32, staged=True))  # only recorded: no GPU is needed
     assert placed == {"edit_head": "cuda"}
-    residency.place("derive")
+    staged.place("derive")
     assert placed == {"edit_head": "cuda", "mllm": "cuda", "unet": "cpu", "vae": "cpu"}
-    residency.place("sample")
+    staged.place("sample")
     assert placed == {"edit_head": "cuda", "mllm": "cpu", "unet": "cuda", "vae": "cuda"}
     placed.clear()
-    Residency(tiny_model, torch.device("cuda"), staged=False).place("sample")
+    PlacedModel(tiny_model, Placement(cuda, fp32)).place("sample")
     assert placed == dict.fromkeys(("mllm", "edit_head", "unet", "vae"), "cuda")  # everything stays on the GPU
-    assert not Residency(tiny_model, torch.device("cpu"), staged=True).staged  # nothing to stage on a CPU-only run
+    placed.clear()
+    assert not PlacedModel(tiny_model, Placement(torch.device("cpu"), fp32, staged=True)).staged  # nothing to stage
 
 
 def test_low_vram_gives_the_same_edit(tiny_model, tiny_root, image):
     full = MGIEPipeline(tiny_model, "cpu", "fp32")(image, "add a red hat", DERIVE, SAMPLE, seed=5)
-    low = MGIEPipeline(load_model(tiny_root), "cpu", "fp32", low_vram=True)(image, "add a red hat", DERIVE, SAMPLE,
-                                                                           seed=5)
+    staged = Placement(torch.device("cpu"), torch.float32, staged=True)
+    low = MGIEPipeline(load_model(tiny_root), placement=staged)(image, "add a red hat", DERIVE, SAMPLE, seed=5)
     assert torch.equal(full.output.images, low.output.images)
 
 
@@ -124,7 +142,6 @@ def test_auto_tiling_starts_above_the_limit():
                                             (8, ("int8", True)), (6, ("int4", True)), (4, ("int4", True))])
 def test_memory_plan_for_mgie_7b_on_common_cards(card_gib, plan):
     from bench.random_model import PRESETS, build_random_model
-    from mgie_core.residency import plan_memory
 
     model = build_random_model(PRESETS["full"], torch.device("meta"), torch.float16)  # MGIE-7B's shapes, no memory
     assert plan_memory(model, torch.float16, card_gib * 2**30) == plan

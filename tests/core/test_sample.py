@@ -138,7 +138,7 @@ def test_bad_inputs(tiny_model):
         sample(tiny_model.unet, tiny_model.vae, tiny_model.scheduler_config, torch.rand(3, 3, 16, 16), conditioning(2))
     with pytest.raises(InputError, match="scheduler must be one of euler_ancestral, .*, got 'nope'"):
         SampleConfig(scheduler="nope")
-    with pytest.raises(InputError, match="num_inference_steps must be an integer from 1 to 1000"):
+    with pytest.raises(InputError, match="num_inference_steps must be from 1 to 1000, got 0"):
         SampleConfig(num_inference_steps=0)
 
 

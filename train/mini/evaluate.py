@@ -64,9 +64,9 @@ def evaluate_mgie(model, edits: list[world.Edit], config: SampleConfig, seed: in
         chunk = edits[start : start + batch]
         pairs = [world.images(e) for e in chunk]
         given = [e.expressive for e in chunk] if given_expressive else None
-        derived = pipe.derive([p[0] for p in pairs], [e.instruction for e in chunk], DeriveConfig(max_new_tokens=48), given)
-        out = pipe.sample([p[0] for p in pairs], pipe.imagine(derived), config, seed=seed)
-        for e, (before, target), text, image in zip(chunk, pairs, derived.expressive_instructions, tensor_to_pil(out.images)):
+        out = pipe([p[0] for p in pairs], [e.instruction for e in chunk], DeriveConfig(max_new_tokens=48), config,
+                   seed=seed, expressive=given)
+        for e, (before, target), text, image in zip(chunk, pairs, out.expressive_instructions, out.images):
             results.append(Result(e, text, image, expressive_ok(e, text), edit_ok(e, before, image, target).ok))
     return results
 
