@@ -1,6 +1,6 @@
 """Image input/output and the two preprocessings MGIE applies to the same picture.
 
-* the MLLM sees the picture through the CLIP image processor (MGIE.md §2.3): bicubic resize of the
+* the MLLM sees the picture through the CLIP image processor (docs/algorithm.md §2.3): bicubic resize of the
   shortest side, center crop, rescale, normalise — done here with PIL exactly as transformers 4.28
   did, so features do not depend on which transformers backend a user has installed;
 * the diffusion model sees it resized to multiples of the VAE scale factor, as diffusers'
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 from .files import atomic_write
@@ -32,7 +32,8 @@ ImageLike = Image.Image | torch.Tensor
 
 # -- reading and writing ---------------------------------------------------------------------
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as 8-bit RGB, with a clear error for anything unreadable."""
+    """Open an image file as 8-bit RGB, upright (its EXIF orientation applied, as a phone's photo is shown), with a
+    clear error for anything unreadable."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image not found: {path}")
@@ -41,7 +42,7 @@ def load_image(path: str | Path) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()
-                return to_rgb(image)
+                return to_rgb(ImageOps.exif_transpose(image))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise InputError(f"image {path} is too large to open safely ({err}); scale it down first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -91,7 +92,7 @@ def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
 # -- the diffusion side ----------------------------------------------------------------------
 def vae_size(width: int, height: int, multiple: int, max_side: int) -> tuple[int, int]:
     """(width, height) the sampler works at: within ``max_side``, rounded down to ``multiple``."""
-    if max_side and max(width, height) > max_side:
+    if max_side > 0 and max(width, height) > max_side:
         scale = max_side / max(width, height)
         width, height = max(1, round(width * scale)), max(1, round(height * scale))
     new_w, new_h = width // multiple * multiple, height // multiple * multiple
@@ -133,29 +134,34 @@ def fit_for_vae(images: ImageLike | Sequence[Image.Image], multiple: int, max_si
 
 
 def load_mask(path: str | Path) -> torch.Tensor:
-    """A mask file as (1, H, W) float32 in [0, 1]: white (or opaque, for a picture with alpha) is where to edit."""
+    """A mask file as (1, H, W) float32 in [0, 1], 1 where to edit, by ComfyUI's rule: a picture with an alpha
+    channel is edited where it is transparent (ComfyUI's mask editor paints the mask by erasing alpha, and its Load
+    Image gives MASK = 1 - alpha); a picture without alpha is edited where it is white. EXIF orientation applies,
+    as to the picture it goes with."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"mask not found: {path}")
     try:
         with Image.open(path) as image:
             image.load()
-            grey = image.getchannel("A") if image.mode in ("RGBA", "LA") else image.convert("L")
+            image = ImageOps.exif_transpose(image)
+            alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+            if alpha:
+                grey = image.convert("RGBA").getchannel("A")
+            else:
+                grey = to_rgb(image).convert("L")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise InputError(f"cannot read mask {path} ({type(err).__name__}: {err}); use a PNG with white where to edit") from None
-    return torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0)[None]
+        raise InputError(f"cannot read mask {path} ({type(err).__name__}: {err}); use a PNG: transparent (or, "
+                         "without alpha, white) where to edit") from None
+    values = torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0)[None]
+    return 1.0 - values if alpha else values
 
 
 def fit_mask(mask: torch.Tensor, size: tuple[int, int], count: int | None = None) -> torch.Tensor:
     """``mask`` ((B,) H', W' or (B, 1, H', W') in [0, 1]) as (B, 1, H, W) for pixels of ``size`` = (H, W);
     another size is resized (bilinear), as the picture it goes with was. With ``count`` images, one mask
     serves them all and B masks pair with B images."""
-    if mask.ndim == 2:
-        mask = mask[None]
-    if mask.ndim == 3:
-        mask = mask[:, None]
-    if mask.ndim != 4 or mask.shape[1] != 1:
-        raise InputError(f"a mask must be (H, W), (B, H, W) or (B, 1, H, W), got shape {tuple(mask.shape)}")
+    mask = mask_batch(mask)
     if count is not None and mask.shape[0] not in (1, count):
         raise InputError(f"{mask.shape[0]} masks for {count} images: give one mask for all the images, or one per image")
     if count is not None:
@@ -164,6 +170,19 @@ def fit_mask(mask: torch.Tensor, size: tuple[int, int], count: int | None = None
     if tuple(mask.shape[-2:]) != tuple(size):
         mask = torch.nn.functional.interpolate(mask, size=size, mode="bilinear", align_corners=False)
     return mask.clamp(0, 1)
+
+
+def mask_batch(mask: torch.Tensor) -> torch.Tensor:
+    """A mask given as (H, W), (B, H, W) or (B, 1, H, W), as (B, 1, H, W)."""
+    if not isinstance(mask, torch.Tensor):
+        raise InputError(f"a mask must be a tensor of floats in [0, 1] (1 where to edit), got {type(mask).__name__}")
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    if mask.ndim != 4 or mask.shape[1] != 1:
+        raise InputError(f"a mask must be (H, W), (B, H, W) or (B, 1, H, W), got shape {tuple(mask.shape)}")
+    return mask
 
 
 def check_image_tensor(images: torch.Tensor) -> None:

@@ -48,6 +48,14 @@ def tiny_model(tiny_root: Path):
     return load_model(tiny_root).to("cpu", torch.float32).eval()
 
 
+@pytest.fixture()
+def image_path(tmp_path: Path) -> Path:
+    """A 64x48 picture on disk."""
+    path = tmp_path / "in.png"
+    make_image(64, 48).save(path)
+    return path
+
+
 def accelerate_launch(processes: int = 2) -> list[str]:
     """The command that starts ``processes`` processes on this CPU, as ``accelerate launch`` does GPUs (torchrun,
     gloo), on a port free now rather than the default 29500 another run may still hold."""

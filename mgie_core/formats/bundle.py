@@ -174,6 +174,11 @@ def _sampling(meta: dict[str, Any], file: Path) -> dict[str, float | int]:
     return sampling
 
 
+REQUIRED_METADATA = ("tokenizer", "edit_head_config", "llava_config", "clip_config", "unet_config", "vae_config",
+                     "scheduler_config", "clip_image_config")
+TOKENIZER_FIELDS = ("added_tokens", "bos_token", "eos_token", "unk_token", "add_bos_token")
+
+
 def _metadata(files: list[Path]) -> dict[str, Any]:
     raw = read_metadata(files[0])
     if raw.get("format") != FORMAT:
@@ -189,7 +194,13 @@ def _metadata(files: list[Path]) -> dict[str, Any]:
         if read_metadata(other) != raw:
             raise CheckpointError(f"{other} belongs to another bundle than {files[0]}; keep one bundle per folder")
     try:
-        return {k: (v if k in ("format", "format_version", "dtype", "fingerprint") else json.loads(v))
+        meta = {k: (v if k in ("format", "format_version", "dtype", "fingerprint") else json.loads(v))
                 for k, v in raw.items()}
     except ValueError as err:
         raise CheckpointError(f"{files[0]}: bundle metadata is not valid JSON ({err}); convert again") from None
+    missing = [key for key in REQUIRED_METADATA if not isinstance(meta.get(key), dict)]
+    missing += [f"tokenizer.{key}" for key in TOKENIZER_FIELDS if key not in meta.get("tokenizer", {})]
+    if missing:
+        raise CheckpointError(f"{files[0]}: the bundle's metadata lacks {', '.join(missing)}; it is incomplete or "
+                              "damaged: convert the model again")
+    return meta

@@ -54,6 +54,21 @@ def parse_lora_arg(text: str) -> tuple[Path, float]:
     return Path(text), 1.0
 
 
+def check_lora_args(specs: list[str]) -> list[tuple[LoraFile, float]]:
+    """Every ``FILE[:STRENGTH]`` read and checked (see :func:`read_lora`) before any model loads."""
+    loras = []
+    for spec in specs:
+        path, strength = parse_lora_arg(spec)
+        check_strength(strength)
+        loras.append((read_lora(path), strength))
+    return loras
+
+
+def check_strength(strength: float) -> None:
+    if not -10.0 <= strength <= 10.0:
+        raise InputError(f"LoRA strength must be between -10 and 10, got {strength}")
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -80,16 +95,47 @@ def read_lora(path: str | Path) -> LoraFile:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}); copy it again") from None
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an MGIE LoRA (no '{FORMAT}' header); train one with train/finetune.py")
-    meta = {k: (v if k in ("format", "format_version", "base_fingerprint", "base_source") else json.loads(v))
-            for k, v in raw.items()}
-    return LoraFile(str(path), tensors, meta)
+    try:
+        meta = {k: (v if k in ("format", "format_version", "base_fingerprint", "base_source") else json.loads(v))
+                for k, v in raw.items()}
+    except ValueError as err:
+        raise CheckpointError(f"{path}: its metadata is not valid JSON ({err}); the file is damaged, train or copy "
+                              "it again") from None
+    lora = LoraFile(str(path), tensors, meta)
+    check_lora(lora)
+    return lora
+
+
+def check_lora(lora: LoraFile) -> None:
+    """What a LoRA file must hold to be merged safely: rank and alpha, each adapter's A and B with that rank, and
+    finite values only (a NaN would turn every edit black)."""
+    where = lora.path
+    for key in ("rank", "alpha"):
+        value = lora.meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise CheckpointError(f"{where}: its metadata must give a positive {key}, got {value!r}; the file is "
+                                  "damaged or not from train/finetune.py")
+    rank = lora.meta["rank"]
+    for key, tensor in lora.tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{where}: {key} holds NaN or infinite values; the training diverged or the file "
+                                  "is damaged: use an earlier checkpoint's LoRA")
+        if key.endswith(".lora_A.weight"):
+            up = lora.tensors.get(key.replace(".lora_A.", ".lora_B."))
+            if up is None:
+                raise CheckpointError(f"{where}: {key} has no matching lora_B; the file is damaged")
+            if tensor.ndim < 2 or up.ndim < 2 or tensor.shape[0] != rank or up.shape[1] != rank:
+                raise CheckpointError(f"{where}: {key} has rank {tensor.shape[0]} and its lora_B rank "
+                                      f"{up.shape[1] if up.ndim > 1 else '?'}, the metadata says {rank:g}; the file is "
+                                      "damaged")
+        elif key.endswith(".lora_B.weight") and key.replace(".lora_B.", ".lora_A.") not in lora.tensors:
+            raise CheckpointError(f"{where}: {key} has no matching lora_A; the file is damaged")
 
 
 def apply_lora(model: MGIEModel, lora: LoraFile | str | Path, strength: float = 1.0, check_base: bool = True) -> MGIEModel:
     """Merge ``lora`` into ``model`` in place at ``strength`` and return the model."""
     lora = lora if isinstance(lora, LoraFile) else read_lora(lora)
-    if not -10.0 <= strength <= 10.0:
-        raise InputError(f"LoRA strength must be between -10 and 10, got {strength}")
+    check_strength(strength)
     base = lora.meta.get("base_fingerprint")
     if check_base and base != model.fingerprint():
         raise CheckpointError(
@@ -97,11 +143,12 @@ def apply_lora(model: MGIEModel, lora: LoraFile | str | Path, strength: float = 
             f"from {lora.meta.get('base_source', '?')}); this model ({model.source}) is {model.fingerprint()}. "
             "Use the model it was trained on"
         )
+    targets = lora_targets(model, lora)  # every layer and shape checked before any weight changes
     if strength == 0:
         logger.info("LoRA %s at strength 0: the model is unchanged", lora.path)
         return model
     with torch.no_grad():
-        layers = _merge_adapters(model, lora, strength)
+        layers = _merge_adapters(targets, lora, strength)
         _blend_full_tensors(model, lora, strength)
     model.info["fingerprint"] = f"{model.fingerprint()}+{Path(lora.path).stem}@{strength:g}"
     logger.info("applied LoRA %s at strength %g (%d adapted layers, the edit head and the [IMG] rows)",
@@ -109,28 +156,39 @@ def apply_lora(model: MGIEModel, lora: LoraFile | str | Path, strength: float = 
     return model
 
 
-def _merge_adapters(model: MGIEModel, lora: LoraFile, strength: float) -> int:
-    """Merge every adapter pair into its layer's weight; returns how many layers changed."""
+def lora_targets(model: MGIEModel, lora: LoraFile) -> dict[str, torch.Tensor]:
+    """The weight each adapter merges into, by its lora_A key; refused unless every adapter and full tensor fits
+    its layer exactly (the same shapes, not only as many elements)."""
     roots = {"unet.": model.unet, "mllm.llm.": model.mllm.llm}
-    merged = 0
+    targets = {}
     for key, down in lora.tensors.items():
-        if not key.endswith(".lora_A.weight"):
-            continue
-        prefix = next((p for p in ADAPTER_PARTS if key.startswith(p)), None)
-        if prefix is None:
-            continue
-        module_name = key[len(prefix): -len(".lora_A.weight")]
-        up = lora.tensors.get(f"{prefix}{module_name}.lora_B.weight")
-        try:
-            weight = roots[prefix].get_submodule(module_name).weight
-        except AttributeError:
-            raise CheckpointError(f"{lora.path}: no layer {prefix}{module_name} in this model") from None
-        if up is None:
-            raise CheckpointError(f"{lora.path}: {key} has no matching lora_B")
+        if key.endswith(".lora_A.weight") and (prefix := next((p for p in ADAPTER_PARTS if key.startswith(p)), None)):
+            module_name = key[len(prefix): -len(".lora_A.weight")]
+            try:
+                weight = roots[prefix].get_submodule(module_name).weight
+            except AttributeError:
+                raise CheckpointError(f"{lora.path}: no layer {prefix}{module_name} in this model; the LoRA was made "
+                                      "for another model") from None
+            up = lora.tensors[key.replace(".lora_A.", ".lora_B.")]
+            kernel = tuple(weight.shape[2:])  # () for a linear layer, (k, k) for a convolution
+            fits = (tuple(down.shape) == (down.shape[0], weight.shape[1], *kernel)
+                    and tuple(up.shape) == (weight.shape[0], down.shape[0], *(1,) * len(kernel)))
+            if not fits:
+                raise CheckpointError(f"{lora.path}: {key} {tuple(down.shape)} and its lora_B {tuple(up.shape)} do not "
+                                      f"fit {prefix}{module_name} {tuple(weight.shape)}; the LoRA was made for another "
+                                      "model or is damaged")
+            targets[key] = weight
+    _full_tensors(model, lora)
+    return targets
+
+
+def _merge_adapters(targets: dict[str, torch.Tensor], lora: LoraFile, strength: float) -> int:
+    """Merge every adapter pair into its layer's weight; returns how many layers changed."""
+    for key, weight in targets.items():
+        down, up = lora.tensors[key], lora.tensors[key.replace(".lora_A.", ".lora_B.")]
         delta = lora_delta(down, up, weight.shape) * (strength * lora.scale)
         weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
-        merged += 1
-    return merged
+    return len(targets)
 
 
 def lora_delta(down: torch.Tensor, up: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -139,22 +197,30 @@ def lora_delta(down: torch.Tensor, up: torch.Tensor, shape: torch.Size) -> torch
     return (up.float().reshape(up.shape[0], rank) @ down.float().reshape(rank, -1)).reshape(shape)
 
 
-def _blend_full_tensors(model: MGIEModel, lora: LoraFile, strength: float) -> None:
+def _full_tensors(model: MGIEModel, lora: LoraFile) -> list[tuple[torch.Tensor, Any, torch.Tensor]]:
+    """(table, index, trained) for the edit head's tensors and the [IMG] rows the LoRA carries."""
     head = dict(model.edit_head.named_parameters())
     ids = list(model.spec.visual_token_ids)
     rows = {f"{ROWS}embed_tokens": model.mllm.llm.embed_tokens.weight, f"{ROWS}lm_head": model.mllm.lm_head.weight}
+    found = []
     for key, trained in lora.tensors.items():
         if key.startswith("edit_head."):
             target = head.get(key[len("edit_head."):])
             if target is None or target.shape != trained.shape:
                 raise CheckpointError(f"{lora.path}: {key} does not fit this model's edit head")
-            target.copy_(_blend(target, trained, strength))
+            found.append((target, slice(None), trained))
         elif key in rows:
             table = rows[key]
             expected = (len(ids), table.shape[1])
             if trained.shape != expected:
                 raise CheckpointError(f"{lora.path}: {key} has shape {tuple(trained.shape)}, expected {expected}")
-            table[ids] = _blend(table[ids], trained, strength)
+            found.append((table, ids, trained))
+    return found
+
+
+def _blend_full_tensors(model: MGIEModel, lora: LoraFile, strength: float) -> None:
+    for table, index, trained in _full_tensors(model, lora):
+        table[index] = _blend(table[index], trained, strength)
 
 
 def _blend(base: torch.Tensor, trained: torch.Tensor, strength: float) -> torch.Tensor:
