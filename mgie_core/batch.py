@@ -1,20 +1,21 @@
-"""Many edits in one run: the images of a folder or a glob, or a manifest of edits, edited in batches.
+"""Many edits in one run: the pictures of a folder or a glob, or a manifest of edits, edited in batches.
 
 Items are cut into batches of fixed boundaries (batch k is items k*B .. k*B+B-1) and every batch is always
 edited whole, so an item's picture does not depend on which items happen to be left: a killed run started
-again skips the batches whose outputs are all there and ends with the same files as an uninterrupted one.
-Each item's noise comes from its own seed. Under ``accelerate launch`` the batches are dealt round-robin to
-the processes (one GPU each); each writes its outputs, the main process writes ``results.jsonl`` and the
-summary. A manifest is untrusted: its image, mask and out paths must stay inside their folders.
+again edits only the batches that lack an output or its record, and ends with the same files as an
+uninterrupted one. Each item's noise comes from its own seed. Under ``accelerate launch`` the batches are dealt
+round-robin to the processes (one GPU each); each writes its outputs, the main process writes ``results.jsonl``
+(one record per output picture, whatever crashed before) and the summary. A manifest is untrusted: its image,
+mask and out paths must stay inside their folders. Every item is checked (picture, mask, seed, output name)
+before the model runs; a bad one is reported by its line or file and the others go on.
 """
 
 from __future__ import annotations
 
 import glob
 import json
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,9 @@ from PIL import Image
 
 from .config import DEFAULT_SEED, DeriveConfig, SampleConfig
 from .errors import InputError
-from .images import fit_for_vae, fit_mask, load_image, load_mask, save_image_atomic, tensor_to_pil
-from .imagine import Imagination
-from .pipeline import MGIEPipeline, make_generator
-from .sample import sample
+from .files import atomic_write, remove_temporaries
+from .images import load_image, load_mask, save_image_atomic
+from .runner import Edit, Placed, StageProgress, check_edit, check_seed, run_edit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MANIFEST_FIELDS = {"image", "instruction", "expressive", "seed", "mask", "out"}
@@ -58,20 +58,37 @@ class Plan:
 
 
 def is_many(image: str) -> bool:
-    """Whether ``--image`` names several pictures: a folder or a glob pattern."""
-    return Path(image).is_dir() or any(c in image for c in "*?[")
+    """Whether ``--image`` names several pictures: a folder, or a glob pattern that is not itself a file's name
+    (a file may be called ``photo[1].png``)."""
+    path = Path(image)
+    return path.is_dir() or (not path.is_file() and any(c in image for c in "*?["))
 
 
-def plan_images(source: str, instruction: str, out_dir: Path, seed: int, expressive: str | None = None) -> Plan:
-    """Every picture of a folder (its files, in name order) or of a glob, each to ``OUT_DIR/<name>.png``."""
+def plan_images(source: str, instruction: str, out_dir: Path, seed: int, expressive: str | None = None,
+                masks: Path | None = None) -> Plan:
+    """Every picture of a folder (its files, in name order) or of a glob, each to ``OUT_DIR/<name>.png``; with
+    ``masks``, a folder holding each picture's mask under the same name (any picture suffix)."""
     folder = Path(source)
     paths = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else sorted(
         Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
     paths = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
         raise InputError(f"--image {source}: no pictures there ({', '.join(IMAGE_SUFFIXES)})")
-    items = [Item(str(p), p, instruction, out_dir / f"{p.stem}.png", expressive, seed) for p in paths]
-    return _unique_outputs(Plan(items))
+    if masks is not None and not masks.is_dir():
+        raise InputError(f"--mask {masks}: with a folder of pictures, give a folder of masks of the same names")
+    plan = Plan()
+    for path in paths:
+        mask = _mask_of(path, masks) if masks is not None else None
+        if masks is not None and mask is None:
+            plan.refused.append(f"{path}: no mask of that name in {masks}")
+            continue
+        plan.items.append(Item(str(path), path, instruction, out_dir / f"{path.stem}.png", expressive, seed, mask))
+    return _unique_outputs(plan)
+
+
+def _mask_of(picture: Path, masks: Path) -> Path | None:
+    return next((masks / (picture.stem + s) for s in (picture.suffix, *IMAGE_SUFFIXES)
+                 if (masks / (picture.stem + s)).is_file()), None)
 
 
 def plan_manifest(manifest: Path, out_dir: Path, seed: int, instruction: str | None = None) -> Plan:
@@ -79,13 +96,17 @@ def plan_manifest(manifest: Path, out_dir: Path, seed: int, instruction: str | N
     ``seed``, ``mask`` and ``out``. Image and mask paths are relative to the manifest, out paths to ``out_dir``."""
     if not manifest.is_file():
         raise InputError(f"--manifest {manifest}: no such file")
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except (UnicodeDecodeError, OSError) as err:
+        raise InputError(f"--manifest {manifest}: cannot read it as UTF-8 text ({err})") from None
     plan = Plan()
-    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if line.strip():
             where = f"{manifest.name}:{number}"
             try:
                 plan.items.append(_manifest_item(json.loads(line), where, manifest.parent, out_dir, seed, instruction))
-            except (InputError, ValueError) as err:
+            except ValueError as err:  # InputError, or JSON that does not parse
                 plan.refused.append(f"{where}: {err}")
     return _unique_outputs(plan)
 
@@ -98,11 +119,15 @@ def _manifest_item(entry: Any, where: str, root: Path, out_dir: Path, seed: int,
         raise InputError(f"unknown field(s) {', '.join(unknown)}; a line may hold {', '.join(sorted(MANIFEST_FIELDS))}")
     image = inside(root, entry.get("image"), "image", "the manifest's folder")
     instruction = entry.get("instruction", default)
-    if not isinstance(instruction, str) or not instruction.strip():
+    if instruction is not None and not isinstance(instruction, str):
+        raise InputError(f"instruction must be text, got {instruction!r}")
+    if not instruction or not instruction.strip():
         raise InputError("the instruction is empty: give one on the line, or --instruction for every line")
     item_seed = entry.get("seed", seed)
-    if isinstance(item_seed, bool) or not isinstance(item_seed, int) or item_seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {item_seed!r}")
+    try:
+        check_seed(item_seed)
+    except InputError:
+        raise InputError(f"seed must be an integer from 0 to 2^64-1, got {item_seed!r}") from None
     expressive = entry.get("expressive")
     if expressive is not None and not isinstance(expressive, str):
         raise InputError(f"expressive must be text, got {expressive!r}")
@@ -117,6 +142,8 @@ def inside(root: Path, name: Any, what: str, called: str) -> Path:
     """``root / name``, refused when it leaves ``root``: an absolute path, ``..``, or a link pointing out."""
     if not isinstance(name, str) or not name.strip():
         raise InputError(f"{what} must be a file name, got {name!r}")
+    if "\0" in name:
+        raise InputError(f"{what} {name!r} holds a NUL character; give a plain file name")
     path = root / name
     if Path(name).is_absolute() or not path.resolve().is_relative_to(root.resolve()):
         raise InputError(f"{what} {name!r} leaves {called} ({root}); give a path inside it")
@@ -142,10 +169,6 @@ def batches(items: list[Item], size: int) -> list[list[Item]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
-def pending(batch: list[Item], overwrite: bool) -> bool:
-    return overwrite or any(not item.out.is_file() for item in batch)
-
-
 def deal(work: list[list[Item]], rank: int, processes: int) -> Iterator[list[Item] | None]:
     """Round after round, this process's batch (None once the others still have one): every process takes part
     in every round, as gathering the results needs."""
@@ -153,9 +176,10 @@ def deal(work: list[list[Item]], rank: int, processes: int) -> Iterator[list[Ite
         yield work[start + rank] if start + rank < len(work) else None
 
 
+# -- the record of a run -------------------------------------------------------------------------------------
 @dataclass
 class Record:
-    """What became of one item: ``status`` is done, skipped (its output was there) or failed."""
+    """What became of one item: ``status`` is done, skipped (its output and record were there) or failed."""
 
     where: str
     status: str
@@ -168,8 +192,33 @@ class Record:
 
     def line(self, settings: dict[str, Any]) -> str:
         return json.dumps({"image": self.where, "out": self.out, "instruction": self.instruction,
-                           "expressive": self.expressive, "seed": self.seed, "settings": settings,
+                           "understood_as": self.expressive, "seed": self.seed, "settings": settings,
                            "seconds": round(self.seconds, 3)})
+
+
+def recorded_outputs(out_dir: Path) -> set[str]:
+    """Rewrite ``results.jsonl`` to one record per output picture that exists (the last record of each), and
+    return those outputs. A run killed between writing a picture and its record, or after a record whose
+    picture did not land, leaves the log consistent again; a torn last line is dropped."""
+    path = out_dir / RESULTS
+    if not path.is_file():
+        return set()
+    records: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            out = json.loads(line)["out"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(out, str) and Path(out).is_file():
+            records.pop(out, None)
+            records[out] = line
+    with atomic_write(path) as handle:
+        handle.write("".join(line + "\n" for line in records.values()).encode())
+    return set(records)
+
+
+def pending(batch: list[Item], done: set[str], overwrite: bool) -> bool:
+    return overwrite or any(str(item.out) not in done for item in batch)
 
 
 @dataclass
@@ -177,11 +226,13 @@ class Summary:
     done: int = 0
     skipped: int = 0
     failures: list[str] = field(default_factory=list)
+    understood: list[str] = field(default_factory=list)
     began: float = field(default_factory=time.time)
 
     def add(self, record: Record) -> None:
         if record.status == "done":
             self.done += 1
+            self.understood.append(f'{record.where}: "{record.instruction}" understood as "{record.expressive}"')
         elif record.status == "skipped":
             self.skipped += 1
         else:
@@ -190,120 +241,94 @@ class Summary:
     def text(self) -> str:
         lines = [f"done {self.done}, skipped {self.skipped} (already there), failed {len(self.failures)}, "
                  f"in {time.time() - self.began:.1f} s"]
-        return "\n".join(lines + [f"  failed: {line}" for line in self.failures])
+        return "\n".join([*self.understood, *lines, *(f"  failed: {line}" for line in self.failures)])
 
 
 # -- running -----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Loaded:
-    """An item ready to edit: its picture, its pixels at the sampler's size and its mask fitted to them."""
-
-    item: Item
-    image: Image.Image
-    pixels: torch.Tensor  # (1, 3, H, W)
-    mask: torch.Tensor | None  # (1, 1, H, W)
-
-
-def load(item: Item, multiple: int, max_side: int) -> Loaded:
-    image = load_image(item.image)
-    pixels = fit_for_vae(image, multiple, max_side)
-    mask = fit_mask(load_mask(item.mask), tuple(pixels.shape[-2:])) if item.mask is not None else None
-    return Loaded(item, image, pixels, mask)
-
-
-def edit_batch(pipe: MGIEPipeline, batch: list[Item], derive_config: DeriveConfig, sample_config: SampleConfig,
-               overwrite: bool) -> list[Record]:
-    """Edit a batch whole and write the outputs that are missing (all of them with ``overwrite``)."""
-    began, records, ready = time.time(), [], []
+def load_items(placed: Placed, batch: list[Item], derive_config: DeriveConfig, sample_config: SampleConfig,
+               records: list[Record]) -> list[tuple[Item, Edit]]:
+    """Each item as a one-picture edit, checked (picture, mask, instruction, size); a bad one becomes a failed
+    record and the others go on."""
+    ready = []
     for item in batch:
         try:
-            ready.append(load(item, pipe.model.vae_scale_factor, sample_config.max_side))
+            mask = load_mask(item.mask) if item.mask is not None else None
+            edit = Edit.of(load_image(item.image), item.instruction, item.expressive, item.seed, mask)
+            check_edit(placed, edit, derive_config, sample_config)
         except InputError as err:
             records.append(Record(item.where, "failed", message=str(err)))
-    texts, pictures = _derive_and_sample(pipe, ready, derive_config, sample_config, records)
-    seconds = (time.time() - began) / max(1, len(ready))
-    for index, one in enumerate(ready):
-        item = one.item
-        if index not in pictures:
             continue
-        if item.out.is_file() and not overwrite:
-            records.append(Record(item.where, "skipped", str(item.out)))
+        ready.append((item, edit))
+    return ready
+
+
+def edit_batch(placed: Placed, batch: list[Item], derive_config: DeriveConfig, sample_config: SampleConfig,
+               overwrite: bool, done: set[str], progress: StageProgress | None = None) -> list[Record]:
+    """Edit a batch whole and write the outputs that lack a picture or a record (all of them with ``overwrite``)."""
+    began, records = time.time(), []
+    ready = load_items(placed, batch, derive_config, sample_config, records)
+    for sizes in _size_groups(ready):  # pictures of one size are derived and denoised together
+        items = [item for item, _ in sizes]
+        edit = Edit(tuple(e.images[0] for _, e in sizes), (tuple(i.instruction for i in items),),
+                    tuple(i.expressive for i in items), tuple(i.seed for i in items), _masks([e for _, e in sizes]))
+        try:
+            result = run_edit(placed, edit, derive_config, sample_config, progress)[-1]
+        except InputError as err:
+            records += [Record(item.where, "failed", message=str(err)) for item in items]
             continue
-        save_image_atomic(pictures[index], item.out)
-        records.append(Record(item.where, "done", str(item.out), "", item.instruction, texts[index], item.seed, seconds))
+        seconds = (time.time() - began) / max(1, len(ready))
+        for item, picture, text in zip(items, result.images, result.expressive_instructions):
+            if str(item.out) in done and not overwrite:
+                records.append(Record(item.where, "skipped", str(item.out)))
+                continue
+            save_image_atomic(picture, item.out)
+            records.append(Record(item.where, "done", str(item.out), "", item.instruction, text, item.seed, seconds))
     return records
 
 
-def _derive_and_sample(pipe: MGIEPipeline, ready: list[Loaded], derive_config: DeriveConfig,
-                       sample_config: SampleConfig, records: list[Record]) -> tuple[list[str], dict[int, Image.Image]]:
-    """derive -> imagine -> sample for the loaded items; the pictures by position (an item whose instruction
-    cannot be derived is recorded as failed instead)."""
-    if not ready:
-        return [], {}
-    items = [one.item for one in ready]
-    try:
-        derivation = pipe.derive([one.image for one in ready], [i.instruction for i in items], derive_config,
-                                 [i.expressive for i in items])
-    except InputError:
-        if len(ready) == 1:
-            raise
-        return _one_at_a_time(pipe, ready, derive_config, sample_config, records)  # find whose words are at fault
-    imagination, pictures = pipe.imagine(derivation), {}
-    pipe.residency.place("sample")
-    for indices in _size_groups(ready):  # the sampler edits pictures of one size together
-        chosen = torch.tensor(indices)
-        masks = [ready[i].mask for i in indices]
-        mask = None if all(m is None for m in masks) else torch.cat(
-            [m if m is not None else torch.ones_like(ready[i].pixels[:, :1]) for i, m in zip(indices, masks)])
-        m = pipe.model
-        out = sample(pipe.sampling_unet, m.vae, m.scheduler_config, torch.cat([ready[i].pixels for i in indices]),
-                     Imagination(imagination.imagination[chosen], imagination.null_imagination[chosen]),
-                     sample_config, [make_generator(items[i].seed) for i in indices], mask=mask)
-        pictures.update(zip(indices, tensor_to_pil(out.images)))
-    return list(derivation.expressive_instructions), pictures
+def _masks(edits: list[Edit]) -> torch.Tensor | None:
+    """One mask per picture (all 1 where an item has none), or None when no item has one; at the first mask's size."""
+    if all(e.masks is None for e in edits):
+        return None
+    size = next(e.masks for e in edits if e.masks is not None).shape[-2:]
+    return torch.cat([torch.nn.functional.interpolate(e.masks.float(), size=tuple(size), mode="bilinear")
+                      if e.masks is not None else torch.ones(1, 1, *size) for e in edits])
 
 
-def _one_at_a_time(pipe: MGIEPipeline, ready: list[Loaded], derive_config: DeriveConfig, sample_config: SampleConfig,
-                   records: list[Record]) -> tuple[list[str], dict[int, Image.Image]]:
-    texts, pictures = [""] * len(ready), {}
-    for index, one in enumerate(ready):
-        try:
-            (text,), alone = _derive_and_sample(pipe, [one], derive_config, sample_config, records)
-        except InputError as err:
-            records.append(Record(one.item.where, "failed", message=str(err)))
-            continue
-        texts[index], pictures[index] = text, alone[0]
-    return texts, pictures
-
-
-def _size_groups(ready: list[Loaded]) -> list[list[int]]:
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for index, one in enumerate(ready):
-        groups.setdefault(tuple(one.pixels.shape), []).append(index)
+def _size_groups(ready: list[tuple[Item, Edit]]) -> list[list[tuple[Item, Edit]]]:
+    groups: dict[tuple[int, ...], list[tuple[Item, Edit]]] = {}
+    for one in ready:
+        groups.setdefault(tuple(one[1].images[0].size), []).append(one)
     return list(groups.values())
 
 
-def run(pipe: MGIEPipeline, plan: Plan, out_dir: Path, batch_size: int, derive_config: DeriveConfig,
+def run(placed: Placed, plan: Plan, out_dir: Path, batch_size: int, derive_config: DeriveConfig,
         sample_config: SampleConfig, overwrite: bool = False, state: PartialState | None = None,
-        progress: bool = True) -> Summary:
-    """Edit every pending batch (this process's share of them), gathering what became of each item."""
+        progress: Callable[[int, int], StageProgress | None] | None = None) -> Summary:
+    """Edit every pending batch (this process's share of them), gathering what became of each item.
+    ``progress(done, total)`` gives the stage callbacks of the batch in progress (the CLI's bars)."""
     state = state or PartialState()
     summary = Summary(failures=list(plan.refused))
+    if state.is_main_process:
+        remove_temporaries(out_dir)
+    state.wait_for_everyone()  # the main process has cleaned up before anyone looks or writes
+    done = recorded_outputs(out_dir) if state.is_main_process else set()
+    done = gather_object([done])[0] if state.num_processes > 1 else done
     every = batches(plan.items, batch_size)
-    work = [b for b in every if pending(b, overwrite)]
-    summary.skipped = sum(len(b) for b in every if not pending(b, overwrite))
+    work = [b for b in every if pending(b, done, overwrite)]
+    summary.skipped = sum(len(b) for b in every if not pending(b, done, overwrite))
     state.wait_for_everyone()  # every process has looked at the outputs before any is written
-    bar = _bar(len(plan.items), summary.skipped, progress and state.is_main_process)
     settings = vars(sample_config) | {"max_new_tokens": derive_config.max_new_tokens}
+    finished = summary.skipped
     for mine in deal(work, state.process_index, state.num_processes):
-        records = edit_batch(pipe, mine, derive_config, sample_config, overwrite) if mine else []
+        stages = progress(finished, len(plan.items)) if progress and mine else None
+        records = edit_batch(placed, mine, derive_config, sample_config, overwrite, done, stages) if mine else []
         everyone = gather_object(records) if state.num_processes > 1 else records
         for record in everyone:
             summary.add(record)
+        finished += len(everyone)
         if state.is_main_process:
             _append(out_dir / RESULTS, [r.line(settings) for r in everyone if r.status == "done"])
-            bar.update(len(everyone))
-    bar.close()
     return summary
 
 
@@ -312,9 +337,3 @@ def _append(path: Path, lines: list[str]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as handle:
             handle.write("".join(line + "\n" for line in lines))
-
-
-def _bar(total: int, done: int, shown: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, desc="[mgie] edits", unit="edit", disable=not shown, file=sys.stderr)

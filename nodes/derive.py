@@ -5,8 +5,8 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from .stages import expressive_text, run_derive
-from .types import MGIEDerivation, MGIEModel
-from .widgets import instruction_input, max_new_tokens_input, override_input
+from .types import MGIEDerivation, MGIEModelLink
+from .widgets import edit_settings, instruction_input, max_new_tokens_input, override_input
 
 
 class MGIEDeriveInstruction(io.ComfyNode):
@@ -18,7 +18,7 @@ class MGIEDeriveInstruction(io.ComfyNode):
             category="MGIE",
             description="MGIE's multimodal LLM looks at the image and turns the brief instruction into an "
                         "expressive one, plus the visual tokens the edit is conditioned on.",
-            inputs=[MGIEModel.Input("mgie_model"), io.Image.Input("image"), instruction_input(),
+            inputs=[MGIEModelLink.Input("mgie_model"), io.Image.Input("image"), instruction_input(),
                     max_new_tokens_input(), override_input()],
             outputs=[MGIEDerivation.Output(display_name="derivation"),
                      io.String.Output(display_name="expressive_instruction")],
@@ -27,6 +27,7 @@ class MGIEDeriveInstruction(io.ComfyNode):
     @classmethod
     def execute(cls, mgie_model, image, instruction: str, max_new_tokens: int = 96,
                 expressive_override: str = "") -> io.NodeOutput:
-        link = run_derive(mgie_model, image, instruction, expressive_override, max_new_tokens)
-        text = expressive_text(link)
+        tokens = edit_settings(max_new_tokens=max_new_tokens).max_new_tokens  # checked as everywhere
+        link = run_derive(mgie_model, image, instruction, expressive_override, tokens)
+        text = expressive_text(link.derivation)
         return io.NodeOutput(link, text, ui=ui.PreviewText(text))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..mgie_core import DeriveConfig, InputError
-from ..mgie_core.steps import MAX_STEPS, parse_steps, steps_text
-from .stages import edit_progress, expressive_text, mask_note, run_derive, run_imagine, run_sample
-from .types import MGIEModel
-from .widgets import AS_SET, mask_input, override_input, preset_input, sample_config, sampling_inputs, settings_text
+from ..mgie_core.chain import MAX_CHAIN, chain_text, parse_chain
+from .stages import mask_note, run_chain, size_note
+from .types import MGIEModelLink
+from .widgets import edit_settings, mask_input, override_input, preset_input, sampling_inputs, settings_text
 
 
 class MGIEEdit(io.ComfyNode):
@@ -21,33 +20,26 @@ class MGIEEdit(io.ComfyNode):
             description="Instruction-based editing in one node: the brief instruction is expanded by MGIE's LLM, "
                         "then the image is edited under its visual imagination. Several instructions, one per "
                         "line, are applied in turn, each on the previous result.",
-            inputs=[MGIEModel.Input("mgie_model"), io.Image.Input("image"), steps_input(), *sampling_inputs(),
+            inputs=[MGIEModelLink.Input("mgie_model"), io.Image.Input("image"), chain_input(), *sampling_inputs(),
                     override_input(), mask_input(), preset_input()],
             outputs=[io.Image.Output(display_name="image"), io.String.Output(display_name="expressive_instruction")],
         )
 
     @classmethod
-    def execute(cls, mgie_model, image, instruction: str, seed: int, steps: int, guidance_scale: float,
-                image_guidance_scale: float, scheduler: str, max_side: int = 0, expressive_override: str = "",
-                mask=None, preset: str = AS_SET) -> io.NodeOutput:
-        edits = parse_steps(instruction)
-        if len(edits) > 1 and expressive_override.strip():
-            raise InputError("expressive_override replaces the derived instruction of a one-step edit; clear it for a "
-                             "multi-step edit (each step derives its own)")
-        recommended = mgie_model.model.recommended_sampling
-        config = sample_config(recommended, steps, guidance_scale, image_guidance_scale, scheduler, max_side, preset)
-        texts = []
-        for edit, (derive_progress, sample_progress) in zip(
-                edits, edit_progress(image, DeriveConfig.max_new_tokens, config.num_inference_steps, len(edits))):
-            link = run_derive(mgie_model, image, edit, expressive_override, callback=derive_progress)
-            image, _ = run_sample(mgie_model, image, run_imagine(link), seed, config, sample_progress, mask)
-            texts.append(expressive_text(link))
-        text = steps_text(texts)
-        return io.NodeOutput(image, text, ui=ui.PreviewText(f"{text}\n{settings_text(config)}{mask_note(mask)}"))
+    def execute(cls, mgie_model, image, instruction: str, expressive_override: str = "", mask=None,
+                **widgets) -> io.NodeOutput:
+        chain = parse_chain(instruction)
+        settings = edit_settings(**widgets)
+        config = settings.sample_config(mgie_model.model.recommended_sampling)
+        note = size_note(mgie_model, image, config) + mask_note(mask)
+        image, texts = run_chain(mgie_model, image, chain, expressive_override, settings.seed,
+                                 settings.derive_config(), config, mask)
+        text = chain_text(texts)
+        return io.NodeOutput(image, text, ui=ui.PreviewText(f"{text}\n{settings_text(config)}{note}"))
 
 
-def steps_input() -> io.String.Input:
+def chain_input() -> io.String.Input:
     return io.String.Input("instruction", multiline=True, default="make it look like winter",
                            tooltip="A brief edit instruction; MGIE's LLM expands it into an expressive one. Several "
-                                   f"lines (up to {MAX_STEPS}) are a multi-step edit: each line edits the previous "
-                                   "result. Blank lines are skipped.")
+                                   f"lines (up to {MAX_CHAIN}) are a chain: each line edits the previous result. "
+                                   "Blank lines are skipped.")

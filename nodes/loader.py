@@ -6,9 +6,10 @@ from comfy_api.latest import io
 
 from ..mgie_core import InputError
 from ..mgie_core.devices import AUTO, DTYPES
+from ..mgie_core.placement import MEMORY_HELP, memory_key
 from .comfy_parts import comfy_model, comfy_vae
-from .runtime import MEMORY_MODES, NO_LORA, NONE_FOUND, list_loras, list_models, make_handle
-from .types import MGIEModel
+from .runtime import MEMORY_LABELS, NO_LORA, NONE_FOUND, list_loras, list_models, make_handle
+from .types import MGIEModelLink
 
 PRECISIONS = [AUTO, *DTYPES]
 
@@ -30,14 +31,7 @@ class MGIELoader(io.ComfyNode):
                                        "but does not edit photos; photos need Apple's MGIE-7B weights."),
                 io.Combo.Input("precision", options=PRECISIONS, default="auto",
                                tooltip="auto: fp16 on a GPU (as Apple's demo), fp32 on the CPU."),
-                io.Combo.Input("memory", options=list(MEMORY_MODES), default="auto",
-                               tooltip="How MGIE-7B fits your GPU. auto: the fastest mode that fits this card. "
-                                       "24 GB: every part stays on the GPU. 16 GB: the LLM leaves the GPU before "
-                                       "denoising and the UNet waits off it while the LLM writes (staged). 8 GB: "
-                                       "staged, LLM in int8 (slightly different visual tokens, same words as a "
-                                       "rule). 6 GB: staged, LLM in 4 bits (CUDA only; the LLM computes in bf16; "
-                                       "its answers may differ more). The LLM is quantized as it loads: no other "
-                                       "file is needed."),
+                io.Combo.Input("memory", options=MEMORY_LABELS, default="auto", tooltip=MEMORY_HELP),
                 io.Combo.Input("lora", options=list_loras(), default=NO_LORA, optional=True,
                                tooltip="A LoRA made by train/finetune.py, from ComfyUI/models/mgie_loras."),
                 io.Float.Input("lora_strength", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
@@ -47,7 +41,7 @@ class MGIELoader(io.ComfyNode):
                                          "first edit at each image size compiles (a minute or more), the next ones "
                                          "run faster. Needs every part on the GPU (memory auto or 24 GB)."),
             ],
-            outputs=[MGIEModel.Output(display_name="mgie_model"),
+            outputs=[MGIEModelLink.Output(display_name="mgie_model"),
                      io.Model.Output(display_name="MODEL",
                                      tooltip="MGIE's UNet as ComfyUI's InstructPix2Pix model, for stock samplers: "
                                              "InstructPixToPixConditioning -> DualCFGGuider (cfg_conds = text "
@@ -61,9 +55,9 @@ class MGIELoader(io.ComfyNode):
         if model == NONE_FOUND:
             raise InputError("no MGIE model found: put Apple's MGIE folder or a .safetensors bundle in ComfyUI/models/mgie "
                              "(README, 'Getting the weights')")
-        if precision not in PRECISIONS or memory not in MEMORY_MODES:
-            raise InputError(f"precision must be one of {PRECISIONS} and memory one of {list(MEMORY_MODES)}")
-        handle = make_handle(model, precision, memory, lora, lora_strength, compile)
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        handle = make_handle(model, precision, memory_key(memory), lora, lora_strength, compile)
         m = handle.model
         return io.NodeOutput(handle, comfy_model(m.unet, m.scheduler_config, m.vae.config.scaling_factor),
                              comfy_vae(m.vae))

@@ -17,12 +17,11 @@ import folder_paths
 import torch
 from torch import nn
 
-from ..mgie_core import CheckpointError, InputError, MGIEModel, load_model
+from ..mgie_core import CheckpointError, MGIEModel, load_model
 from ..mgie_core.compiled import compile_unet
-from ..mgie_core.devices import resolve_dtype
 from ..mgie_core.formats import apply_lora, default_model_path, is_apple_layout
-from ..mgie_core.quant import check_llm_quant, quantize_llm, storage_bytes
-from ..mgie_core.residency import plan_memory
+from ..mgie_core.placement import MEMORY, PendingPlacement, Placement
+from ..mgie_core.quant import quantize_llm, storage_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +30,7 @@ LORA_FOLDER = "mgie_loras"
 NO_LORA = "none"
 EMBEDDED = "mgie-mini (embedded)"
 NONE_FOUND = "(no MGIE model found in models/mgie)"
-# Load MGIE's memory choice -> (LLM quantization, staged residency); auto asks plan_memory about this GPU.
-MEMORY_MODES: dict[str, tuple[str, bool] | None] = {
-    "auto": None,
-    "24 GB (fp16, all on the GPU)": ("none", False),
-    "16 GB (fp16, staged)": ("none", True),
-    "8 GB (int8 LLM, staged)": ("int8", True),
-    "6 GB (4-bit LLM, staged)": ("int4", True),
-}
+MEMORY_LABELS = [label for _, label in MEMORY.values()]  # Load MGIE's memory choice: mgie_core.placement.MEMORY
 
 
 def register_model_folder() -> None:
@@ -100,12 +92,6 @@ def resolve_model(name: str) -> Path | None:
 
 
 # -- devices and model management --------------------------------------------------------------
-def resolve_precision(precision: str) -> torch.dtype:
-    """The core's rule (auto: fp16 on a GPU, fp32 elsewhere), with ComfyUI's verdict on whether fp16 suits the GPU."""
-    device = mm.get_torch_device()
-    return resolve_dtype(precision, device, fp16_ok=device.type == "cuda" and mm.should_use_fp16(device))
-
-
 class Resident(nn.Module):
     """A plain container ComfyUI's ModelPatcher can move (it sets ``.device``; HF modules forbid that)."""
 
@@ -120,78 +106,69 @@ class Resident(nn.Module):
 
 @dataclass
 class MGIEHandle:
-    """What travels on an MGIE_MODEL link: the model and one ModelPatcher per stage."""
+    """What travels on an MGIE_MODEL link: the model, its placement, and one ModelPatcher per stage. It is a
+    *placed* model for mgie_core's runner (``model``, ``place``, ``sampling_unet``, ``compiled``), with ComfyUI's
+    model management doing the moving."""
 
     model: MGIEModel
     name: str
-    dtype: torch.dtype
-    sequential: bool
-    llm_quant: str
+    placement: Placement
     mllm: comfy.model_patcher.ModelPatcher
     edit_head: comfy.model_patcher.ModelPatcher
     diffusion: comfy.model_patcher.ModelPatcher
-    compile: bool = False
     compiled_unet: nn.Module | None = None
+
+    @property
+    def compiled(self) -> bool:
+        return self.placement.compile
 
     @property
     def sampling_unet(self) -> nn.Module:
         """The UNet MGIE Sampler runs: compiled on first use after ``compile`` was chosen (on the GPU it then
         lives on), else the module itself."""
-        if not self.compile:
+        if not self.compiled:
             return self.model.unet
         if self.compiled_unet is None:
             self.compiled_unet = compile_unet(self.model.unet)
         return self.compiled_unet
 
-    def use(self, stage: str) -> None:
-        """Put the modules of ``stage`` on the GPU; in sequential mode the other big part leaves first."""
+    def place(self, stage: str) -> None:
+        """Put the modules of ``stage`` on the GPU; staged, the other big part leaves first."""
         wanted = {"derive": self.mllm, "imagine": self.edit_head, "sample": self.diffusion}[stage]
-        if self.sequential:
+        if self.placement.staged:
             other = {"derive": self.diffusion, "sample": self.mllm}.get(stage)
             if other is not None:
                 unload(other)
         mm.load_models_gpu([wanted], force_full_load=True)
 
 
-def memory_plan(memory: str, model: MGIEModel, dtype: torch.dtype, device: torch.device) -> tuple[str, bool]:
-    """(LLM quantization, staged) for Load MGIE's ``memory`` choice; ``auto`` fits the model to this GPU."""
-    chosen = MEMORY_MODES[memory]
-    if chosen is not None:
-        return chosen
-    if device.type != "cuda":
-        return "none", False
-    return plan_memory(model, dtype, mm.get_total_memory(device))
+def placement_for(precision: str, memory: str, compile: bool) -> Placement | PendingPlacement:
+    """Load MGIE's choices on ComfyUI's device, checked before anything loads; precision auto follows ComfyUI's
+    verdict on whether fp16 suits the GPU."""
+    device = mm.get_torch_device()
+    return Placement.make(device, precision, memory, compile, fp16_ok=device.type == "cuda" and mm.should_use_fp16(device))
 
 
 def make_handle(name: str, precision: str, memory: str = "auto", lora: str = NO_LORA,
                 strength: float = 1.0, compile: bool = False) -> MGIEHandle:
-    dtype = resolve_precision(precision)
+    placement = placement_for(precision, memory, compile)
     load, offload = mm.get_torch_device(), mm.unet_offload_device()
-    chosen = MEMORY_MODES[memory]
-    if chosen is not None:
-        check_llm_quant(chosen[0], load)  # before gigabytes load
-    if compile and chosen is not None and chosen[1]:
-        raise InputError(f"compile does not go with memory {memory!r}: staged parts move at every edit, compiled "
-                         "graphs want them to stay; choose '24 GB (fp16, all on the GPU)' or turn compile off")
     model = load_model(resolve_model(name))
     if lora != NO_LORA:
         apply_lora(model, resolve_lora(lora), strength)
-    model = model.to("cpu", dtype).eval()
-    llm_quant, staged = memory_plan(memory, model, dtype, load)
-    quantize_llm(model.mllm.llm, llm_quant, load)  # layer by layer on the GPU; the weights stay on the CPU
-    logger.info("MGIE memory: %s LLM, %s", llm_quant if llm_quant != "none" else "unquantized",
-                "staged" if staged else "all parts resident")
+    model = model.to("cpu", placement.dtype).eval()
+    if isinstance(placement, PendingPlacement):
+        placement = placement.resolve(model, mm.get_total_memory(load))
+    quantize_llm(model.mllm.llm, placement.llm_quant, load)  # layer by layer on the GPU; the weights stay on the CPU
+    logger.info("MGIE placement: %s", placement.describe())
 
     def patcher(**parts: nn.Module):
         resident = Resident(**parts)  # sized by what the weights take (quantized ones are smaller than they look)
         return comfy.model_patcher.ModelPatcher(resident, load_device=load, offload_device=offload,
                                                 size=storage_bytes(resident))
 
-    if compile and staged:
-        logger.info("compile is off: this GPU needs the staged memory mode")
-    return MGIEHandle(model=model, name=name, dtype=dtype, sequential=staged, llm_quant=llm_quant,
-                      mllm=patcher(mllm=model.mllm), edit_head=patcher(edit_head=model.edit_head),
-                      diffusion=patcher(unet=model.unet, vae=model.vae), compile=compile and not staged)
+    return MGIEHandle(model=model, name=name, placement=placement, mllm=patcher(mllm=model.mllm),
+                      edit_head=patcher(edit_head=model.edit_head), diffusion=patcher(unet=model.unet, vae=model.vae))
 
 
 def unload(patcher: comfy.model_patcher.ModelPatcher) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..mgie_core import Imagination
-from .stages import from_conditioning, mask_note, run_sample
-from .types import MGIEModel
-from .widgets import AS_SET, mask_input, preset_input, sample_config, sampling_inputs, settings_text
+from .stages import from_conditioning, mask_note, run_sample, size_note
+from .types import MGIEModelLink
+from .widgets import edit_settings, mask_input, preset_input, sampling_inputs, settings_text
 
 
 class MGIESampler(io.ComfyNode):
@@ -19,17 +19,16 @@ class MGIESampler(io.ComfyNode):
             category="MGIE",
             description="Edits the image with MGIE's InstructPix2Pix UNet, guided by the visual imagination "
                         "(positive) against the null imagination (negative).",
-            inputs=[MGIEModel.Input("mgie_model"), io.Image.Input("image"), io.Conditioning.Input("positive"),
+            inputs=[MGIEModelLink.Input("mgie_model"), io.Image.Input("image"), io.Conditioning.Input("positive"),
                     io.Conditioning.Input("negative"), *sampling_inputs(), mask_input(), preset_input()],
             outputs=[io.Image.Output(display_name="image"), io.Latent.Output(display_name="latent")],
         )
 
     @classmethod
-    def execute(cls, mgie_model, image, positive, negative, seed: int, steps: int, guidance_scale: float,
-                image_guidance_scale: float, scheduler: str, max_side: int = 0, mask=None,
-                preset: str = AS_SET) -> io.NodeOutput:
-        recommended = mgie_model.model.recommended_sampling
-        config = sample_config(recommended, steps, guidance_scale, image_guidance_scale, scheduler, max_side, preset)
+    def execute(cls, mgie_model, image, positive, negative, mask=None, **widgets) -> io.NodeOutput:
+        settings = edit_settings(**widgets)
+        config = settings.sample_config(mgie_model.model.recommended_sampling)
         imagination = Imagination(from_conditioning(positive, "positive"), from_conditioning(negative, "negative"))
-        images, latent = run_sample(mgie_model, image, imagination, seed, config, mask=mask)
-        return io.NodeOutput(images, latent, ui=ui.PreviewText(settings_text(config) + mask_note(mask)))
+        note = size_note(mgie_model, image, config) + mask_note(mask)
+        images, latent = run_sample(mgie_model, image, imagination, settings.seed, config, mask)
+        return io.NodeOutput(images, latent, ui=ui.PreviewText(settings_text(config) + note))

@@ -1,4 +1,5 @@
-"""Each MGIE stage as the nodes run it: GPU residency, progress/cancel, ComfyUI tensors in and out."""
+"""MGIE's stages as the nodes run them: ComfyUI tensors in and out, progress and Cancel, the placed model's
+stages on the GPU. The whole edit (MGIE Edit) is mgie_core's runner; the single-stage nodes call the same pieces."""
 
 from __future__ import annotations
 
@@ -6,35 +7,58 @@ import dataclasses
 
 import torch
 
-from ..mgie_core import DeriveConfig, Imagination, InputError, SampleConfig, derive, imagine, make_generator, sample
-from ..mgie_core.images import fit_for_vae, fit_mask
-from ..mgie_core.progress import ProgressCallback, offset
+from ..mgie_core import DeriveConfig, Edit, Imagination, InputError, SampleConfig, derive, imagine
+from ..mgie_core.images import mask_batch, vae_size
+from ..mgie_core.runner import OneBar, check_seed, run_edit, sample_pictures
 from .runtime import MGIEHandle, image_from_core, image_to_core, intermediate, progress
 from .types import DerivationLink
 
 
 def run_derive(handle: MGIEHandle, image: torch.Tensor, instruction: str, override: str = "",
-               max_new_tokens: int = DeriveConfig.max_new_tokens, callback: ProgressCallback | None = None) -> DerivationLink:
+               max_new_tokens: int = DeriveConfig.max_new_tokens) -> DerivationLink:
     """One instruction (and optional artist-edited expressive instruction) for every image of the batch."""
     config = DeriveConfig(max_new_tokens=max_new_tokens)
     pixels = image_to_core(image)  # (B, 3, H, W)
     count = pixels.shape[0]
-    handle.use("derive")
+    handle.place("derive")
     overrides = [override] * count if override and override.strip() else None
-    callback = callback or progress(count * max_new_tokens)
-    d = derive(handle.model, list(pixels), [instruction] * count, config, overrides, callback, compiled=handle.compile)
+    d = derive(handle.model, list(pixels), [instruction] * count, config, overrides, progress(count * max_new_tokens),
+               compiled=handle.compiled)
     return DerivationLink(handle, dataclasses.replace(d, visual_tokens=intermediate(d.visual_tokens)))
 
 
-def expressive_text(link: DerivationLink) -> str:
-    texts = list(dict.fromkeys(link.derivation.expressive_instructions))
-    return texts[0] if len(texts) == 1 else "\n".join(f"{i}: {t}" for i, t in enumerate(link.derivation.expressive_instructions))
-
-
 def run_imagine(link: DerivationLink) -> Imagination:
-    link.handle.use("imagine")
+    link.handle.place("imagine")
     out = imagine(link.handle.model.edit_head, link.derivation)
     return Imagination(intermediate(out.imagination), intermediate(out.null_imagination))
+
+
+def run_sample(handle: MGIEHandle, image: torch.Tensor, imagination: Imagination, seed: int, config: SampleConfig,
+               mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Denoise ``image`` under ``imagination``; a ComfyUI MASK ((B,) H, W: one for all images or one per image,
+    any size) limits the edit to where it is 1."""
+    handle.place("sample")
+    masks = mask_batch(mask) if mask is not None else None
+    out = sample_pictures(handle, list(image_to_core(image)), imagination, config, (check_seed(seed),), masks,
+                          progress(config.num_inference_steps))
+    return image_from_core(out.images), {"samples": intermediate(out.latents)}
+
+
+def run_chain(handle: MGIEHandle, image: torch.Tensor, chain: list[str], override: str, seed: int,
+              derive_config: DeriveConfig, config: SampleConfig, mask: torch.Tensor | None = None):
+    """The whole edit by mgie_core's runner, one progress bar over every stage of every instruction; the last
+    pictures (ComfyUI IMAGE) and each instruction's expressive text."""
+    edit = Edit.of(image_to_core(image), chain, override if override and override.strip() else None, seed, mask,
+                   chained=True)
+    tokens, steps = len(edit.images) * derive_config.max_new_tokens, config.num_inference_steps
+    bar = OneBar(progress((tokens + steps) * len(edit.chain)), tokens, steps, len(edit.chain))
+    results = run_edit(handle, edit, derive_config, config, bar)
+    return image_from_core(results[-1].output.images), [expressive_text(r.derivation) for r in results]
+
+
+def expressive_text(derivation) -> str:
+    texts = list(dict.fromkeys(derivation.expressive_instructions))
+    return texts[0] if len(texts) == 1 else "\n".join(f"{i}: {t}" for i, t in enumerate(derivation.expressive_instructions))
 
 
 def to_conditioning(tensor: torch.Tensor) -> list:
@@ -47,18 +71,15 @@ def from_conditioning(conditioning: list, what: str) -> torch.Tensor:
     return conditioning[0][0]
 
 
-def run_sample(handle: MGIEHandle, image: torch.Tensor, imagination: Imagination, seed: int,
-               config: SampleConfig, callback: ProgressCallback | None = None,
-               mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """Denoise ``image`` under ``imagination``; a ComfyUI MASK ((B,) H, W: one for all images or one per image,
-    any size) limits the edit to where it is 1."""
-    handle.use("sample")
-    pixels = fit_for_vae(image_to_core(image), handle.model.vae_scale_factor, config.max_side)
-    mask = fit_mask(mask, tuple(pixels.shape[-2:]), pixels.shape[0]) if mask is not None else None
-    m = handle.model
-    out = sample(handle.sampling_unet, m.vae, m.scheduler_config, pixels, imagination, config, make_generator(seed),
-                 callback or progress(config.num_inference_steps), mask=mask)
-    return image_from_core(out.images), {"samples": intermediate(out.latents)}
+def size_note(handle: MGIEHandle, image: torch.Tensor, config: SampleConfig) -> str:
+    """What the node says when the picture is edited at another size than it came in (the model's working size,
+    or the max_side limit): so a small result is no surprise."""
+    height, width = image.shape[1:3]
+    edited = vae_size(width, height, handle.model.vae_scale_factor, config.max_side)
+    if edited == (width, height):
+        return ""
+    return (f"\nEdited at {edited[0]}x{edited[1]} (the input is {width}x{height}; max_side {config.max_side}): "
+            "upscale the result, or raise max_side, for the input's size.")
 
 
 def mask_note(mask: torch.Tensor | None) -> str:
@@ -71,13 +92,3 @@ def mask_note(mask: torch.Tensor | None) -> str:
     if bool(empty.any()):
         return f"\nThe masks of images {empty.nonzero().flatten().tolist()} are empty: those images are unchanged."
     return ""
-
-
-def edit_progress(image: torch.Tensor, max_new_tokens: int, steps: int,
-                  edits: int = 1) -> list[tuple[ProgressCallback, ProgressCallback]]:
-    """One progress bar over every stage of a one-node edit of ``edits`` steps: (derive, sample) callbacks per step."""
-    tokens = image.shape[0] * max_new_tokens
-    per_edit = tokens + steps
-    total = per_edit * edits
-    bar = progress(total)
-    return [(offset(bar, k * per_edit, total), offset(bar, k * per_edit + tokens, total)) for k in range(edits)]

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ..mgie_core import Derivation
 from .runtime import MGIEHandle
 
-MGIEModel = io.Custom("MGIE_MODEL")
+MGIEModelLink = io.Custom("MGIE_MODEL")  # carries a runtime.MGIEHandle (not mgie_core.MGIEModel)
 MGIEDerivation = io.Custom("MGIE_DERIVATION")
 
 

@@ -64,7 +64,7 @@ def test_a_manifest_is_untrusted(tmp_path):
     for line, said in [(2, "image '../secret.png' leaves the manifest's folder"), (3, "leaves the manifest's folder"),
                        (4, "image 'link.png' leaves the manifest's folder"), (5, "out '../escape.png' leaves the output folder"),
                        (6, "mask '../secret.png' leaves the manifest's folder"), (7, "the instruction is empty"),
-                       (8, "seed must be a non-negative integer, got -1"), (9, "unknown field(s) instructions"),
+                       (8, "seed must be an integer from 0 to 2^64-1, got -1"), (9, "unknown field(s) instructions"),
                        (10, "its output same.png is also another item's"), (11, "its output same.png is also another item's"),
                        (13, "Expecting value")]:
         assert said in refused[f"edits.jsonl:{line}"], line
@@ -89,7 +89,8 @@ def test_a_folder_run_writes_each_output_and_results_then_a_killed_run_ends_with
     whole = files(out)
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(whole) == 5 and [Path(r["out"]).name for r in results] == list(whole)
-    assert results[0]["expressive"] == "turn the apple red." and results[0]["seed"] == 13331
+    assert results[0]["instruction"] == "make it red" and results[0]["understood_as"] == "turn the apple red."
+    assert results[0]["seed"] == 13331
     assert results[0]["settings"]["num_inference_steps"] == 3 and results[0]["seconds"] > 0
     # killed after the first batch: batches 2 and 3 are edited again, whole, and give the same files
     for name in ("p2.png", "p4.png"):

@@ -27,17 +27,11 @@ def run(tiny_root, tmp_path, image_path, *extra, instruction="make the sky blue"
     return main(args)
 
 
-@pytest.fixture()
-def image_path(tmp_path) -> Path:
-    path = tmp_path / "in.png"
-    make_image(64, 48).save(path)
-    return path
-
-
 def test_edit_writes_image_intermediates_and_prints_instruction(tiny_root, tmp_path, image_path, capsys):
     npz = tmp_path / "steps.npz"
     assert run(tiny_root, tmp_path, image_path, "--save-intermediates", str(npz), "--seed", "5") == 0
-    assert capsys.readouterr().out.strip() == "paint the whole sky a deep blue.keep the rest as it is."
+    said = capsys.readouterr().out.strip()
+    assert said == '"make the sky blue" understood as "paint the whole sky a deep blue.keep the rest as it is."'
     out = Image.open(tmp_path / "out.png")
     assert out.size == (64, 48) and out.mode == "RGB"
     data = np.load(npz)
@@ -51,20 +45,22 @@ def test_edit_writes_image_intermediates_and_prints_instruction(tiny_root, tmp_p
     npz2 = tmp_path / "override.npz"
     assert run(tiny_root, tmp_path, image_path, "--expressive", "turn the apple red.",
                "--save-intermediates", str(npz2)) == 0
-    assert capsys.readouterr().out.strip().endswith("turn the apple red.")
+    assert capsys.readouterr().out.strip().endswith('understood as "turn the apple red."')
     assert not np.allclose(np.load(npz2)["imagination"], data["imagination"])
 
 
-def test_instruction_given_twice_is_a_multi_step_edit(tiny_root, tmp_path, image_path, capsys):
+def test_instruction_given_twice_is_a_chain_and_each_picture_is_written(tiny_root, tmp_path, image_path, capsys):
     from mgie_core import MGIEPipeline, SampleConfig, load_model
 
     assert run(tiny_root, tmp_path, image_path, "--instruction", "make it red", "--seed", "3") == 0
-    assert capsys.readouterr().out.splitlines() == ["1. paint the whole sky a deep blue.keep the rest as it is.",
-                                                    "2. turn the apple red."]
+    assert capsys.readouterr().out.splitlines() == [
+        '1. "make the sky blue" understood as "paint the whole sky a deep blue.keep the rest as it is."',
+        '2. "make it red" understood as "turn the apple red."']
     pipe = MGIEPipeline(load_model(tiny_root), "cpu", "fp32")
-    steps = pipe.edit_in_steps(load_image(image_path), ["make the sky blue", "make it red"],
+    chain = pipe.edit_in_chain(load_image(image_path), ["make the sky blue", "make it red"],
                                DeriveConfig(max_new_tokens=40), SampleConfig(num_inference_steps=3), seed=3)
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(steps[-1].images[0]))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out-1.png")), np.asarray(chain[0].images[0]))  # step 1
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(chain[-1].images[0]))  # the last
 
 
 def test_module_entry_point(tiny_root, tmp_path, image_path):
@@ -73,7 +69,7 @@ def test_module_entry_point(tiny_root, tmp_path, image_path):
            "--scheduler", "ddim"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "turn the apple red."
+    assert done.stdout.strip() == '"make it red" understood as "turn the apple red."'
     assert Image.open(tmp_path / "o.webp").size == (64, 48)
     # a bar for the derivation's tokens, then one for the denoising steps, not one bar adding them up
     assert "[mgie] derive" in done.stderr and ("token/s" in done.stderr or "s/token" in done.stderr)
@@ -158,12 +154,15 @@ def _error(capsys) -> str:
         (lambda p: None, [], r"error: image not found: .*bad.png"),
         (lambda p: Image.new("RGB", (1, 1)).save(p), [], r"error: image of 1x1 pixels is too small: .* upscale it first"),
         (lambda p: make_image().save(p), ["--instruction", "   "], r"error: --instruction is empty"),
-        (lambda p: make_image().save(p), ["--instruction", "a"] * 17, r"error: 17 steps given; .* at most 16"),
+        (lambda p: make_image().save(p), ["--instruction", "a"] * 17, r"error: 17 instructions given; a chain .* 16"),
         (lambda p: make_image().save(p), ["--instruction", "a", "--instruction", "b", "--expressive", "c"],
-         r"error: --expressive replaces .* a multi-step edit"),
+         r"error: the expressive instruction you give replaces .* a chain"),
         (lambda p: make_image().save(p), ["--instruction", "go " * 500], r"error: instruction is too long: .* shorten"),
         (lambda p: make_image().save(p), ["--model", "/nonexistent/mgie"], r"error: model not found: /nonexistent/mgie"),
-        (lambda p: make_image().save(p), ["--steps", "0"], r"error: --steps must be an integer from 1 to 1000, got 0"),
+        (lambda p: make_image().save(p), ["--steps", "1001"],
+         r"error: --steps must be from 1 to 1000, or 0 \(auto\), got 1001"),
+        (lambda p: make_image().save(p), ["--max-side", "4"], r"error: --max-side must be from 8 to 16384, or 0 "
+                                                              r"\(auto\), or -1 \(no limit\), got 4"),
         (lambda p: make_image().save(p), ["--out", "x.txt"], r"error: --out .*x.txt: unknown image extension"),
         (lambda p: make_image().save(p), ["--expressive", "a <im_end> b"],
          r"error: expressive instruction contains the control token"),
@@ -192,19 +191,23 @@ def test_no_model_and_no_default_is_a_clear_error(tmp_path, image_path, capsys, 
 
 
 def test_the_fast_preset_sets_sampler_and_steps_unless_given():
-    from mgie_core.cli import build_parser, check_settings
+    from mgie_core.cli import build_parser, settings_from
 
-    def settings(*extra):
+    def resolved(*extra, recommended=None):
         args = build_parser().parse_args(["edit", "--image", "x.png", "--instruction", "x", "--out", "o.png", *extra])
-        return check_settings(args)
+        return settings_from(args).sample_config(recommended)
 
-    assert settings()["scheduler"] is None and settings()["num_inference_steps"] is None  # the paper's, later
-    fast = settings("--preset", "fast")
-    assert (fast["scheduler"], fast["num_inference_steps"]) == ("dpmpp_2m_karras", 25)
-    mine = settings("--preset", "fast", "--steps", "30")
-    assert (mine["scheduler"], mine["num_inference_steps"]) == ("dpmpp_2m_karras", 30)
-    paper = settings("--preset", "paper")
-    assert (paper["scheduler"], paper["num_inference_steps"]) == ("euler_ancestral", 100)
+    paper = resolved()
+    assert (paper.scheduler, paper.num_inference_steps, paper.guidance_scale, paper.max_side) == (
+        "euler_ancestral", 100, 7.5, 1024)
+    fast = resolved("--preset", "fast")
+    assert (fast.scheduler, fast.num_inference_steps) == ("dpmpp_2m_karras", 25)
+    mine = resolved("--preset", "fast", "--steps", "30")
+    assert (mine.scheduler, mine.num_inference_steps) == ("dpmpp_2m_karras", 30)
+    auto = resolved("--steps", "auto", "--guidance-scale", "0", "--max-side", "0", recommended={"guidance_scale": 2.0,
+                                                                                              "max_side": 64})
+    assert (auto.num_inference_steps, auto.guidance_scale, auto.max_side) == (100, 2.0, 64)  # 0 and auto: the same
+    assert resolved("--max-side", "-1", recommended={"max_side": 64}).max_side == -1  # no limit, whatever it recommends
 
 
 def test_importing_the_library_prints_no_noise_from_torchao_and_torch():

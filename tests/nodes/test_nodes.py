@@ -62,10 +62,16 @@ def test_schemas(comfy):
         assert all(w.tooltip for w in schema.widget_order()), node_id
     sampler = {i.id: i for i in nodes["MGIESampler"].define_schema().inputs}
     assert sampler["seed"].default == 13331 and sampler["seed"].extra["control_after_generate"]
-    assert sampler["steps"].default == defaults.num_inference_steps
-    # 0: what the loaded model recommends (the paper's values for Apple's MGIE)
-    assert sampler["guidance_scale"].default == sampler["image_guidance_scale"].default == sampler["max_side"].default == 0
-    assert sampler["scheduler"].default == "euler_ancestral" and "dpmpp_2m" in sampler["scheduler"].extra["options"]
+    # 0 / auto: the preset's steps and scheduler, and what the loaded model recommends (the paper's for Apple's MGIE)
+    assert sampler["steps"].default == sampler["guidance_scale"].default == sampler["image_guidance_scale"].default \
+        == sampler["max_side"].default == 0 and sampler["preset"].default == "paper"
+    assert sampler["scheduler"].default == "auto" and "dpmpp_2m" in sampler["scheduler"].extra["options"]
+    assert sampler["guidance_scale"].display_name == "guidance_scale (0 = auto)"  # what 0 means, on the node
+    assert sampler["max_side"].display_name == "max_side (0 = auto, -1 = no limit)" and sampler["max_side"].extra["min"] == -1
+    assert defaults == SampleConfig()  # the paper's values resolve from those defaults
+    from mgie_core import EditSettings
+
+    assert EditSettings().sample_config() == defaults
     assert [o.io_type for o in nodes["MGIESampler"].define_schema().outputs] == ["IMAGE", "LATENT"]
     assert [o.io_type for o in nodes["MGIEVisualImagination"].define_schema().outputs] == ["CONDITIONING"] * 2
     derive = nodes["MGIEDeriveInstruction"].define_schema()
@@ -148,7 +154,7 @@ def test_int8_memory_mode_edits_like_full_precision(comfy):
                 image_guidance_scale=1.5, scheduler="euler", max_side=1024)
     full, full_text = nodes["MGIEEdit"].execute(mgie_model=load(nodes), **args).values
     handle = load(nodes, memory="8 GB (int8 LLM, staged)")
-    assert handle.llm_quant == "int8" and handle.sequential
+    assert handle.placement.llm_quant == "int8" and handle.placement.staged
     assert 0 < handle.mllm.size < sum(p.numel() * 4 for p in handle.model.mllm.parameters())  # sized as stored
     low, low_text = nodes["MGIEEdit"].execute(mgie_model=handle, **args).values
     assert low_text == full_text and not torch.equal(low, full)
@@ -157,10 +163,10 @@ def test_int8_memory_mode_edits_like_full_precision(comfy):
 
 def test_compile_wants_every_part_resident(comfy):
     nodes = comfy[0]
-    with pytest.raises(ValueError, match="compile does not go with memory '16 GB \\(fp16, staged\\)'"):
+    with pytest.raises(ValueError, match="compile does not go with a staged memory mode"):
         nodes["MGIELoader"].execute(model="tiny", precision="fp32", memory="16 GB (fp16, staged)", compile=True)
     handle = nodes["MGIELoader"].execute(model="tiny", precision="fp32", memory="auto", compile=True).values[0]
-    assert handle.compile and handle.compiled_unet is None  # compiled when MGIE Sampler first runs, not before
+    assert handle.compiled and handle.compiled_unet is None  # compiled when MGIE Sampler first runs, not before
 
 
 def test_four_bit_memory_mode_on_a_cpu_says_what_works(comfy):
@@ -196,7 +202,7 @@ def test_errors_a_user_can_act_on(comfy):
     image = comfy_image((16, 16))
     with pytest.raises(ValueError, match="instruction is empty"):
         nodes["MGIEDeriveInstruction"].execute(mgie_model=handle, image=image, instruction="  ")
-    with pytest.raises(ValueError, match="scheduler 'bogus' is unknown"):
+    with pytest.raises(ValueError, match="scheduler must be one of auto, euler_ancestral, .*got 'bogus'"):
         nodes["MGIESampler"].execute(mgie_model=handle, image=image, positive=[[torch.zeros(1, 77, 32), {}]],
                                      negative=[[torch.zeros(1, 77, 32), {}]], seed=0, steps=2, guidance_scale=7.5,
                                      image_guidance_scale=1.5, scheduler="bogus", max_side=0)
@@ -218,17 +224,23 @@ def test_sampling_widgets_at_zero_take_what_the_model_recommends(comfy):
     assert out.ui["text"] == ("euler, 2 steps; guidance 7.5 (text) / 1.5 (image), images up to 1024 px.",)
     handle.model.info["sampling"] = {"guidance_scale": 2.0, "image_guidance_scale": 1.2, "max_side": 16}
     out = nodes["MGIESampler"].execute(**args)  # as a bundle that recommends settings (mgie-mini: 2 / 1.5, 64 px)
-    assert out.ui["text"] == ("euler, 2 steps; guidance 2 (text) / 1.2 (image), images up to 16 px.",)
+    assert out.ui["text"] == ("euler, 2 steps; guidance 2 (text) / 1.2 (image), images up to 16 px.\nEdited at 16x12 "
+                              "(the input is 40x32; max_side 16): upscale the result, or raise max_side, for the "
+                              "input's size.",)  # said on the node: a small result is no surprise
     same = nodes["MGIESampler"].execute(**args | dict(guidance_scale=2.0, image_guidance_scale=1.2, max_side=16))
     assert out.values[0].shape == (1, 12, 16, 3) and torch.equal(out.values[0], same.values[0])
     chosen = nodes["MGIESampler"].execute(**args | dict(guidance_scale=3.0, max_side=1024))  # a set widget wins
     assert chosen.ui["text"] == ("euler, 2 steps; guidance 3 (text) / 1.2 (image), images up to 1024 px.",)
-    fast = nodes["MGIESampler"].execute(**args | dict(preset="fast"))  # the preset replaces steps and scheduler
+    fast = nodes["MGIESampler"].execute(**args | dict(preset="fast", steps=0, scheduler="auto"))  # auto: the preset's
     assert fast.ui["text"][0].startswith("dpmpp_2m_karras, 25 steps; ")
-    with pytest.raises(ValueError, match="preset 'quick' is unknown"):
+    mine = nodes["MGIESampler"].execute(**args | dict(preset="fast", steps=3, scheduler="auto"))  # a set widget wins
+    assert mine.ui["text"][0].startswith("dpmpp_2m_karras, 3 steps; ")
+    legacy = nodes["MGIESampler"].execute(**args | dict(preset="as set"))  # a workflow saved before "auto"
+    assert legacy.ui["text"][0].startswith("euler, 2 steps; ")
+    with pytest.raises(ValueError, match="preset must be one of paper, fast, got 'quick'"):
         nodes["MGIESampler"].execute(**args | dict(preset="quick"))
-    with pytest.raises(ValueError, match="^steps must be an integer from 1 to 1000, got 0$"):  # named as on the node
-        nodes["MGIESampler"].execute(**args | dict(steps=0))
+    with pytest.raises(ValueError, match=r"^steps must be from 1 to 1000, or 0 \(auto\), got 1001$"):  # as on the node
+        nodes["MGIESampler"].execute(**args | dict(steps=1001))
 
 
 def test_conditioning_from_other_nodes_is_accepted(comfy):
@@ -309,8 +321,8 @@ def test_edit_node_applies_one_instruction_per_line_in_turn(comfy):
 
 @pytest.mark.parametrize("instruction, extra, message", [
     ("\n \n", {}, "^the instruction is empty"),
-    ("\n".join(f"step {i}" for i in range(17)), {}, "^17 steps given; a multi-step edit takes at most 16"),
-    ("a\nb", {"expressive_override": "x"}, "^expressive_override replaces the derived instruction of a one-step edit"),
+    ("\n".join(f"step {i}" for i in range(17)), {}, "^17 instructions given; a chain takes at most 16"),
+    ("a\nb", {"expressive_override": "x"}, "^the expressive instruction you give replaces the derived one"),
 ])
 def test_edit_node_step_errors(comfy, instruction, extra, message):
     nodes = comfy[0]
