@@ -87,8 +87,11 @@ class Placement:
 
     def describe(self) -> str:
         quant = {"none": "unquantized", "int8": "int8", "int4": "4-bit"}[self.llm_quant]
-        return (f"{self.device.type} {str(self.dtype).removeprefix('torch.')}, {quant} LLM, "
-                f"{'staged' if self.staged else 'all parts resident'}{', compiled' if self.compile else ''}")
+        where = "all parts resident"
+        if self.staged:
+            where = "staged" if self.device.type != "cpu" else "staged (nothing to move on a CPU)"
+        return (f"{self.device.type} {str(self.dtype).removeprefix('torch.')}, {quant} LLM, {where}"
+                f"{', compiled' if self.compile else ''}")
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ def test_staged_residency_moves_each_stage_in_and_the_other_out(tiny_model, monk
     assert not PlacedModel(tiny_model, Placement(torch.device("cpu"), fp32, staged=True)).staged  # nothing to stage
 
 
-def test_low_vram_gives_the_same_edit(tiny_model, tiny_root, image):
+def test_a_staged_placement_gives_the_same_edit(tiny_model, tiny_root, image):
     full = MGIEPipeline(tiny_model, "cpu", "fp32")(image, "add a red hat", DERIVE, SAMPLE, seed=5)
     staged = Placement(torch.device("cpu"), torch.float32, staged=True)
     low = MGIEPipeline(load_model(tiny_root), placement=staged)(image, "add a red hat", DERIVE, SAMPLE, seed=5)
