@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from mgie_core.formats import load_model, save_bundle
-from mgie_core.model import MGIEModel
+from mgie_core.model.mgie import MGIEModel
 
 from .random_model import PRESETS, build_random_model
 

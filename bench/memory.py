@@ -24,12 +24,12 @@ import torch
 from PIL import Image
 
 from mgie_core.config import DeriveConfig, SampleConfig
-from mgie_core.derive import Derivation, select_visual_tokens
-from mgie_core.devices import DTYPES, resolve_device, resolve_dtype
+from mgie_core.frontends.pipeline import MGIEPipeline
 from mgie_core.images import clip_pixel_values
-from mgie_core.pipeline import MGIEPipeline
-from mgie_core.placement import Placement
 from mgie_core.runner import Edit, run_edit
+from mgie_core.runtime.devices import DTYPES, resolve_device, resolve_dtype
+from mgie_core.runtime.placement import Placement
+from mgie_core.stages.derive import Derivation, select_visual_tokens
 
 from . import publish
 from .random_model import PRESETS, build_random_model

@@ -15,14 +15,14 @@ import torch
 from PIL import Image
 from torch.profiler import ProfilerActivity, profile
 
-from mgie_core.compiled import compile_unet
 from mgie_core.config import DeriveConfig, SampleConfig
-from mgie_core.decode import greedy_generate
-from mgie_core.devices import DTYPES, resolve_device, resolve_dtype
 from mgie_core.images import clip_pixel_values, pil_to_tensor
-from mgie_core.imagine import Imagination
-from mgie_core.prompt import build_prompt
-from mgie_core.sample import sample
+from mgie_core.runtime.compiled import compile_unet
+from mgie_core.runtime.devices import DTYPES, resolve_device, resolve_dtype
+from mgie_core.stages.decode import greedy_generate
+from mgie_core.stages.imagine import Imagination
+from mgie_core.stages.prompt import build_prompt
+from mgie_core.stages.sample import sample
 
 from .random_model import PRESETS, build_random_model
 

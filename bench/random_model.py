@@ -14,10 +14,10 @@ import sentencepiece as spm
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from mgie_core.edit_head import EditHead, EditHeadConfig
 from mgie_core.formats.modules import make_spec
 from mgie_core.images import ClipImageConfig
-from mgie_core.model import (
+from mgie_core.model.edit_head import EditHead, EditHeadConfig
+from mgie_core.model.mgie import (
     IM_END,
     IM_PATCH,
     IM_START,
@@ -27,8 +27,8 @@ from mgie_core.model import (
     llama_config_from,
     visual_token_names,
 )
-from mgie_core.prompt import SYSTEM
-from mgie_core.tokenizer import LegacyLlamaTokenizer
+from mgie_core.model.tokenizer import LegacyLlamaTokenizer
+from mgie_core.stages.prompt import SYSTEM
 
 SD_UNET = dict(sample_size=64, in_channels=8, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),

@@ -24,17 +24,17 @@ import torch
 from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 
-from mgie_core.compiled import compile_unet
 from mgie_core.config import DeriveConfig, SampleConfig
-from mgie_core.decode import greedy_generate
-from mgie_core.derive import Derivation
-from mgie_core.devices import DTYPES, resolve_device, resolve_dtype
 from mgie_core.images import clip_pixel_values, pil_to_tensor
-from mgie_core.imagine import imagine
-from mgie_core.model import MGIEModel
-from mgie_core.prompt import build_prompt
-from mgie_core.sample import sample
-from mgie_core.schedulers import make_scheduler
+from mgie_core.model.mgie import MGIEModel
+from mgie_core.runtime.compiled import compile_unet
+from mgie_core.runtime.devices import DTYPES, resolve_device, resolve_dtype
+from mgie_core.stages.decode import greedy_generate
+from mgie_core.stages.derive import Derivation
+from mgie_core.stages.imagine import imagine
+from mgie_core.stages.prompt import build_prompt
+from mgie_core.stages.sample import sample
+from mgie_core.stages.schedulers import make_scheduler
 
 from . import publish
 from .random_model import PRESETS, build_random_model

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from mgie_core.devices import DTYPES, resolve_device, resolve_dtype
 from mgie_core.formats import load_model
 from mgie_core.images import pil_to_tensor
-from mgie_core.model import move
-from mgie_core.sample import vae_tiles
+from mgie_core.model.mgie import move
+from mgie_core.runtime.devices import DTYPES, resolve_device, resolve_dtype
+from mgie_core.stages.sample import vae_tiles
 
 from . import publish
 from .memory import Peaks

@@ -15,16 +15,16 @@ This package never imports ComfyUI.
 
 from . import quiet  # noqa: F401  (first: before any module imports diffusers)
 from .config import DEFAULT_SEED, DeriveConfig, EditSettings, SampleConfig
-from .derive import Derivation, derive
 from .errors import CheckpointError, EditCancelled, InputError, MGIEError, SettingError
 from .formats import default_model_path, load_model
-from .imagine import Imagination, imagine
-from .model import MGIEModel
-from .pipeline import MGIEPipeline
-from .placement import Placement
+from .frontends.pipeline import MGIEPipeline
+from .model.mgie import MGIEModel
 from .runner import Edit, EditResult, make_generator, run_edit
-from .sample import SampleOutput, sample
-from .schedulers import SCHEDULER_NAMES
+from .runtime.placement import Placement
+from .stages.derive import Derivation, derive
+from .stages.imagine import Imagination, imagine
+from .stages.sample import SampleOutput, sample
+from .stages.schedulers import SCHEDULER_NAMES
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,7 @@
-"""``python -m mgie_core``: see :mod:`mgie_core.cli`."""
+"""``python -m mgie_core``: see :mod:`mgie_core.frontends.cli`."""
 
 import sys
 
-from .cli import main
+from .frontends.cli import main
 
 sys.exit(main())

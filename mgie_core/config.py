@@ -2,7 +2,7 @@
 
 :class:`EditSettings` is what a person or a script sets. Its fields carry their declaration (range, choices,
 help, the CLI flag and the node widget that set them), and every front end is made from it: the CLI's flags and
-``--help`` (:func:`mgie_core.cli`), the nodes' widgets and tooltips (``nodes/widgets.py``) and the Python API.
+``--help`` (:func:`mgie_core.frontends.cli`), the nodes' widgets and tooltips (``nodes/widgets.py``) and the Python API.
 
 One rule for "decided for you": ``0`` for a number and ``"auto"`` for a choice. Guidance and ``max_side`` then
 come from the model's recommendation (mgie-mini recommends guidance 2 and its 64 px working size; Apple's MGIE
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import InputError, SettingError
-from .schedulers import SCHEDULER_NAMES
+from .stages.schedulers import SCHEDULER_NAMES
 
 DEFAULT_SEED = 13331  # the seed of Apple's demo notebook
 SEED_MAX = 2**64 - 1  # a seed is any unsigned 64-bit integer, as torch.Generator.manual_seed takes

@@ -5,7 +5,7 @@ manifest, several processes), the MGIE Edit node and training's preview edits al
 :func:`run_edit`. It owns the sequence, the chain (each instruction edits the previous result), masks and the
 per-picture generators; a front end only translates its inputs into an :class:`Edit` and shows the results.
 
-The model comes as a *placed* model (:class:`mgie_core.placement.PlacedModel`, or the node pack's handle backed by
+The model comes as a *placed* model (:class:`mgie_core.runtime.placement.PlacedModel`, or the node pack's handle backed by
 ComfyUI's model management): ``model``, ``place(stage)``, ``sampling_unet`` and ``compiled``.
 """
 
@@ -20,16 +20,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .chain import parse_chain
 from .config import DEFAULT_SEED, SETTINGS, DeriveConfig, SampleConfig, check_setting
-from .derive import Derivation, derive, encode_prompt
 from .errors import InputError
 from .images import ImageLike, fit_for_vae, fit_mask, mask_batch, tensor_to_pil, vae_size
-from .imagine import Imagination, imagine
-from .model import MGIEModel
-from .progress import ProgressCallback, offset
-from .prompt import check_instruction
-from .sample import SampleOutput, sample
+from .model.mgie import MGIEModel
+from .runtime.progress import ProgressCallback, offset
+from .stages.chain import parse_chain
+from .stages.derive import Derivation, derive, encode_prompt
+from .stages.imagine import Imagination, imagine
+from .stages.prompt import check_instruction
+from .stages.sample import SampleOutput, sample
 
 logger = logging.getLogger(__name__)
 

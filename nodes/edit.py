@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..mgie_core.chain import MAX_CHAIN, chain_text, parse_chain
+from ..mgie_core.stages.chain import MAX_CHAIN, chain_text, parse_chain
 from .stages import mask_note, run_chain, size_note
 from .types import MGIEModelLink
 from .widgets import edit_settings, mask_input, override_input, preset_input, sampling_inputs, settings_text

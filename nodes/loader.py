@@ -5,8 +5,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..mgie_core import InputError
-from ..mgie_core.devices import AUTO, DTYPES
-from ..mgie_core.placement import MEMORY_HELP, memory_key
+from ..mgie_core.runtime.devices import AUTO, DTYPES
+from ..mgie_core.runtime.placement import MEMORY_HELP, memory_key
 from .comfy_parts import comfy_model, comfy_vae
 from .runtime import MEMORY_LABELS, NO_LORA, NONE_FOUND, list_loras, list_models, make_handle
 from .types import MGIEModelLink

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from ..mgie_core import CheckpointError, MGIEModel, load_model
-from ..mgie_core.compiled import compile_unet
 from ..mgie_core.formats import apply_lora, default_model_path, is_apple_layout
-from ..mgie_core.placement import MEMORY, PendingPlacement, Placement
-from ..mgie_core.quant import quantize_llm, storage_bytes
+from ..mgie_core.runtime.compiled import compile_unet
+from ..mgie_core.runtime.placement import MEMORY, PendingPlacement, Placement
+from ..mgie_core.runtime.quant import quantize_llm, storage_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ LORA_FOLDER = "mgie_loras"
 NO_LORA = "none"
 EMBEDDED = "mgie-mini (embedded)"
 NONE_FOUND = "(no MGIE model found in models/mgie)"
-MEMORY_LABELS = [label for _, label in MEMORY.values()]  # Load MGIE's memory choice: mgie_core.placement.MEMORY
+MEMORY_LABELS = [label for _, label in MEMORY.values()]  # Load MGIE's memory choice: mgie_core.runtime.placement.MEMORY
 
 
 def register_model_folder() -> None:

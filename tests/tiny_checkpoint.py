@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mgie_core.edit_head import EditHead, EditHeadConfig  # noqa: E402
-from mgie_core.model import IM_END, IM_PATCH, IM_START, ModelSpec, visual_token_names  # noqa: E402
-from mgie_core.prompt import SYSTEM, build_prompt  # noqa: E402
-from mgie_core.tokenizer import LegacyLlamaTokenizer  # noqa: E402
+from mgie_core.model.edit_head import EditHead, EditHeadConfig  # noqa: E402
+from mgie_core.model.mgie import IM_END, IM_PATCH, IM_START, ModelSpec, visual_token_names  # noqa: E402
+from mgie_core.model.tokenizer import LegacyLlamaTokenizer  # noqa: E402
+from mgie_core.stages.prompt import SYSTEM, build_prompt  # noqa: E402
 
 NUM_VISUAL = 8
 HIDDEN = 64

@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from torch import nn
 
 from mgie_core.errors import InputError
-from mgie_core.model import MGIEModel
+from mgie_core.model.mgie import MGIEModel
 
 from .config import TrainConfig
 from .objective import VisualRows

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mgie_core.errors import InputError
-from mgie_core.model import MGIEModel
+from mgie_core.model.mgie import MGIEModel
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # MGIE-7B's reference sizes, for a model that recommends no working size of its own

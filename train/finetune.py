@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository root
 
-from mgie_core.devices import leave_process_group  # noqa: E402
 from mgie_core.errors import MGIEError  # noqa: E402
+from mgie_core.runtime.devices import leave_process_group  # noqa: E402
 from train.config import config_from_args  # noqa: E402
 from train.loop import train  # noqa: E402
 

@@ -14,11 +14,11 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from mgie_core import DeriveConfig, SampleConfig, derive, imagine, load_model, make_generator, sample
-from mgie_core.devices import DTYPES
 from mgie_core.errors import InputError
 from mgie_core.formats.lora import save_lora
 from mgie_core.images import fit_for_vae, load_image, save_image_atomic, tensor_to_pil
-from mgie_core.model import MGIEModel
+from mgie_core.model.mgie import MGIEModel
+from mgie_core.runtime.devices import DTYPES
 
 from .adapters import Trainable
 from .config import TrainConfig

@@ -16,10 +16,10 @@ from diffusers import DDPMScheduler
 from torch import nn
 from transformers import DynamicCache
 
-from mgie_core.decode import with_cache
 from mgie_core.images import clip_pixel_values
-from mgie_core.model import MGIEModel
-from mgie_core.prompt import build_conversation, build_prompt
+from mgie_core.model.mgie import MGIEModel
+from mgie_core.stages.decode import with_cache
+from mgie_core.stages.prompt import build_conversation, build_prompt
 
 from .data import clip_image, diffusion_pixels
 

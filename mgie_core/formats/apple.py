@@ -11,12 +11,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..edit_head import EditHeadConfig
 from ..errors import CheckpointError
 from ..files import read_json
 from ..images import ClipImageConfig
-from ..model import MGIEModel, MultimodalLLM, visual_token_names
-from ..tokenizer import LegacyLlamaTokenizer
+from ..model.edit_head import EditHeadConfig
+from ..model.mgie import MGIEModel, MultimodalLLM, visual_token_names
+from ..model.tokenizer import LegacyLlamaTokenizer
 from . import keys
 from .modules import build_edit_head, build_mllm, build_unet, build_vae, check_compatible, make_spec
 from .weights import StateDict, load_into, read_folder_weights, read_state_dict

@@ -17,12 +17,12 @@ import torch
 from safetensors import safe_open
 
 from ..config import check_recommended_sampling
-from ..devices import DTYPES
-from ..edit_head import EditHeadConfig
 from ..errors import CheckpointError, InputError
 from ..images import ClipImageConfig
-from ..model import MGIEModel
-from ..tokenizer import LegacyLlamaTokenizer
+from ..model.edit_head import EditHeadConfig
+from ..model.mgie import MGIEModel
+from ..model.tokenizer import LegacyLlamaTokenizer
+from ..runtime.devices import DTYPES
 from .aligned import save_aligned
 from .keys import clip_vision_keys, split_prefix
 from .modules import build_edit_head, build_mllm, build_unet, build_vae, check_compatible, make_spec

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from ..errors import CheckpointError
-from ..model import MGIEModel
+from ..model.mgie import MGIEModel
 from .apple import is_apple_layout, load_apple_checkpoint
 from .bundle import load_bundle
 

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError, InputError
-from ..model import MGIEModel
+from ..model.mgie import MGIEModel
 from .aligned import save_aligned, strip_padding
 
 logger = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from typing import Any
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from ..edit_head import EditHead, EditHeadConfig
 from ..errors import CheckpointError
-from ..model import (
+from ..model.edit_head import EditHead, EditHeadConfig
+from ..model.mgie import (
     IM_END,
     IM_PATCH,
     IM_START,
@@ -25,7 +25,7 @@ from ..model import (
     llama_config_from,
     visual_token_names,
 )
-from ..tokenizer import LegacyLlamaTokenizer
+from ..model.tokenizer import LegacyLlamaTokenizer
 from . import keys
 from .weights import StateDict, load_into
 

@@ -14,8 +14,8 @@ import pytest
 from conftest import accelerate_launch, make_image
 from PIL import Image
 
-from mgie_core.batch import Item, batches, deal, plan_images, plan_manifest
-from mgie_core.cli import main
+from mgie_core.frontends.batch import Item, batches, deal, plan_images, plan_manifest
+from mgie_core.frontends.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--steps", "3", "--max-new-tokens", "40", "--quiet"]
@@ -174,7 +174,7 @@ def test_two_processes_under_accelerate_write_what_one_writes(tiny_root, tmp_pat
 def test_a_run_of_several_processes_leaves_its_process_group(tmp_path):
     import torch.distributed as dist
 
-    from mgie_core.devices import leave_process_group
+    from mgie_core.runtime.devices import leave_process_group
 
     leave_process_group()  # none started: nothing to do
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)

@@ -9,8 +9,8 @@ import torch
 from bench.random_model import PRESETS, build_random_model
 from bench.speed import main
 from mgie_core.config import DeriveConfig
-from mgie_core.decode import greedy_generate
-from mgie_core.prompt import build_prompt
+from mgie_core.stages.decode import greedy_generate
+from mgie_core.stages.prompt import build_prompt
 
 
 def test_answers_have_the_forced_length():

@@ -11,9 +11,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mgie_core import CheckpointError, DeriveConfig, SampleConfig, load_model
-from mgie_core.cli import main
 from mgie_core.formats.bundle import FORMAT, save_bundle
-from mgie_core.pipeline import MGIEPipeline
+from mgie_core.frontends.cli import main
+from mgie_core.frontends.pipeline import MGIEPipeline
 
 DERIVE, SAMPLE = DeriveConfig(max_new_tokens=40), SampleConfig(num_inference_steps=4)
 

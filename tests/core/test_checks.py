@@ -18,9 +18,9 @@ from conftest import make_image
 from PIL import Image
 
 from mgie_core import CheckpointError, Edit, InputError, MGIEPipeline, SampleConfig, load_model
-from mgie_core.cli import main
 from mgie_core.formats.bundle import save_bundle
 from mgie_core.formats.lora import read_lora, save_lora
+from mgie_core.frontends.cli import main
 from mgie_core.images import load_image, load_mask
 
 FAST = ["--steps", "2", "--max-new-tokens", "8", "--quiet"]
@@ -148,7 +148,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_edit(tiny_root, 
         usage = shutil.disk_usage(tmp_path)
         monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
     ran = []
-    monkeypatch.setattr("mgie_core.edit_cli.place_model", lambda *a: ran.append(1))  # the model must not even load
+    monkeypatch.setattr("mgie_core.frontends.edit_cli.place_model", lambda *a: ran.append(1))  # the model must not even load
     said = {"folder": "is a folder; give a file name", "long name": "takes at most", "parent is a file":
             "not a writable folder", "read-only place": "cannot write in /proc", "full disk": "MiB free"}[case]
     one_line_error(capsys, main(edit_args(tiny_root, image_path, out)), said)
@@ -157,7 +157,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_edit(tiny_root, 
 
 # -- logs after a crash -----------------------------------------------------------------------------------------
 def test_results_hold_one_record_per_output_after_a_crash_and_a_rerun(tiny_root, tmp_path):
-    from mgie_core.batch import RESULTS
+    from mgie_core.frontends.batch import RESULTS
 
     pictures = tmp_path / "in"
     pictures.mkdir()
@@ -217,7 +217,7 @@ def test_a_file_named_like_a_glob_is_one_picture(tiny_root, tmp_path, capsys):
                                         ({"image": "p.png", "instruction": "x", "seed": "7"}, "seed must be an integer"),
                                         ({"image": "p.png", "instruction": "x", "seed": 2**64}, "from 0 to 2^64-1")])
 def test_manifest_fields_of_the_wrong_type_are_named(tmp_path, line, said):
-    from mgie_core.batch import plan_manifest
+    from mgie_core.frontends.batch import plan_manifest
 
     make_image().save(tmp_path / "p.png")
     manifest = tmp_path / "m.jsonl"

@@ -14,7 +14,7 @@ from conftest import make_image
 from PIL import Image
 
 from mgie_core import DeriveConfig
-from mgie_core.cli import main
+from mgie_core.frontends.cli import main
 from mgie_core.images import load_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ def test_module_entry_point(tiny_root, tmp_path, image_path):
 
 
 def test_every_edit_option_says_what_it_does_and_its_default():
-    from mgie_core.cli import build_parser
+    from mgie_core.frontends.cli import build_parser
 
     edit = next(a for a in build_parser()._actions if a.dest == "command").choices["edit"]
     for action in edit._actions:
@@ -191,7 +191,7 @@ def test_no_model_and_no_default_is_a_clear_error(tmp_path, image_path, capsys, 
 
 
 def test_the_fast_preset_sets_sampler_and_steps_unless_given():
-    from mgie_core.cli import build_parser, settings_from
+    from mgie_core.frontends.cli import build_parser, settings_from
 
     def resolved(*extra, recommended=None):
         args = build_parser().parse_args(["edit", "--image", "x.png", "--instruction", "x", "--out", "o.png", *extra])

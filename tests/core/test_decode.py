@@ -10,9 +10,9 @@ from conftest import make_image
 from transformers import DynamicCache, NoRepeatNGramLogitsProcessor
 
 from mgie_core import DeriveConfig
-from mgie_core.decode import STOP_CHECK_EVERY, ban_repeated_ngrams, greedy_generate, with_cache
-from mgie_core.derive import encode_prompt
 from mgie_core.images import clip_pixel_values
+from mgie_core.stages.decode import STOP_CHECK_EVERY, ban_repeated_ngrams, greedy_generate, with_cache
+from mgie_core.stages.derive import encode_prompt
 
 CONFIG = DeriveConfig(max_new_tokens=40)
 PROMPTS = ["make it red", "add a hat", "make it look like winter", "turn the sky green", "tell me a story"]

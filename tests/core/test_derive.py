@@ -9,10 +9,10 @@ from conftest import make_image
 from transformers import CLIPImageProcessor, LlamaForCausalLM
 
 from mgie_core import DeriveConfig, InputError, derive
-from mgie_core.derive import select_visual_tokens
 from mgie_core.errors import EditCancelled
 from mgie_core.images import clip_pixel_values
-from mgie_core.prompt import build_prompt, clean_expressive
+from mgie_core.stages.derive import select_visual_tokens
+from mgie_core.stages.prompt import build_prompt, clean_expressive
 
 SHORT = DeriveConfig(max_new_tokens=40)  # answers of the tiny LM are 14-36 tokens; the story is longer
 
@@ -53,7 +53,7 @@ def test_matches_transformers_generate(tiny_model, image, instruction):
 def test_one_state_fewer_than_tokens(tiny_model, image):
     import warnings
 
-    from mgie_core.decode import greedy_generate
+    from mgie_core.stages.decode import greedy_generate
 
     ids = torch.tensor([tiny_model.tokenizer.encode(build_prompt("make the sky blue", tiny_model.spec))])
     pixels = clip_pixel_values(image, tiny_model.clip_image_config)[None]

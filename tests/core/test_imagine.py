@@ -6,7 +6,7 @@ import torch
 from conftest import make_image
 
 from mgie_core import DeriveConfig, derive, imagine
-from mgie_core.edit_head import EditHeadConfig
+from mgie_core.model.edit_head import EditHeadConfig
 
 
 def test_sizes_come_from_the_weights(tiny_model):

@@ -13,7 +13,7 @@ COMFY_MODULES = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "server",
 
 def test_mgie_core_never_imports_comfyui_at_runtime():
     code = (
-        "import sys, mgie_core, mgie_core.cli, mgie_core.formats.bundle, mgie_core.pipeline\n"
+        "import sys, mgie_core, mgie_core.frontends.cli, mgie_core.formats.bundle, mgie_core.frontends.pipeline\n"
         f"bad = [m for m in sys.modules if m.split('.')[0] in {COMFY_MODULES!r}]\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )

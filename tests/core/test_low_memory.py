@@ -8,9 +8,9 @@ from conftest import make_image
 
 from mgie_core import DeriveConfig, InputError, MGIEPipeline, SampleConfig, load_model
 from mgie_core.images import pil_to_tensor
-from mgie_core.placement import PlacedModel, Placement, plan_memory
-from mgie_core.quant import check_llm_quant, is_quantized, quantization_of, quantize_llm, storage_bytes
-from mgie_core.sample import TILE_ABOVE, use_vae_tiling
+from mgie_core.runtime.placement import PlacedModel, Placement, plan_memory
+from mgie_core.runtime.quant import check_llm_quant, is_quantized, quantization_of, quantize_llm, storage_bytes
+from mgie_core.stages.sample import TILE_ABOVE, use_vae_tiling
 
 DERIVE, SAMPLE = DeriveConfig(max_new_tokens=40), SampleConfig(num_inference_steps=4)
 PROMPTS = ["make it look like winter", "add a red hat", "turn the sky green", "remove the square"]
@@ -80,7 +80,7 @@ def test_four_bit_on_a_cpu_says_what_works():
 
 
 def test_memory_modes_name_the_same_plan_by_key_or_by_label():
-    from mgie_core.placement import MEMORY, memory_key
+    from mgie_core.runtime.placement import MEMORY, memory_key
 
     for key, (_, label) in MEMORY.items():
         assert memory_key(key) == memory_key(label) == key
@@ -94,8 +94,8 @@ def test_staged_residency_moves_each_stage_in_and_the_other_out(tiny_model, monk
     placed = {}
     names = {id(module): name for name, module in tiny_model.modules().items()}
     record = lambda module, device=None, dtype=None: placed.update({names[id(module)]: str(device)})  # noqa: E731
-    monkeypatch.setattr("mgie_core.placement.move", record)
-    monkeypatch.setattr("mgie_core.model.move", lambda module, device=None, dtype=None: module)
+    monkeypatch.setattr("mgie_core.runtime.placement.move", record)
+    monkeypatch.setattr("mgie_core.model.mgie.move", lambda module, device=None, dtype=None: module)
     cuda, fp32 = torch.device("cuda"), torch.float32
     staged = PlacedModel(tiny_model, Placement(cuda, fp32, staged=True))  # only recorded: no GPU is needed
     assert placed == {"edit_head": "cuda"}

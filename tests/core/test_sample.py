@@ -10,8 +10,8 @@ from diffusers import StableDiffusionInstructPix2PixPipeline
 
 from mgie_core import EditCancelled, InputError, SampleConfig, make_generator, sample
 from mgie_core.images import pil_to_tensor
-from mgie_core.imagine import Imagination
-from mgie_core.schedulers import SCHEDULER_NAMES, make_scheduler
+from mgie_core.stages.imagine import Imagination
+from mgie_core.stages.schedulers import SCHEDULER_NAMES, make_scheduler
 
 STEPS = 8
 
@@ -167,7 +167,7 @@ def test_a_full_mask_changes_nothing_and_an_empty_one_returns_the_input(tiny_mod
     assert torch.equal(full, free)  # no mask draws no extra noise: the same picture as without one
     empty = torch.ones(2, 1, 32, 32)
     empty[1] = 0
-    with caplog.at_level("INFO", logger="mgie_core.sample"):
+    with caplog.at_level("INFO", logger="mgie_core.stages.sample"):
         out = _masked(tiny_model, pixels, empty, conditioning(2))
     assert torch.equal(out[1], pixels[1]) and torch.equal(out[0], free[0])
     assert "the mask of image 1 is empty: that image is returned unchanged" in caplog.text
@@ -204,7 +204,7 @@ def test_masks_are_checked_and_fitted_to_the_picture(tiny_model):
 
 
 def test_an_fp16_vae_overflow_is_decoded_again_in_fp32(tiny_model, caplog):
-    from mgie_core.sample import decode_latents
+    from mgie_core.stages.sample import decode_latents
 
     vae = tiny_model.vae.to(torch.float16)
     latents = torch.randn(1, vae.config.latent_channels, 4, 4, generator=torch.Generator().manual_seed(0))

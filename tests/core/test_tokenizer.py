@@ -7,9 +7,9 @@ import shutil
 import pytest
 
 from mgie_core.errors import CheckpointError
-from mgie_core.model import visual_token_names
-from mgie_core.prompt import build_prompt
-from mgie_core.tokenizer import LegacyLlamaTokenizer
+from mgie_core.model.mgie import visual_token_names
+from mgie_core.model.tokenizer import LegacyLlamaTokenizer
+from mgie_core.stages.prompt import build_prompt
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mgie_core import DeriveConfig, MGIEPipeline, SampleConfig, default_model_path, load_model
-from mgie_core.devices import DTYPES
+from mgie_core.runtime.devices import DTYPES
 from train.mini import world
 from train.mini.evaluate import HELD_OUT_SEED
 from train.mini.joint import train_joint

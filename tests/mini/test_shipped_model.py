@@ -109,7 +109,8 @@ def test_the_readmes_first_command_edits_at_the_models_settings_and_says_what_it
                            "make the biggest shape red", "--out", str(out), "--steps", "20"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "green triangle" in done.stdout and out.is_file()
+    assert done.stdout.startswith('"make the biggest shape red" understood as "turn the large green triangle red."')
+    assert "mgie-mini only recolours, removes or adds flat shapes" in done.stdout and out.is_file()
     assert "mgie-mini (embedded) edits small flat-shape scenes (64 px); photos need Apple's MGIE-7B" in done.stderr
     assert "guidance 2 (text) / 1.5 (image), the model's; images up to 64 px, the model's" in done.stderr
 

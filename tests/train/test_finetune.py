@@ -110,7 +110,7 @@ def test_merged_equals_unmerged(trained, tiny_root, tmp_path):
     torch.testing.assert_close(merged.derivation.visual_tokens, unmerged.derivation.visual_tokens, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(merged.output.images, unmerged.output.images, rtol=1e-3, atol=1e-3)
     # and a merged bundle gives the same edit as merging at load time
-    from mgie_core.cli import main
+    from mgie_core.frontends.cli import main
 
     assert main(["merge", "--model", str(tiny_root), "--lora", f"{lora}:1", "--out", str(tmp_path / "m.safetensors"),
                  "--dtype", "fp32"]) == 0

@@ -35,7 +35,7 @@ from mgie_core import SCHEDULER_NAMES, DeriveConfig, MGIEPipeline, SampleConfig,
 from mgie_core.errors import InputError
 from mgie_core.files import atomic_write
 from mgie_core.images import pil_to_tensor, tensor_to_pil
-from mgie_core.imagine import Imagination
+from mgie_core.stages.imagine import Imagination
 
 from . import world
 from .checks import edit_ok, expressive_ok

@@ -17,7 +17,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from mgie_core.errors import InputError
-from mgie_core.model import MGIEModel
+from mgie_core.model.mgie import MGIEModel
 from train.objective import instruction_loss, mgie_loss
 from train.state import load_checkpoint, save_checkpoint
 

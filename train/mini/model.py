@@ -11,10 +11,10 @@ import sentencepiece as spm
 import torch
 from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
 
-from mgie_core.edit_head import EditHead, EditHeadConfig
 from mgie_core.formats.modules import make_spec
 from mgie_core.images import ClipImageConfig
-from mgie_core.model import (
+from mgie_core.model.edit_head import EditHead, EditHeadConfig
+from mgie_core.model.mgie import (
     IM_END,
     IM_PATCH,
     IM_START,
@@ -24,8 +24,8 @@ from mgie_core.model import (
     llama_config_from,
     visual_token_names,
 )
-from mgie_core.prompt import SYSTEM
-from mgie_core.tokenizer import LegacyLlamaTokenizer
+from mgie_core.model.tokenizer import LegacyLlamaTokenizer
+from mgie_core.stages.prompt import SYSTEM
 
 from .world import COLOURS, SIZE, edits
 

@@ -27,7 +27,7 @@ from mgie_core.errors import CheckpointError
 from mgie_core.formats.aligned import save_aligned
 from mgie_core.formats.weights import read_state_dict
 from mgie_core.images import clip_pixel_values
-from mgie_core.model import MGIEModel, clip_vision_config_from
+from mgie_core.model.mgie import MGIEModel, clip_vision_config_from
 
 from . import world
 from .model import VISION, clip_image_config

@@ -34,12 +34,12 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from mgie_core.devices import resolve_device
 from mgie_core.errors import MGIEError
 from mgie_core.formats import load_bundle, save_bundle
 from mgie_core.formats.aligned import save_aligned
 from mgie_core.formats.weights import read_state_dict
-from mgie_core.model import MGIEModel
+from mgie_core.model.mgie import MGIEModel
+from mgie_core.runtime.devices import resolve_device
 
 from . import world
 from .joint import adapt_mllm, train_joint

@@ -12,7 +12,7 @@ import random
 import numpy as np
 import torch
 
-from mgie_core.model import MGIEModel
+from mgie_core.model.mgie import MGIEModel
 from train.objective import Batch, Sample, collate
 
 from . import world

@@ -22,13 +22,13 @@ from safetensors import safe_open
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from mgie_core.devices import resolve_device
 from mgie_core.errors import MGIEError
 from mgie_core.formats import load_model
 from mgie_core.formats.aligned import save_aligned
 from mgie_core.formats.weights import read_state_dict
-from mgie_core.model import MGIEModel
-from mgie_core.tokenizer import LegacyLlamaTokenizer
+from mgie_core.model.mgie import MGIEModel
+from mgie_core.model.tokenizer import LegacyLlamaTokenizer
+from mgie_core.runtime.devices import resolve_device
 from train.objective import diffusion_goal, dropout_masks
 
 from .model import UNET, VAE, scheduler_config, train_tokenizer

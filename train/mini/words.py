@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mgie_core.model import MGIEModel
+from mgie_core.model.mgie import MGIEModel
 from train.objective import conversation_states, instruction_loss, select_from_labels
 
 from . import world

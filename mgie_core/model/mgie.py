@@ -16,8 +16,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaModel
 
+from ..images import ClipImageConfig
 from .edit_head import EditHead
-from .images import ClipImageConfig
 from .tokenizer import LegacyLlamaTokenizer
 
 logger = logging.getLogger(__name__)

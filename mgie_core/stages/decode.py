@@ -17,8 +17,8 @@ from inspect import signature
 import torch
 from transformers import Cache, StaticCache
 
-from .config import DeriveConfig
-from .progress import ProgressCallback, report
+from ..config import DeriveConfig
+from ..runtime.progress import ProgressCallback, report
 
 STOP_CHECK_EVERY = 8  # tokens between two looks (host syncs) at whether every row has ended
 CACHE_BUCKET = 64  # the KV cache's length is rounded up to this, so prompts of near lengths share a compiled step

@@ -1,7 +1,7 @@
 """Command line: ``python -m mgie_core edit|convert|merge ...``.
 
 The edit's settings are flags made from their one declaration (:class:`mgie_core.config.EditSettings`); where
-the parts live is ``--memory`` and ``--compile``, made into one :class:`mgie_core.placement.Placement`. Everything
+the parts live is ``--memory`` and ``--compile``, made into one :class:`mgie_core.runtime.placement.Placement`. Everything
 that can be checked is checked before the model loads: settings, seed, the pictures, the mask, the output
 location, the LoRA files. Errors a user can cause print one line (``error: ...``) and exit with status 2; output
 files are written through a temporary file and renamed, so a failed run never leaves a partial file.
@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 
-from .config import AUTO, EditSettings
-from .devices import DTYPES
-from .errors import MGIEError, SettingError
-from .placement import MEMORY
+from ..config import AUTO, EditSettings
+from ..errors import MGIEError, SettingError
+from ..runtime.devices import DTYPES
+from ..runtime.placement import MEMORY
 
 logger = logging.getLogger("mgie_core")
 
@@ -126,9 +126,9 @@ def settings_from(args: argparse.Namespace) -> EditSettings:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from ..formats import save_bundle
+    from ..formats.lora import check_lora_args
     from .edit_cli import load_with_loras
-    from .formats import save_bundle
-    from .formats.lora import check_lora_args
 
     loras = check_lora_args(getattr(args, "lora", []))
     path = save_bundle(load_with_loras(args.model, loras, args.vision_tower), args.out, dtype=args.dtype)

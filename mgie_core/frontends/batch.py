@@ -25,11 +25,11 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from PIL import Image
 
-from .config import DEFAULT_SEED, DeriveConfig, SampleConfig
-from .errors import InputError
-from .files import atomic_write, remove_temporaries
-from .images import load_image, load_mask, save_image_atomic
-from .runner import Edit, Placed, StageProgress, check_edit, check_seed, run_edit
+from ..config import DEFAULT_SEED, DeriveConfig, SampleConfig
+from ..errors import InputError
+from ..files import atomic_write, remove_temporaries
+from ..images import load_image, load_mask, save_image_atomic
+from ..runner import Edit, Placed, StageProgress, check_edit, check_seed, run_edit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MANIFEST_FIELDS = {"image", "instruction", "expressive", "seed", "mask", "out"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .errors import InputError
+from ..errors import InputError
 
 MAX_CHAIN = 16
 

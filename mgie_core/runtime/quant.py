@@ -19,7 +19,7 @@ import warnings
 import torch
 from torch import nn
 
-from .errors import InputError
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_SEED, DeriveConfig, EditSettings, SampleConfig
-from .derive import Derivation, derive
-from .formats import load_model
-from .images import ImageLike
-from .imagine import Imagination, imagine
-from .model import MGIEModel
-from .placement import PlacedModel, Placement, resolve_placement
-from .progress import ProgressCallback
-from .runner import Edit, EditResult, OneBar, as_image_list, run_edit, sample_pictures
+from ..config import DEFAULT_SEED, DeriveConfig, EditSettings, SampleConfig
+from ..formats import load_model
+from ..images import ImageLike
+from ..model.mgie import MGIEModel
+from ..runner import Edit, EditResult, OneBar, as_image_list, run_edit, sample_pictures
+from ..runtime.placement import PlacedModel, Placement, resolve_placement
+from ..runtime.progress import ProgressCallback
+from ..stages.derive import Derivation, derive
+from ..stages.imagine import Imagination, imagine
 
 
 class MGIEPipeline(PlacedModel):

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import InputError
+from ..model.mgie import MGIEModel, move
 from .compiled import compile_unet
 from .devices import resolve_device, resolve_dtype
-from .errors import InputError
-from .model import MGIEModel, move
 from .quant import LLM_QUANTS, check_llm_quant, llm_bytes, quantize_llm
 
 logger = logging.getLogger(__name__)

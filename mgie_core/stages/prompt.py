@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .errors import InputError
-from .model import IM_END, IM_PATCH, IM_START, ModelSpec, visual_token_names
-from .tokenizer import LegacyLlamaTokenizer
+from ..errors import InputError
+from ..model.mgie import IM_END, IM_PATCH, IM_START, ModelSpec, visual_token_names
+from ..model.tokenizer import LegacyLlamaTokenizer
 
 # Vicuna v1.1, the conversation template of LLaVA v1 (SeparatorStyle.TWO, sep " ").
 SYSTEM = (

@@ -21,10 +21,10 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from .config import SampleConfig
-from .errors import InputError
+from ..config import SampleConfig
+from ..errors import InputError
+from ..runtime.progress import ProgressCallback, report
 from .imagine import Imagination
-from .progress import ProgressCallback, report
 from .schedulers import make_scheduler
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .errors import EditCancelled
+from ..errors import EditCancelled
 
 ProgressCallback = Callable[[int, int], "bool | None"]
 

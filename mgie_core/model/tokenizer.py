@@ -19,8 +19,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from .errors import CheckpointError
-from .files import read_json
+from ..errors import CheckpointError
+from ..files import read_json
 
 
 class LegacyLlamaTokenizer:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import DeriveConfig
+from ..config import DeriveConfig
+from ..errors import InputError
+from ..images import ImageLike, clip_pixel_values
+from ..model.mgie import MGIEModel
+from ..runtime.progress import ProgressCallback, report
 from .decode import greedy_generate
-from .errors import InputError
-from .images import ImageLike, clip_pixel_values
-from .model import MGIEModel
-from .progress import ProgressCallback, report
 from .prompt import build_conversation, build_prompt, check_instruction, clean_expressive
 
 

@@ -1,6 +1,6 @@
 """The compiled paths (``compile=True``, ``--compile``, Load MGIE's *compile*): torch.compile over the hot loops.
 
-- Decoding: the one-token step with its static KV cache (:func:`mgie_core.decode.compiled_step`), captured as a
+- Decoding: the one-token step with its static KV cache (:func:`mgie_core.stages.decode.compiled_step`), captured as a
   CUDA graph on a GPU (``mode="reduce-overhead"``).
 - Denoising: the UNet, whose three guidance branches already run as one call, compiled for a fixed shape
   (``dynamic=False``) and, on a GPU, in ``channels_last`` and captured the same way.

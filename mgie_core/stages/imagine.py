@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
+from ..model.edit_head import EditHead
 from .derive import Derivation
-from .edit_head import EditHead
-from .errors import InputError
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .chain import parse_chain
-from .config import EditSettings
-from .devices import leave_process_group
-from .errors import InputError
-from .files import atomic_write, check_writable, remove_temporaries
-from .formats.lora import LoraFile, check_lora_args
-from .images import load_image, load_mask, save_image_atomic
-from .placement import PlacedModel, Placement, resolve_placement
-from .runner import Edit, EditResult, StageProgress, run_edit
+from ..config import NO_LIMIT, EditSettings
+from ..errors import InputError
+from ..files import atomic_write, check_writable, remove_temporaries
+from ..formats.lora import LoraFile, check_lora_args
+from ..images import load_image, load_mask, save_image_atomic
+from ..runner import Edit, EditResult, StageProgress, run_edit
+from ..runtime.devices import leave_process_group
+from ..runtime.placement import PlacedModel, Placement, resolve_placement
+from ..stages.chain import parse_chain
 
 logger = logging.getLogger("mgie_core")
 
@@ -55,6 +55,7 @@ def run_one(args: argparse.Namespace, settings: EditSettings) -> int:
         check_writable(Path(args.save_intermediates), "--save-intermediates")
     placed = place_model(args, Placement.make(args.device, args.dtype, args.memory, args.compile))
     sample_config = settings.sample_config(placed.model.recommended_sampling)
+    say_settings(settings, sample_config, placed.model.recommended_sampling)
     for path in outputs:
         remove_temporaries(path.parent, path.name)
 
@@ -115,6 +116,7 @@ def run_many(args: argparse.Namespace, settings: EditSettings) -> int:
         placement = Placement.make(state.device, args.dtype, args.memory, args.compile)
     placed = place_model(args, placement)
     sample_config = settings.sample_config(placed.model.recommended_sampling)
+    say_settings(settings, sample_config, placed.model.recommended_sampling)
     bars = BatchBars(len(plan.items)) if not args.quiet and state.is_main_process else None
     summary = run(placed, plan, out_dir, args.batch_size, settings.derive_config(), sample_config, args.overwrite,
                   state, bars)
@@ -146,7 +148,7 @@ def place_model(args: argparse.Namespace, placement) -> PlacedModel:
 
 def load_with_loras(model: str | None, loras: Sequence[tuple[LoraFile, float]], vision_tower: str | None = None):
     """Load a model and merge LoRAs into it (each delta computed in fp32, rounded once)."""
-    from .formats import apply_lora, load_model
+    from ..formats import apply_lora, load_model
 
     loaded = load_model(model, vision_tower=vision_tower)
     for lora, strength in loras:
@@ -171,8 +173,21 @@ def is_mini(model) -> bool:
     return "world" in model.info.get("extra", {})
 
 
+def say_settings(settings: EditSettings, config, recommended: dict) -> None:
+    """Which guidance and size the edit uses, and whose they are (set, the model's, or the paper's)."""
+    def source(name: str) -> str:
+        if getattr(settings, name) != 0:
+            return "as set"
+        return "the model's" if name in recommended else "the paper's"
+
+    side = "any size" if config.max_side == NO_LIMIT else f"up to {config.max_side} px"
+    logger.info("%s, %d steps; guidance %g (text) / %g (image), %s; images %s, %s", config.scheduler,
+                config.num_inference_steps, config.guidance_scale, config.image_guidance_scale,
+                source("guidance_scale"), side, source("max_side"))
+
+
 def say_size(placed: PlacedModel, size: tuple[int, int], max_side: int, keep_size: bool) -> None:
-    from .images import vae_size
+    from ..images import vae_size
 
     edited = vae_size(*size, placed.model.vae_scale_factor, max_side)
     if edited != tuple(size):
