@@ -1,4 +1,4 @@
-"""Command line: ``python -m mgie_core edit|convert|merge ...``.
+"""Command line: ``python -m mgie_core edit|convert|merge|assemble ...``.
 
 Errors a user can cause print one line (``error: ...``) and exit with status 2; output files are
 written through a temporary file and renamed, so a failed run never leaves a partial file.
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .assemble.command import add_assemble_command
 from .config import (
     DEFAULT_SEED,
     SAMPLING_PRESETS,
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--lora", action="append", required=True, metavar="FILE[:STRENGTH]",
                        help="a LoRA made by train/finetune.py (repeatable; strength defaults to 1)")
     _add_output_args(merge)
+    add_assemble_command(sub)  # mgie_core/assemble/command.py
     return parser
 
 
@@ -305,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="[mgie] %(message)s")
     try:
+        if hasattr(args, "run"):  # commands declared in their own modules (assemble)
+            return args.run(args)
         return run_edit(args) if args.command == "edit" else run_convert(args)  # merge = convert with LoRAs
     except SettingError as err:
         sys.stderr.write(f"\nerror: {err.named(FLAGS)}\n")
