@@ -1,4 +1,4 @@
-"""Command line: ``python -m mgie_core edit|convert|merge|assemble ...``.
+"""Command line: ``python -m mgie_core edit|convert|merge|assemble|check ...``.
 
 Errors a user can cause print one line (``error: ...``) and exit with status 2; output files are
 written through a temporary file and renamed, so a failed run never leaves a partial file.
@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .assemble.command import add_assemble_command
+from .check import add_check_command
 from .config import (
     DEFAULT_SEED,
     SAMPLING_PRESETS,
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a LoRA made by train/finetune.py (repeatable; strength defaults to 1)")
     _add_output_args(merge)
     add_assemble_command(sub)  # mgie_core/assemble/command.py
+    add_check_command(sub)  # mgie_core/check.py
     return parser
 
 
@@ -307,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="[mgie] %(message)s")
     try:
-        if hasattr(args, "run"):  # commands declared in their own modules (assemble)
+        if hasattr(args, "run"):  # commands declared in their own modules (assemble, check)
             return args.run(args)
         return run_edit(args) if args.command == "edit" else run_convert(args)  # merge = convert with LoRAs
     except SettingError as err:
