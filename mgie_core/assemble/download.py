@@ -20,6 +20,7 @@ from ..errors import CheckpointError, InputError
 from .progress import byte_bar
 
 logger = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # huggingface_hub's client logs every request at INFO
 
 APPLE_TARBALL_URL = "https://docs-assets.developer.apple.com/ml-research/models/mgie/mgie_7b.tar.gz"
 APPLE = "apple"
@@ -43,26 +44,29 @@ def cache_dir() -> Path:
 
 def resolve_pieces(given: dict[str, str | None], download: bool, progress: bool = True) -> dict[str, Path | None]:
     """Local paths for every piece: as given, or fetched (``--download``) when given as a repo id / ``apple``."""
+    mgie = given["mgie"]
+    if mgie == APPLE and not download and not Path(mgie).exists():
+        raise InputError("--mgie apple fetches Apple's tarball: add --download, or give the path of mgie_7b.tar.gz")
+    for piece, flag in {**FLAGS, "mgie": "--mgie"}.items():  # a missing local piece first, before gigabytes download
+        value = given.get(piece)
+        if value is not None and not _fetched(value, piece, download) and not Path(value).expanduser().exists():
+            raise InputError(f"{flag} {value} not found; give the downloaded piece, or a Hugging Face repo id with "
+                             "--download (README, 'Getting the weights')")
     resolved: dict[str, Path | None] = {}
     for piece, flag in FLAGS.items():
         value = given.get(piece)
-        resolved[piece] = None if value is None else _resolve(value, piece, flag, download)
-    mgie = given["mgie"]
-    if mgie == APPLE and not Path(mgie).exists():
-        if not download:
-            raise InputError("--mgie apple fetches Apple's tarball: add --download, or give the path of mgie_7b.tar.gz")
-        resolved["mgie"] = fetch_url(os.environ.get("MGIE_TARBALL_URL") or APPLE_TARBALL_URL,
-                                     cache_dir() / "mgie_7b.tar.gz", progress)
-    else:
-        resolved["mgie"] = Path(mgie)
+        fetch = value is not None and _fetched(value, piece, download)
+        resolved[piece] = fetch_repo(value, piece, flag) if fetch else None if value is None else Path(value).expanduser()
+    url = os.environ.get("MGIE_TARBALL_URL") or APPLE_TARBALL_URL
+    resolved["mgie"] = (fetch_url(url, cache_dir() / "mgie_7b.tar.gz", progress) if _fetched(mgie, "mgie", download)
+                        else Path(mgie).expanduser())
     return resolved
 
 
-def _resolve(value: str, piece: str, flag: str, download: bool) -> Path:
-    path = Path(value).expanduser()
-    if path.exists() or not REPO_ID.fullmatch(value) or not download:
-        return path  # a missing folder is refused, with its flag, by the checks that follow
-    return fetch_repo(value, piece, flag)
+def _fetched(value: str, piece: str, download: bool) -> bool:
+    """Whether a piece is to be downloaded: ``--download`` and a repo id (``apple`` for --mgie), not a local path."""
+    wanted = value == APPLE if piece == "mgie" else bool(REPO_ID.fullmatch(value))
+    return download and wanted and not Path(value).expanduser().exists()
 
 
 def fetch_repo(repo_id: str, piece: str, flag: str) -> Path:

@@ -48,8 +48,10 @@ def encode_header(header: dict, metadata: dict[str, str]) -> bytes:
 
 
 def write_streamed(tensors: dict[str, TensorRef], metadata: dict[str, str], out: Path, progress: bool = True,
-                   block_bytes: int = BLOCK_BYTES) -> Path:
-    """Write ``tensors`` (read block by block) and ``metadata`` as one aligned safetensors file at ``out``."""
+                   block_bytes: int | None = None) -> Path:
+    """Write ``tensors`` (read in blocks of ``block_bytes``, default :data:`BLOCK_BYTES`) and ``metadata`` as one
+    aligned safetensors file at ``out``."""
+    block_bytes = block_bytes or BLOCK_BYTES
     header, order = layout(tensors)
     head = encode_header(header, metadata)
     total = len(head) + sum(ref.nbytes if isinstance(ref, TensorRef) else ref for _, ref in order)
@@ -58,7 +60,7 @@ def write_streamed(tensors: dict[str, TensorRef], metadata: dict[str, str], out:
         handle.write(head)
         bar.update(len(head))
         done = 0
-        for name, ref in order:
+        for _, ref in order:
             if not isinstance(ref, TensorRef):
                 handle.write(bytes(ref))
                 bar.update(ref)
