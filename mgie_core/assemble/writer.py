@@ -20,7 +20,7 @@ from ..formats.aligned import ALIGN, PAD_PREFIX, SAFETENSORS_DTYPES
 from .progress import byte_bar
 from .sources import TensorRef
 
-BLOCK_BYTES = 64 * 2**20  # rows read, added and written together: the memory the tensors take at once
+BLOCK_BYTES = 16 * 2**20  # rows read, added and written together: the memory the tensors take at once
 
 
 def layout(tensors: dict[str, TensorRef]) -> tuple[dict, list[tuple[str, TensorRef | int]]]:
