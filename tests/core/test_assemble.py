@@ -174,3 +174,14 @@ def test_merged_llava_refused_where_a_delta_goes_and_vice_versa(pieces, tmp_path
     assert main(args) == 2
     assert "is not LLaVA" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_benchmarks_synthetic_pieces_assemble(tmp_path):
+    """bench/assemble.py measures on random pieces in the real formats: they must be pieces assemble accepts."""
+    from bench.assemble import PRESETS, build_pieces, command
+
+    pieces = build_pieces(PRESETS["tiny"], tmp_path / "pieces")
+    out = tmp_path / "b.safetensors"
+    assert main(command(pieces, out)) == 0
+    model = load_model(out)
+    assert model.mllm.lm_head.weight.shape[0] == model.tokenizer.vocab_size
