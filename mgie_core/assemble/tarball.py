@@ -9,6 +9,7 @@ when the run fails.
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import tarfile
 import tempfile
@@ -23,6 +24,7 @@ from .progress import byte_bar
 
 MEMBERS = ("mllm.pt", "unet.pt")
 BLOCK = 2**20
+GZIP_MAGIC = b"\x1f\x8b"
 WHAT = "Apple's mgie_7b.tar.gz (mgie_7b/mllm.pt and mgie_7b/unet.pt)"
 
 
@@ -40,7 +42,7 @@ def check_tarball(path: Path) -> None:
     """Refuse, before reading it through, a file that is no (gzip) tar archive."""
     with open(path, "rb") as handle:
         head = handle.read(512)
-    if head[:2] != b"\x1f\x8b" and head[257:262] != b"ustar":
+    if head[:2] != GZIP_MAGIC and head[257:262] != b"ustar":
         raise CheckpointError(f"--mgie {path} is not a tar.gz archive: give {WHAT} as downloaded, or the "
                               "folder it unpacks to")
 
@@ -62,20 +64,24 @@ def mgie_files(path: Path, scratch_parent: Path, progress: bool = True) -> Itera
 
 
 def extract_members(path: Path, scratch: Path, progress: bool) -> dict[str, Path]:
-    """Stream the tarball once; copy ``mllm.pt`` and ``unet.pt`` (wherever they are in it) into ``scratch``."""
+    """Stream the tarball once, to its end (so that a cut anywhere, even in gzip's checksum trailer, is caught);
+    copy ``mllm.pt`` and ``unet.pt`` (wherever they are in it) into ``scratch``."""
     found: dict[str, Path] = {}
     with open(path, "rb") as raw, byte_bar(path.stat().st_size, f"reading {path.name}", progress) as bar:
+        gzipped = raw.read(2) == GZIP_MAGIC
+        raw.seek(0)
         counted = _Counted(raw, bar)
         try:
-            with tarfile.open(fileobj=counted, mode="r|*") as archive:
+            stream = gzip.GzipFile(fileobj=counted, mode="rb") if gzipped else counted
+            with tarfile.open(fileobj=stream, mode="r|") as archive:
                 for member in archive:
                     name = Path(member.name).name
                     if member.isfile() and name in MEMBERS and name not in found:
                         _check_room(scratch, member.size, path)
                         found[name] = _copy(archive.extractfile(member), scratch / name)
-                        if len(found) == len(MEMBERS):
-                            break
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+            while stream.read(BLOCK):  # the rest, through gzip's length and CRC check
+                pass
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as err:
             raise CheckpointError(f"--mgie {path} is truncated or damaged ({err}); download it again (with "
                                   "--download, an interrupted download resumes)") from None
     missing = [name for name in MEMBERS if name not in found]

@@ -108,9 +108,9 @@ def _retensor(folder: Path, key: str, tensor: torch.Tensor) -> None:
     _save_sharded(state, folder)
 
 
-def _truncated(pieces, tmp_path, _):
+def _truncated(pieces, tmp_path, _, keep=0.5):
     data = pieces.mgie.read_bytes()
-    (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "cut.tar.gz").write_bytes(data[: int(len(data) * keep)] if keep < 1 else data[:-4])
     return {"--mgie": tmp_path / "cut.tar.gz"}
 
 
@@ -147,6 +147,7 @@ WRONG = {
     "delta does not fit": (_not_fitting, r"up_proj.weight is \[64, 128\] in the LLaVA delta .* the delta does not fit"),
     "delta is LLaMA": (lambda p, t, r: {"--llava-delta": p.llama}, "is not a LLaVA delta"),
     "truncated tarball": (_truncated, "is truncated or damaged"),
+    "tarball cut in gzip's trailer": (lambda p, t, r: _truncated(p, t, r, keep=1), "is truncated or damaged"),
     "foreign tarball": (_foreign_tarball, "holds no mllm.pt or unet.pt: it is not Apple's mgie_7b.tar.gz"),
     "not a tarball": (lambda p, t, r: {"--mgie": p.llama / "config.json"}, "is not a tar.gz archive"),
     "missing folder": (lambda p, t, r: {"--clip": t / "nowhere"}, "--clip .*nowhere not found"),
