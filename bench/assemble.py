@@ -98,8 +98,8 @@ def llm_shapes(llm: dict, vocab: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def write_llm(folder: Path, shapes: dict, shards: int, scale: float, safetensors: bool, seed: int) -> None:
-    """Random fp16 weights in ``shards`` files + index, one shard in memory at a time."""
+def write_llm(folder: Path, shapes: dict, shards: int, scale: float, safetensors: bool, seed: int, norm: float) -> None:
+    """Random fp16 weights in ``shards`` files + index, one shard in memory at a time; norm weights near ``norm``."""
     generator = torch.Generator().manual_seed(seed)
     names = list(shapes)
     per = math.ceil(len(names) / shards)
@@ -109,8 +109,7 @@ def write_llm(folder: Path, shapes: dict, shards: int, scale: float, safetensors
         file = f"{stem}-{s + 1:05d}-of-{shards:05d}.{ext}"
         state = {}
         for name in names[s * per:(s + 1) * per]:
-            norm = name.endswith("norm.weight")
-            state[name] = (torch.ones(shapes[name]) * (1.0 if norm else 0.0) +
+            state[name] = (torch.ones(shapes[name]) * (norm if name.endswith("norm.weight") else 0.0) +
                            scale * torch.randn(shapes[name], generator=generator)).half()
         save_file(state, folder / file) if safetensors else torch.save(state, folder / file)
         weight_map.update(dict.fromkeys(state, file))
@@ -129,10 +128,10 @@ def build_pieces(preset: dict, work: Path) -> dict[str, Path]:
                                                    "mm_vision_tower": "openai/clip-vit-large-patch14",
                                                    "mm_hidden_size": vision["hidden_size"], "mm_use_im_start_end": True,
                                                    "mm_vision_select_layer": -2, "use_mm_proj": True}))
-    write_llm(llama, llm_shapes(llm, vocab), preset["shards"], 0.02, safetensors=True, seed=1)
+    write_llm(llama, llm_shapes(llm, vocab), preset["shards"], 0.02, safetensors=True, seed=1, norm=1.0)
     delta_shapes = {**llm_shapes(llm, vocab + 3), "model.mm_projector.weight": (llm["hidden_size"], vision["hidden_size"]),
                     "model.mm_projector.bias": (llm["hidden_size"],)}
-    write_llm(delta, delta_shapes, max(1, preset["shards"] // 2), 0.001, safetensors=False, seed=2)
+    write_llm(delta, delta_shapes, max(1, preset["shards"] // 2), 0.001, safetensors=False, seed=2, norm=0.0)
 
     torch.manual_seed(0)
     unet, vae = UNet2DConditionModel(**preset["unet"]), AutoencoderKL(**preset["vae"])
