@@ -9,6 +9,7 @@ copies stay on the hub. ``HF_ENDPOINT`` selects the hub, ``MGIE_TARBALL_URL`` th
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import re
@@ -126,14 +127,16 @@ def fetch_url(url: str, target: Path, progress: bool = True) -> Path:
         if err.code != 416:
             raise CheckpointError(f"downloading {url} failed (HTTP {err.code} {err.reason})") from None
         total = _size(url)  # 416: nothing left after the part; whole if the sizes agree
-    except (urllib.error.URLError, OSError) as err:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         got = part.stat().st_size if part.is_file() else 0
         raise CheckpointError(f"downloading {url} stopped after {got / 1e6:.0f} MB ({err}); run the same command "
                               "again to resume") from None
-    if total >= 0 and part.stat().st_size != total:
-        part.unlink() if part.stat().st_size > total else None
-        raise CheckpointError(f"downloading {url} stopped early ({part.stat().st_size} of {total} bytes); run the "
-                              "same command again to resume")
+    size = part.stat().st_size
+    if total >= 0 and size != total:
+        if size > total:  # not a part of this file: start afresh next time
+            part.unlink()
+        raise CheckpointError(f"downloading {url} stopped early ({size} of {total} bytes); run the same command "
+                              "again to resume")
     os.replace(part, target)
     return target
 

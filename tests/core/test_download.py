@@ -72,6 +72,18 @@ def test_download_resumes_and_gives_the_same_bundle(hub):
     assert "/apple/mgie_7b.tar.gz" not in server.fetched()
 
 
+def test_a_whole_part_file_is_finished_without_fetching_it_again(hub):
+    from mgie_core.assemble.download import fetch_url
+
+    server, pieces, tmp_path = hub
+    part = tmp_path / "cache" / "mgie_7b.tar.gz.part"
+    part.parent.mkdir()
+    part.write_bytes(pieces.mgie.read_bytes())  # the run was killed between the last byte and the rename
+    target = fetch_url(server.url + "/apple/mgie_7b.tar.gz", tmp_path / "cache" / "mgie_7b.tar.gz", progress=False)
+    assert target.read_bytes() == pieces.mgie.read_bytes() and not part.exists()
+    assert server.requests[0] == ("GET", "/apple/mgie_7b.tar.gz", f"bytes={len(pieces.mgie.read_bytes())}-")  # 416
+
+
 def test_nothing_is_downloaded_without_the_flag(hub, capsys):
     server, _, tmp_path = hub
     assert main(download_args(tmp_path / "m.safetensors")) == 2
