@@ -22,7 +22,8 @@ class MGIELoader(io.ComfyNode):
             display_name="Load MGIE",
             category="MGIE",
             description="Loads MGIE from ComfyUI/models/mgie: Apple's folder (LLaVA-7B-v1/, mgie_7b/, "
-                        "instruct-pix2pix/, clip-vit-large-patch14/) or a .safetensors bundle. MODEL and VAE are "
+                        "instruct-pix2pix/, clip-vit-large-patch14/) or a .safetensors bundle ('python -m mgie_core "
+                        "assemble' builds one for MGIE-7B from its downloads). MODEL and VAE are "
                         "MGIE's UNet and VAE for ComfyUI's own samplers and VAE nodes (the same weights, no copy).",
             inputs=[
                 io.Combo.Input("model", options=list_models(),
@@ -53,8 +54,8 @@ class MGIELoader(io.ComfyNode):
     def execute(cls, model: str, precision: str = "auto", memory: str = "auto", lora: str = NO_LORA,
                 lora_strength: float = 1.0, compile: bool = False) -> io.NodeOutput:
         if model == NONE_FOUND:
-            raise InputError("no MGIE model found: put Apple's MGIE folder or a .safetensors bundle in ComfyUI/models/mgie "
-                             "(README, 'Getting the weights')")
+            raise InputError("no MGIE model found in ComfyUI/models/mgie: build MGIE-7B with 'python -m mgie_core assemble' "
+                             "and put the .safetensors it writes there (README, 'Getting the weights')")
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         handle = make_handle(model, precision, memory_key(memory), lora, lora_strength, compile)

@@ -86,8 +86,8 @@ def resolve_model(name: str) -> Path | None:
             return path
     looked = ", ".join(str(p) for p in model_folders()) or "(no mgie folder registered)"
     raise CheckpointError(
-        f"MGIE model {name!r} not found; looked in {looked}. Put Apple's MGIE folder (LLaVA-7B-v1/, mgie_7b/, "
-        "instruct-pix2pix/, clip-vit-large-patch14/) or a converted .safetensors bundle there"
+        f"MGIE model {name!r} not found; looked in {looked}. Put a bundle made by 'python -m mgie_core assemble' "
+        "(or Apple's MGIE folder) there"
     )
 
 

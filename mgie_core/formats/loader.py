@@ -13,8 +13,8 @@ from .bundle import load_bundle
 logger = logging.getLogger(__name__)
 
 WHERE_WEIGHTS_COME_FROM = (
-    "Apple's MGIE-7B is four folders (LLaVA-7B-v1/, mgie_7b/, instruct-pix2pix/, clip-vit-large-patch14/): "
-    "see the README, 'Getting the weights'"
+    "'python -m mgie_core assemble' builds Apple's MGIE-7B from its downloads into one bundle (or give Apple's four "
+    "folders LLaVA-7B-v1/, mgie_7b/, instruct-pix2pix/, clip-vit-large-patch14/): see the README, 'Getting the weights'"
 )
 
 

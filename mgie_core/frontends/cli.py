@@ -1,4 +1,4 @@
-"""Command line: ``python -m mgie_core edit|convert|merge ...``.
+"""Command line: ``python -m mgie_core edit|convert|merge|assemble|check ...``.
 
 The edit's settings are flags made from their one declaration (:class:`mgie_core.config.EditSettings`); where
 the parts live is ``--memory`` and ``--compile``, made into one :class:`mgie_core.runtime.placement.Placement`. Everything
@@ -17,8 +17,10 @@ from dataclasses import fields
 
 from ..config import AUTO, EditSettings
 from ..errors import MGIEError, SettingError
+from ..formats.assemble.command import add_assemble_command
 from ..runtime.devices import DTYPES
 from ..runtime.placement import MEMORY
+from .check import add_check_command
 
 logger = logging.getLogger("mgie_core")
 
@@ -38,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--lora", action="append", required=True, metavar="FILE[:STRENGTH]",
                        help="a LoRA made by train/finetune.py (repeatable; strength defaults to 1)")
     _add_output_args(merge)
+    add_assemble_command(sub)  # mgie_core/formats/assemble/command.py
+    add_check_command(sub)  # mgie_core/frontends/check.py
     return parser
 
 
@@ -141,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="[mgie] %(message)s")
     try:
+        if hasattr(args, "run"):  # commands declared in their own modules (assemble, check)
+            return args.run(args)
         if args.command == "edit":
             from .edit_cli import run_edit_command
 

@@ -96,7 +96,7 @@ def test_loader_errors(comfy):
     nodes = comfy[0]
     with pytest.raises(Exception, match=r"MGIE model 'gone' not found; looked in .*models/mgie"):
         load(nodes, "gone")
-    with pytest.raises(ValueError, match="no MGIE model found"):
+    with pytest.raises(ValueError, match="no MGIE model found .*python -m mgie_core assemble"):
         load(nodes, "(no MGIE model found in models/mgie)")
     with pytest.raises(ValueError, match="precision must be one of"):
         load(nodes, precision="fp8")
