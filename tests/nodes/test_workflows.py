@@ -16,6 +16,12 @@ EXPECTED = {"mgie_basic_edit.json", "mgie_quick_edit.json", "mgie_edit_then_upsc
             "mgie_stock_sampler.json", "mgie_stock_masked.json", "mgie_masked_edit.json", "mgie_multi_step.json"}
 
 
+def test_no_folder_hides_the_templates():
+    """ComfyUI serves a pack's templates from the first of these folders that exists: ours is workflows/."""
+    hiding = [name for name in ("example_workflows", "example", "examples", "workflow") if (harness.ROOT / name).exists()]
+    assert not hiding, f"{hiding} would be served as the Templates instead of workflows/"
+
+
 def test_the_workflows_ship_and_are_current():
     assert EXPECTED <= {p.name for p in WORKFLOWS}
     sys.path.insert(0, str(harness.ROOT / "scripts"))
