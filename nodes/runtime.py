@@ -20,9 +20,12 @@ from torch import nn
 from ..mgie_core import CheckpointError, InputError, MGIEModel, load_model
 from ..mgie_core.compiled import compile_unet
 from ..mgie_core.devices import resolve_dtype
-from ..mgie_core.formats import apply_lora, default_model_path, is_apple_layout
+from ..mgie_core.formats import apply_lora, default_model_path, is_apple_layout, read_lora
+from ..mgie_core.formats.lora import LoraFile
+from ..mgie_core.formats.lora_patch import LoraPatcher
 from ..mgie_core.quant import check_llm_quant, quantize_llm, storage_bytes
 from ..mgie_core.residency import plan_memory
+from . import lora_reuse
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +135,8 @@ class MGIEHandle:
     diffusion: comfy.model_patcher.ModelPatcher
     compile: bool = False
     compiled_unet: nn.Module | None = None
+    loras: LoraPatcher | None = None  # the LoRA on the weights, changed in place (None: merged for good)
+    lora: tuple[LoraFile | None, float] = (None, 0.0)  # the LoRA and strength this handle edits with
 
     @property
     def sampling_unet(self) -> nn.Module:
@@ -146,6 +151,8 @@ class MGIEHandle:
     def use(self, stage: str) -> None:
         """Put the modules of ``stage`` on the GPU; in sequential mode the other big part leaves first."""
         wanted = {"derive": self.mllm, "imagine": self.edit_head, "sample": self.diffusion}[stage]
+        if self.loras is not None:
+            self.loras.set(*self.lora)  # another Load MGIE of the same model may have patched another LoRA
         if self.sequential:
             other = {"derive": self.diffusion, "sample": self.mllm}.get(stage)
             if other is not None:
@@ -165,6 +172,12 @@ def memory_plan(memory: str, model: MGIEModel, dtype: torch.dtype, device: torch
 
 def make_handle(name: str, precision: str, memory: str = "auto", lora: str = NO_LORA,
                 strength: float = 1.0, compile: bool = False) -> MGIEHandle:
+    lora_file = None if lora == NO_LORA else read_lora(resolve_lora(lora))
+    choices = (name, precision, memory, compile)
+    reused = lora_reuse.reuse(choices, lora_file, strength)  # only the LoRA changed: re-patch, no reload
+    if reused is not None:
+        return reused
+    lora_reuse.forget()
     dtype = resolve_precision(precision)
     load, offload = mm.get_torch_device(), mm.unet_offload_device()
     chosen = MEMORY_MODES[memory]
@@ -174,10 +187,14 @@ def make_handle(name: str, precision: str, memory: str = "auto", lora: str = NO_
         raise InputError(f"compile does not go with memory {memory!r}: staged parts move at every edit, compiled "
                          "graphs want them to stay; choose '24 GB (fp16, all on the GPU)' or turn compile off")
     model = load_model(resolve_model(name))
-    if lora != NO_LORA:
-        apply_lora(model, resolve_lora(lora), strength)
+    model.fingerprint()  # of the weights as loaded, before the cast: a LoRA names its base model by it
     model = model.to("cpu", dtype).eval()
     llm_quant, staged = memory_plan(memory, model, dtype, load)
+    loras = LoraPatcher(model) if llm_quant == "none" else None  # a quantized LLM cannot be un-patched
+    if loras is not None:
+        loras.set(lora_file, strength)
+    elif lora_file is not None:
+        apply_lora(model, lora_file, strength)
     quantize_llm(model.mllm.llm, llm_quant, load)  # layer by layer on the GPU; the weights stay on the CPU
     logger.info("MGIE memory: %s LLM, %s", llm_quant if llm_quant != "none" else "unquantized",
                 "staged" if staged else "all parts resident")
@@ -189,9 +206,11 @@ def make_handle(name: str, precision: str, memory: str = "auto", lora: str = NO_
 
     if compile and staged:
         logger.info("compile is off: this GPU needs the staged memory mode")
-    return MGIEHandle(model=model, name=name, dtype=dtype, sequential=staged, llm_quant=llm_quant,
-                      mllm=patcher(mllm=model.mllm), edit_head=patcher(edit_head=model.edit_head),
-                      diffusion=patcher(unet=model.unet, vae=model.vae), compile=compile and not staged)
+    handle = MGIEHandle(model=model, name=name, dtype=dtype, sequential=staged, llm_quant=llm_quant,
+                        mllm=patcher(mllm=model.mllm), edit_head=patcher(edit_head=model.edit_head),
+                        diffusion=patcher(unet=model.unet, vae=model.vae), compile=compile and not staged,
+                        loras=loras, lora=(lora_file, strength))
+    return lora_reuse.keep(choices, handle)
 
 
 def unload(patcher: comfy.model_patcher.ModelPatcher) -> None:
