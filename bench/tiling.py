@@ -4,7 +4,7 @@
     python -m bench.tiling --random-sd --device cuda --dtype fp16 --size 2048   # memory only (random weights)
     python -m bench.tiling --size 256                                            # mgie-mini's VAE on the CPU
 
-The picture is examples/scene.png (or --image) resized to --size. A seam would show as a row or column of pixels
+The picture is images/scene.png (or --image) resized to --size. A seam would show as a row or column of pixels
 that differs more than the rest, so beside the mean and maximum difference the table gives the worst row or column
 mean against the median one. The tiles are diffusers' (the VAE's ``sample_size``, overlapping by a quarter, blended),
 as the sampler uses them (``vae_tiling``).
@@ -29,7 +29,7 @@ from mgie_core.stages.sample import vae_tiles
 from . import publish
 from .memory import Peaks
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "scene.png"
+EXAMPLE = Path(__file__).resolve().parents[1] / "images" / "scene.png"
 
 
 def roundtrip(vae, image: torch.Tensor, tiled: bool, peaks: Peaks) -> tuple[torch.Tensor, float, tuple[int, int]]:

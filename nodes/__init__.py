@@ -6,12 +6,14 @@ from comfy_api.latest import ComfyExtension, io
 
 from .derive import MGIEDeriveInstruction
 from .edit import MGIEEdit
+from .errors import titled_errors
 from .imagine import MGIEVisualImagination
 from .loader import MGIELoader
 from .runtime import register_model_folder
 from .sampler import MGIESampler
 
-NODES: list[type[io.ComfyNode]] = [MGIELoader, MGIEDeriveInstruction, MGIEVisualImagination, MGIESampler, MGIEEdit]
+NODES: list[type[io.ComfyNode]] = [titled_errors(node) for node in (
+    MGIELoader, MGIEDeriveInstruction, MGIEVisualImagination, MGIESampler, MGIEEdit)]
 
 register_model_folder()
 

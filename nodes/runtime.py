@@ -18,10 +18,13 @@ import torch
 from torch import nn
 
 from ..mgie_core import CheckpointError, MGIEModel, load_model
-from ..mgie_core.formats import apply_lora, default_model_path, is_apple_layout
+from ..mgie_core.formats import apply_lora, default_model_path, is_apple_layout, read_lora
+from ..mgie_core.formats.lora import LoraFile
+from ..mgie_core.formats.lora_patch import LoraPatcher
 from ..mgie_core.runtime.compiled import compile_unet
 from ..mgie_core.runtime.placement import MEMORY, PendingPlacement, Placement
 from ..mgie_core.runtime.quant import quantize_llm, storage_bytes
+from . import lora_reuse
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +120,8 @@ class MGIEHandle:
     edit_head: comfy.model_patcher.ModelPatcher
     diffusion: comfy.model_patcher.ModelPatcher
     compiled_unet: nn.Module | None = None
+    loras: LoraPatcher | None = None  # the LoRA on the weights, changed in place (None: merged for good)
+    lora: tuple[LoraFile | None, float] = (None, 0.0)  # the LoRA and strength this handle edits with
 
     @property
     def compiled(self) -> bool:
@@ -135,6 +140,8 @@ class MGIEHandle:
     def place(self, stage: str) -> None:
         """Put the modules of ``stage`` on the GPU; staged, the other big part leaves first."""
         wanted = {"derive": self.mllm, "imagine": self.edit_head, "sample": self.diffusion}[stage]
+        if self.loras is not None:
+            self.loras.set(*self.lora)  # another Load MGIE of the same model may have patched another LoRA
         if self.placement.staged:
             other = {"derive": self.diffusion, "sample": self.mllm}.get(stage)
             if other is not None:
@@ -151,14 +158,24 @@ def placement_for(precision: str, memory: str, compile: bool) -> Placement | Pen
 
 def make_handle(name: str, precision: str, memory: str = "auto", lora: str = NO_LORA,
                 strength: float = 1.0, compile: bool = False) -> MGIEHandle:
-    placement = placement_for(precision, memory, compile)
+    placement = placement_for(precision, memory, compile)  # checked before anything loads
+    lora_file = None if lora == NO_LORA else read_lora(resolve_lora(lora))
+    choices = (name, precision, memory, compile)
+    reused = lora_reuse.reuse(choices, lora_file, strength)  # only the LoRA changed: re-patch, no reload
+    if reused is not None:
+        return reused
+    lora_reuse.forget()
     load, offload = mm.get_torch_device(), mm.unet_offload_device()
     model = load_model(resolve_model(name))
-    if lora != NO_LORA:
-        apply_lora(model, resolve_lora(lora), strength)
+    model.fingerprint()  # of the weights as loaded, before the cast: a LoRA names its base model by it
     model = model.to("cpu", placement.dtype).eval()
     if isinstance(placement, PendingPlacement):
         placement = placement.resolve(model, mm.get_total_memory(load))
+    loras = LoraPatcher(model) if placement.llm_quant == "none" else None  # a quantized LLM cannot be un-patched
+    if loras is not None:
+        loras.set(lora_file, strength)
+    elif lora_file is not None:
+        apply_lora(model, lora_file, strength)
     quantize_llm(model.mllm.llm, placement.llm_quant, load)  # layer by layer on the GPU; the weights stay on the CPU
     logger.info("MGIE placement: %s", placement.describe())
 
@@ -167,8 +184,10 @@ def make_handle(name: str, precision: str, memory: str = "auto", lora: str = NO_
         return comfy.model_patcher.ModelPatcher(resident, load_device=load, offload_device=offload,
                                                 size=storage_bytes(resident))
 
-    return MGIEHandle(model=model, name=name, placement=placement, mllm=patcher(mllm=model.mllm),
-                      edit_head=patcher(edit_head=model.edit_head), diffusion=patcher(unet=model.unet, vae=model.vae))
+    handle = MGIEHandle(model=model, name=name, placement=placement, mllm=patcher(mllm=model.mllm),
+                        edit_head=patcher(edit_head=model.edit_head), diffusion=patcher(unet=model.unet, vae=model.vae),
+                        loras=loras, lora=(lora_file, strength))
+    return lora_reuse.keep(choices, handle)
 
 
 def unload(patcher: comfy.model_patcher.ModelPatcher) -> None:

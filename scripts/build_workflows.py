@@ -2,9 +2,15 @@
 
     python scripts/build_workflows.py          # rewrites workflows/*.json
 
-Widget values are listed in the order ComfyUI lays the widgets out (required inputs as declared,
-then optional ones; a seed is followed by its control_after_generate value). tests/nodes/test_workflows.py
-checks every file against the node schemas, so a node change that breaks a workflow fails CI.
+ComfyUI lists them under Templates > Extensions, titled by their file names. Widget values are listed in
+the order ComfyUI lays the widgets out (required inputs as declared, then optional ones; a seed is followed
+by its control_after_generate value). tests/nodes/test_workflows.py checks every file against the node
+schemas, so a node change that breaks a workflow fails CI, and checks that no two nodes overlap.
+
+Layouts: each size is at least what ComfyUI 0.19.3's frontend gives the node (MIN_SIZES in the test), and the
+MGIE nodes that show their text on the node get room for a few lines of it; a node sits at least GAP below the
+one above it, whose title bar (TITLE) is drawn above its position. The thumbnails beside the files are
+screenshots of each graph after a run (scripts/browser_check.py --thumbnails).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ LOADER = [MODEL, "auto", "auto", "none", 1.0, False]  # model, precision, memory
 # recommends (mgie-mini: 2 / 1.5 and 64 px; MGIE-7B: the paper's 7.5 / 1.5 and 1024 px)
 SAMPLING = [13331, "fixed", 100, 0, 0, "euler_ancestral", 0]
 
+TITLE, GAP = 30, 40  # the frontend's title bar height; the free space kept between a node and the one below
 # node type -> (socket inputs [(name, type, optional)], outputs [(name, type)], size)
 NODE_IO = {
     "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")], (320, 330)),
@@ -27,31 +34,31 @@ NODE_IO = {
     "PreviewImage": ([("images", "IMAGE", False)], [], (320, 300)),
     "PreviewAny": ([("source", "*", False)], [], (320, 160)),
     "ImageScaleBy": ([("image", "IMAGE", False)], [("IMAGE", "IMAGE")], (300, 90)),
-    "MGIELoader": ([], [("mgie_model", "MGIE_MODEL"), ("MODEL", "MODEL"), ("VAE", "VAE")], (320, 150)),
-    "Note": ([], [], (400, 200)),
+    "MGIELoader": ([], [("mgie_model", "MGIE_MODEL"), ("MODEL", "MODEL"), ("VAE", "VAE")], (320, 220)),
+    "Note": ([], [], (400, 220)),
     "InstructPixToPixConditioning": ([("positive", "CONDITIONING", False), ("negative", "CONDITIONING", False),
                                       ("vae", "VAE", False), ("pixels", "IMAGE", False)],
                                      [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")],
                                      (300, 100)),
     "DualCFGGuider": ([("model", "MODEL", False), ("cond1", "CONDITIONING", False), ("cond2", "CONDITIONING", False),
-                       ("negative", "CONDITIONING", False)], [("GUIDER", "GUIDER")], (300, 150)),
+                       ("negative", "CONDITIONING", False)], [("GUIDER", "GUIDER")], (300, 170)),
     "RandomNoise": ([], [("NOISE", "NOISE")], (300, 90)),
     "KSamplerSelect": ([], [("SAMPLER", "SAMPLER")], (300, 60)),
     "BasicScheduler": ([("model", "MODEL", False)], [("SIGMAS", "SIGMAS")], (300, 110)),
     "SamplerCustomAdvanced": ([("noise", "NOISE", False), ("guider", "GUIDER", False), ("sampler", "SAMPLER", False),
                                ("sigmas", "SIGMAS", False), ("latent_image", "LATENT", False)],
-                              [("output", "LATENT"), ("denoised_output", "LATENT")], (300, 130)),
+                              [("output", "LATENT"), ("denoised_output", "LATENT")], (300, 110)),
     "SetLatentNoiseMask": ([("samples", "LATENT", False), ("mask", "MASK", False)], [("LATENT", "LATENT")], (260, 50)),
     "VAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False)], [("IMAGE", "IMAGE")], (220, 50)),
     "MGIEDeriveInstruction": ([("mgie_model", "MGIE_MODEL", False), ("image", "IMAGE", False)],
-                              [("derivation", "MGIE_DERIVATION"), ("expressive_instruction", "STRING")], (360, 260)),
+                              [("derivation", "MGIE_DERIVATION"), ("expressive_instruction", "STRING")], (360, 300)),
     "MGIEVisualImagination": ([("derivation", "MGIE_DERIVATION", False)],
-                              [("positive", "CONDITIONING"), ("negative", "CONDITIONING")], (280, 60)),
+                              [("positive", "CONDITIONING"), ("negative", "CONDITIONING")], (280, 50)),
     "MGIESampler": ([("mgie_model", "MGIE_MODEL", False), ("image", "IMAGE", False),
                      ("positive", "CONDITIONING", False), ("negative", "CONDITIONING", False), ("mask", "MASK", True)],
-                    [("image", "IMAGE"), ("latent", "LATENT")], (330, 260)),
+                    [("image", "IMAGE"), ("latent", "LATENT")], (330, 400)),
     "MGIEEdit": ([("mgie_model", "MGIE_MODEL", False), ("image", "IMAGE", False), ("mask", "MASK", True)],
-                 [("image", "IMAGE"), ("expressive_instruction", "STRING")], (360, 440)),
+                 [("image", "IMAGE"), ("expressive_instruction", "STRING")], (360, 500)),
 }
 
 
@@ -98,11 +105,11 @@ class Graph:
 def basic_edit() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
-    model = g.add("MGIELoader", (0, 380), LOADER)
+    model = g.add("MGIELoader", (0, 400), LOADER)
     derive = g.add("MGIEDeriveInstruction", (380, 0), ["make the biggest shape red", 96, ""])
-    imagine = g.add("MGIEVisualImagination", (380, 320))
+    imagine = g.add("MGIEVisualImagination", (380, 370))
     sampler = g.add("MGIESampler", (780, 0), [*SAMPLING, "as set"])
-    text = g.add("PreviewAny", (780, 320), title="Expressive instruction")
+    text = g.add("PreviewAny", (380, 490), title="Expressive instruction")
     save = g.add("SaveImage", (1150, 0), ["mgie/edit"])
     g.link(model, 0, derive, "mgie_model")
     g.link(image, 0, derive, "image")
@@ -119,9 +126,9 @@ def basic_edit() -> Graph:
 def quick_edit() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
-    model = g.add("MGIELoader", (0, 380), LOADER)
+    model = g.add("MGIELoader", (0, 400), LOADER)
     edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, "", "as set"])
-    text = g.add("PreviewAny", (380, 460), title="Expressive instruction")
+    text = g.add("PreviewAny", (380, 570), title="Expressive instruction")
     save = g.add("SaveImage", (780, 0), ["mgie/quick"])
     g.link(model, 0, edit, "mgie_model")
     g.link(image, 0, edit, "image")
@@ -133,10 +140,10 @@ def quick_edit() -> Graph:
 def edit_then_upscale() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
-    model = g.add("MGIELoader", (0, 380), LOADER)
+    model = g.add("MGIELoader", (0, 400), LOADER)
     edit = g.add("MGIEEdit", (380, 0), ["make it look like sunset", *SAMPLING, "", "as set"])
     upscale = g.add("ImageScaleBy", (780, 0), ["lanczos", 2.0], title="Upscale x2")
-    text = g.add("PreviewAny", (380, 460), title="Expressive instruction")
+    text = g.add("PreviewAny", (380, 570), title="Expressive instruction")
     save = g.add("SaveImage", (1120, 0), ["mgie/upscaled"])
     g.link(model, 0, edit, "mgie_model")
     g.link(image, 0, edit, "image")
@@ -149,12 +156,12 @@ def edit_then_upscale() -> Graph:
 def multi_turn() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
-    model = g.add("MGIELoader", (0, 380), LOADER)
+    model = g.add("MGIELoader", (0, 400), LOADER)
     first = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, "", "as set"], title="Turn 1")
     second = g.add("MGIEEdit", (780, 0), ["make it night", *SAMPLING, "", "as set"], title="Turn 2")
-    preview = g.add("PreviewImage", (780, 460), title="After turn 1")
-    text1 = g.add("PreviewAny", (380, 460), title="Turn 1: expressive instruction")
-    text2 = g.add("PreviewAny", (1180, 460), title="Turn 2: expressive instruction")
+    preview = g.add("PreviewImage", (780, 570), title="After turn 1")
+    text1 = g.add("PreviewAny", (380, 570), title="Turn 1: expressive instruction")
+    text2 = g.add("PreviewAny", (1180, 410), title="Turn 2: expressive instruction")
     save = g.add("SaveImage", (1180, 0), ["mgie/two_turns"])
     g.link(model, 0, first, "mgie_model")
     g.link(image, 0, first, "image")
@@ -183,18 +190,18 @@ def stock_sampler(masked: bool = False) -> Graph:
     """MGIE's conditioning on ComfyUI's stock samplers; ``masked``: through Set Latent Noise Mask."""
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene-masked.png" if masked else "scene.png", "image"])
-    model = g.add("MGIELoader", (0, 380), LOADER)
+    model = g.add("MGIELoader", (0, 400), LOADER)
     derive = g.add("MGIEDeriveInstruction", (380, 0), ["make the biggest shape red", 96, ""])
-    imagine = g.add("MGIEVisualImagination", (380, 320))
-    ip2p = g.add("InstructPixToPixConditioning", (720, 0))
-    guider = g.add("DualCFGGuider", (720, 160), GUIDANCE)
-    noise = g.add("RandomNoise", (720, 360), [13331, "fixed"])
-    sampler = g.add("KSamplerSelect", (720, 490), ["euler"])
-    sigmas = g.add("BasicScheduler", (720, 590), ["normal", 100, 1.0])
-    run = g.add("SamplerCustomAdvanced", (1060, 0))
-    decode = g.add("VAEDecode", (1060, 180))
-    save = g.add("SaveImage", (1400, 0), ["mgie/stock_masked" if masked else "mgie/stock"])
-    g.add("Note", (1060, 380), [STOCK_NOTE], title="How MGIE plugs into stock sampling")
+    imagine = g.add("MGIEVisualImagination", (380, 370))
+    ip2p = g.add("InstructPixToPixConditioning", (780, 0))
+    guider = g.add("DualCFGGuider", (780, 170), GUIDANCE)
+    noise = g.add("RandomNoise", (780, 410), [13331, "fixed"])
+    sampler = g.add("KSamplerSelect", (780, 570), ["euler"])
+    sigmas = g.add("BasicScheduler", (780, 700), ["normal", 100, 1.0])
+    run = g.add("SamplerCustomAdvanced", (1120, 0))
+    decode = g.add("VAEDecode", (1120, 180))
+    save = g.add("SaveImage", (1460, 0), ["mgie/stock_masked" if masked else "mgie/stock"])
+    g.add("Note", (1120, 410), [STOCK_NOTE], title="How MGIE plugs into stock sampling")
     g.link(model, 0, derive, "mgie_model")
     g.link(image, 0, derive, "image")
     g.link(derive, 0, imagine, "derivation")
@@ -212,7 +219,7 @@ def stock_sampler(masked: bool = False) -> Graph:
     g.link(sampler, 0, run, "sampler")
     g.link(sigmas, 0, run, "sigmas")
     if masked:
-        noise_mask = g.add("SetLatentNoiseMask", (380, 480))
+        noise_mask = g.add("SetLatentNoiseMask", (380, 490))
         g.link(ip2p, 2, noise_mask, "samples")
         g.link(image, 1, noise_mask, "mask")
         g.link(noise_mask, 0, run, "latent_image")
@@ -227,11 +234,11 @@ def stock_sampler(masked: bool = False) -> Graph:
 def masked_edit() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene-masked.png", "image"])
-    model = g.add("MGIELoader", (0, 380), LOADER)
+    model = g.add("MGIELoader", (0, 400), LOADER)
     edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, "", "as set"])
-    text = g.add("PreviewAny", (380, 480), title="Expressive instruction")
+    text = g.add("PreviewAny", (380, 570), title="Expressive instruction")
     save = g.add("SaveImage", (780, 0), ["mgie/masked"])
-    g.add("Note", (780, 380), ["Paint where to edit in Load Image's mask editor (right click > Open in MaskEditor). "
+    g.add("Note", (780, 410), ["Paint where to edit in Load Image's mask editor (right click > Open in MaskEditor). "
                                "Outside the mask the pixels stay the input's. An empty mask returns the image "
                                "unchanged and says so on the node."], title="Masked edit")
     g.link(model, 0, edit, "mgie_model")
@@ -245,10 +252,10 @@ def masked_edit() -> Graph:
 def multi_step() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
-    model = g.add("MGIELoader", (0, 380), LOADER)
+    model = g.add("MGIELoader", (0, 400), LOADER)
     edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red\nmake it night", *SAMPLING, "", "as set"],
                  title="MGIE Edit: one instruction per line")
-    text = g.add("PreviewAny", (380, 480), title="Expressive instruction of every step")
+    text = g.add("PreviewAny", (380, 570), title="Expressive instruction of every step")
     save = g.add("SaveImage", (780, 0), ["mgie/multi_step"])
     g.link(model, 0, edit, "mgie_model")
     g.link(image, 0, edit, "image")
@@ -257,15 +264,16 @@ def multi_step() -> Graph:
     return g
 
 
+# file name (the title the Templates browser shows) -> graph
 WORKFLOWS = {
-    "mgie_basic_edit.json": basic_edit,
-    "mgie_quick_edit.json": quick_edit,
-    "mgie_edit_then_upscale.json": edit_then_upscale,
-    "mgie_multi_turn.json": multi_turn,
-    "mgie_stock_sampler.json": stock_sampler,
-    "mgie_stock_masked.json": lambda: stock_sampler(masked=True),
-    "mgie_masked_edit.json": masked_edit,
-    "mgie_multi_step.json": multi_step,
+    "MGIE quick edit.json": quick_edit,
+    "MGIE edit in stages.json": basic_edit,
+    "MGIE multi-step edit.json": multi_step,
+    "MGIE two turns.json": multi_turn,
+    "MGIE masked edit.json": masked_edit,
+    "MGIE edit then upscale.json": edit_then_upscale,
+    "MGIE on ComfyUI samplers.json": stock_sampler,
+    "MGIE on ComfyUI samplers with a mask.json": lambda: stock_sampler(masked=True),
 }
 
 

@@ -3,7 +3,7 @@ each shipped workflow's graph.
 
     python scripts/make_readme_images.py          # rewrites docs/before-after.png, docs/icon.png, docs/workflows/*.png
 
-The edit is the README's first command (examples/scene.png, "make the biggest shape red", seed 13331, the
+The edit is the README's first command (images/scene.png, "make the biggest shape red", seed 13331, the
 model's recommended settings); the thumbnails are drawn from workflows/*.json as ComfyUI lays them out.
 """
 
@@ -40,7 +40,7 @@ def before_after(out: Path) -> tuple[Image.Image, Image.Image]:
     from mgie_core import MGIEPipeline
     from mgie_core.images import load_image
 
-    image = load_image(ROOT / "examples" / "scene.png")
+    image = load_image(ROOT / "images" / "scene.png")
     result = MGIEPipeline.from_pretrained(None)(image, INSTRUCTION, seed=13331)
     side, pad, text_h = 256, 16, 84
     canvas = Image.new("RGB", (2 * side + 3 * pad, side + text_h + 2 * pad), "white")

@@ -1,7 +1,7 @@
 """MGIE Sampler against ComfyUI's stock path (DualCFGGuider + SamplerCustomAdvanced) in a real ComfyUI.
 
     python scripts/stock_parity.py prompt --model tiny --sampler euler --scheduler normal --steps 100 > p.json
-    python3 ../shared/tools/comfy/run_workflow.py --project . --workflow p.json --input-image examples/scene.png \
+    python3 ../shared/tools/comfy/run_workflow.py --project . --workflow p.json --input-image images/scene.png \
         --extra-model-paths extra_model_paths.yaml --expect-images 2 > run.json
     python scripts/stock_parity.py compare run.json       # max and mean difference, in 1/255
 

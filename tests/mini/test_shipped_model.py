@@ -105,7 +105,7 @@ def test_the_decoder_keeps_a_global_edits_tint():
 
 def test_the_readmes_first_command_edits_at_the_models_settings_and_says_what_it_can_edit(tmp_path):
     out = tmp_path / "edited.png"
-    done = subprocess.run([sys.executable, "-m", "mgie_core", "edit", "--image", "examples/scene.png", "--instruction",
+    done = subprocess.run([sys.executable, "-m", "mgie_core", "edit", "--image", "images/scene.png", "--instruction",
                            "make the biggest shape red", "--out", str(out), "--steps", "20"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

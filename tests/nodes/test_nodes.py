@@ -6,6 +6,7 @@ matched here through the base class it shares with every input error, ValueError
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -49,6 +50,27 @@ def test_pack_imports_without_comfyui(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+
+
+QUIET_START = """
+import asyncio, importlib.util, logging, os, sys
+logging.basicConfig(level=logging.INFO)  # as ComfyUI starts: every INFO record and above is printed
+sys.path.insert(0, {stub!r}); os.environ["COMFY_STUB_BASE"] = {base!r}
+spec = importlib.util.spec_from_file_location("ComfyUI-MGIE", {init!r})
+module = importlib.util.module_from_spec(spec); sys.modules["ComfyUI-MGIE"] = module; spec.loader.exec_module(module)
+nodes = asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
+print(len([node.define_schema() for node in nodes]), "torchao" in sys.modules)
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao is not installed")
+def test_comfyui_starts_the_pack_without_a_line_from_optional_parts(tmp_path):
+    """diffusers imports torchao whenever it is installed; ComfyUI printed its 'Detected no triton' at start."""
+    code = QUIET_START.format(stub=str(harness.STUB), base=str(tmp_path), init=str(harness.ROOT / "__init__.py"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["5", "True"]  # the nodes are listed, and torchao was imported on the way
+    assert done.stderr == ""
 
 
 def test_schemas(comfy):

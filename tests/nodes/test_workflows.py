@@ -12,8 +12,28 @@ from conftest import make_image
 from PIL import Image
 
 WORKFLOWS = sorted((harness.ROOT / "workflows").glob("*.json"))
-EXPECTED = {"mgie_basic_edit.json", "mgie_quick_edit.json", "mgie_edit_then_upscale.json", "mgie_multi_turn.json",
-            "mgie_stock_sampler.json", "mgie_stock_masked.json", "mgie_masked_edit.json", "mgie_multi_step.json"}
+EXPECTED = {"MGIE quick edit.json", "MGIE edit in stages.json", "MGIE multi-step edit.json", "MGIE two turns.json",
+            "MGIE masked edit.json", "MGIE edit then upscale.json", "MGIE on ComfyUI samplers.json",
+            "MGIE on ComfyUI samplers with a mask.json"}
+# The least size (width, height below the title) ComfyUI 0.19.3's frontend (1.42.15) gives each node, measured
+# with node.computeSize() in Chromium (scripts/browser_check.py prints them): a smaller size in a workflow grows
+# when it opens, and could grow over its neighbour. The MGIE nodes' minimum includes a two-line text box.
+MIN_SIZES = {
+    "LoadImage": (223, 326), "MGIELoader": (210, 218), "MGIEDeriveInstruction": (240, 246),
+    "MGIEVisualImagination": (160, 46), "MGIESampler": (232, 366), "MGIEEdit": (264, 434), "PreviewAny": (276, 112),
+    "SaveImage": (210, 58), "ImageScaleBy": (210, 82), "PreviewImage": (140, 26),
+    "InstructPixToPixConditioning": (229, 86), "DualCFGGuider": (218, 166), "RandomNoise": (210, 82),
+    "KSamplerSelect": (210, 58), "BasicScheduler": (210, 106), "SamplerCustomAdvanced": (212, 106),
+    "VAEDecode": (140, 46), "Note": (281, 88), "SetLatentNoiseMask": (188, 46),
+}
+TEXT_NODES = {"MGIEDeriveInstruction", "MGIESampler", "MGIEEdit"}  # they show their text on the node after a run
+TEXT_ROOM = 30  # px beyond the minimum for those: two more lines of text without growing
+
+
+def test_no_folder_hides_the_templates():
+    """ComfyUI serves a pack's templates from the first of these folders that exists: ours is workflows/."""
+    hiding = [name for name in ("example_workflows", "example", "examples", "workflow") if (harness.ROOT / name).exists()]
+    assert not hiding, f"{hiding} would be served as the Templates instead of workflows/"
 
 
 def test_the_workflows_ship_and_are_current():
@@ -26,6 +46,23 @@ def test_the_workflows_ship_and_are_current():
     for name, build in build_workflows.WORKFLOWS.items():
         on_disk = json.loads((harness.ROOT / "workflows" / name).read_text())
         assert on_disk == json.loads(json.dumps(build().to_json())), f"{name} is stale: run scripts/build_workflows.py"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_no_two_nodes_overlap_in_the_frontend(path: Path):
+    """Every node as large as the frontend makes it, its title bar above it: no two boxes meet, so neither the
+    nodes nor the text the MGIE nodes grow to show after a run cover a neighbour."""
+    nodes = json.loads(path.read_text())["nodes"]
+    for node in nodes:
+        least = MIN_SIZES[node["type"]]
+        extra = TEXT_ROOM if node["type"] in TEXT_NODES else 0
+        assert node["size"][0] >= least[0] and node["size"][1] >= least[1] + extra, (node["type"], node["size"])
+    boxes = [(n["title"] if "title" in n else n["type"], n["pos"][0], n["pos"][1] - 30,
+              n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]) for n in nodes]
+    for i, (a, ax0, ay0, ax1, ay1) in enumerate(boxes):
+        for b, bx0, by0, bx1, by1 in boxes[i + 1:]:
+            apart = ax1 + 20 <= bx0 or bx1 + 20 <= ax0 or ay1 + 20 <= by0 or by1 + 20 <= ay0
+            assert apart, f"{a} and {b} overlap or touch"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
