@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from ..errors import CheckpointError, InputError
 from ..model import MGIEModel
+from ..quant import add_to_quantized, is_quantized, quantization_of
 from .aligned import save_aligned, strip_padding
 
 logger = logging.getLogger(__name__)
@@ -122,13 +123,17 @@ def _merge_adapters(model: MGIEModel, lora: LoraFile, strength: float) -> int:
         module_name = key[len(prefix): -len(".lora_A.weight")]
         up = lora.tensors.get(f"{prefix}{module_name}.lora_B.weight")
         try:
-            weight = roots[prefix].get_submodule(module_name).weight
+            layer = roots[prefix].get_submodule(module_name)
+            weight = layer.weight
         except AttributeError:
             raise CheckpointError(f"{lora.path}: no layer {prefix}{module_name} in this model") from None
         if up is None:
             raise CheckpointError(f"{lora.path}: {key} has no matching lora_B")
         delta = lora_delta(down, up, weight.shape) * (strength * lora.scale)
-        weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
+        if is_quantized(layer):  # an LLM already quantized for a small GPU: merged and quantized again
+            add_to_quantized(layer, delta, quantization_of(model.mllm.llm))
+        else:
+            weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
         merged += 1
     return merged
 
