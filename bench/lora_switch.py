@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from mgie_core.devices import DTYPES
+from mgie_core.runtime.devices import DTYPES
 
 from mgie_core.formats import load_model, read_lora, save_lora
 from mgie_core.formats.lora_patch import LoraPatcher

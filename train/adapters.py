@@ -1,9 +1,12 @@
 """What fine-tuning trains: peft LoRA on the UNet and the LLM's attention, the edit head, the [IMG] rows.
 
-The base weights stay frozen. ``export_lora`` writes the adapters in the layout mgie_core.formats.lora reads.
+The base weights stay frozen (the LLM's possibly quantized: train/quantized.py). ``export_lora`` writes the
+adapters in the layout mgie_core.formats.lora reads.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
@@ -32,7 +35,11 @@ class Trainable(nn.Module):
         inject_adapter_in_model(self.unet_lora, model.unet)
         self.llm_lora = _lora(config, LLM_ATTENTION) if config.lora_llm else None
         if self.llm_lora is not None:
-            inject_adapter_in_model(self.llm_lora, model.mllm.llm)
+            with warnings.catch_warnings():
+                # on a quantized LLM, peft's torchao LoRA layers warn that they cannot merge() in place: training
+                # never does (the LoRA file is merged into the unquantized weights when a model loads it)
+                warnings.filterwarnings("ignore", message=".*without `get_apply_tensor_subclass`")
+                inject_adapter_in_model(self.llm_lora, model.mllm.llm)
         model.edit_head.float().requires_grad_(True)  # the whole edit head, its [IMG] embeddings ``emb`` included
         self.edit_head = model.edit_head
         self.rows = VisualRows(model)

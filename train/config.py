@@ -20,6 +20,10 @@ from mgie_core.errors import InputError
 from mgie_core.model.mgie import MGIEModel
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+LLM_QUANTS = ("none", "int8", "int4")
+OPTIMIZERS = ("adamw", "adamw8bit")
+MEMORY = ("auto", "24", "16", "12", "8")
+FROM_PLAN = ("llm_quant", "gradient_checkpointing", "optimizer", "cache_latents", "mixed_precision")
 # MGIE-7B's reference sizes, for a model that recommends no working size of its own
 REFERENCE = {"resolution": 256, "clip_resolution": 512, "gradient_accumulation": 4}
 FROM_MODEL = tuple(REFERENCE)
@@ -57,8 +61,22 @@ class TrainConfig:
     condition_dropout: float = option(0.05, "p of dropping both conditions (the reference: 2p drop the text, 2p the "
                                             "image, p both)")
     seed: int = option(0, "seed of the adapters' initialisation, the data order and the noise")
-    mixed_precision: str = option("no", "no, fp16 (GPU only) or bf16: the frozen base's precision and autocast")
-    gradient_checkpointing: bool = option(True, "recompute activations in the backward pass (less memory, slower)")
+    memory: str = option("auto", "auto, 24, 16, 12 or 8: the GB of the card to fit; the memory plan it picks "
+                                 "from the model's shapes fills the five settings below that are not given, and is "
+                                 "printed at the start (auto: the GPU's own memory; on a CPU, the fastest settings)")
+    mixed_precision: str | None = option(None, "no, fp16 (GPU only) or bf16: the frozen base's precision and "
+                                               "autocast (default: the memory plan's: bf16, or fp16 where the GPU "
+                                               "lacks bf16; no on a CPU)")
+    llm_quant: str | None = option(None, "none, int8 or int4 (CUDA only): the frozen LLM's linear layers quantized "
+                                         "with torchao, as the edit command's --llm-quant; the adapters and the [IMG] "
+                                         "rows still train in full precision, QLoRA-style (default: the memory plan's)")
+    gradient_checkpointing: bool | None = option(None, "recompute the LLM's and the UNet's activations in the "
+                                                       "backward pass: less memory, slower steps (default: the "
+                                                       "memory plan's)")
+    optimizer: str | None = option(None, "adamw, or adamw8bit: AdamW with its two moments kept in 8 bits "
+                                         "(torchao), a quarter of the optimizer's memory (default: the memory plan's)")
+    cache_latents: bool | None = option(None, "encode every input and target with the VAE once, before the first "
+                                              "step, then keep the VAE off the GPU (default: the memory plan's)")
     save_every: int = option(100, "write a checkpoint every this many steps (and at the end)")
     sample_every: int = option(100, "edit the first training input every this many steps (and at the end)")
     sample_steps: int = option(20, "denoising steps of those sample edits")
@@ -82,8 +100,13 @@ class TrainConfig:
             raise InputError("--learning-rate and --lora-alpha must be positive")
         if not 0 <= self.condition_dropout <= 1 / 3:
             raise InputError(f"--condition-dropout must be in [0, 1/3], got {self.condition_dropout}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise InputError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        if isinstance(self.memory, int) and not isinstance(self.memory, bool):  # "memory": 12 in a JSON config
+            object.__setattr__(self, "memory", str(self.memory))
+        for name, choices in (("mixed_precision", MIXED_PRECISION), ("llm_quant", LLM_QUANTS),
+                              ("optimizer", OPTIMIZERS), ("memory", MEMORY)):
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                raise InputError(f"--{_flag(name)} must be one of {', '.join(choices)}, got {value!r}")
         if not self.data:
             raise InputError("--data is required: a .jsonl manifest or a folder of input/, target/ and NAME.txt")
         if not self.output:

@@ -5,33 +5,26 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
-from diffusers import DDPMScheduler
+from accelerate import Accelerator
 from PIL import Image
 
-from mgie_core import DeriveConfig, SampleConfig, derive, imagine, load_model, make_generator, sample
-from mgie_core.errors import InputError
+from mgie_core import DeriveConfig, SampleConfig, derive, imagine, make_generator, sample
 from mgie_core.formats.lora import save_lora
-from mgie_core.images import fit_for_vae, load_image, save_image_atomic, tensor_to_pil
-from mgie_core.model.mgie import MGIEModel
-from mgie_core.runtime.devices import DTYPES
+from mgie_core.images import fit_for_vae, save_image_atomic, tensor_to_pil
+from mgie_core.model.mgie import MGIEModel, move
 
 from .adapters import Trainable
 from .config import TrainConfig
-from .data import Triplet, center_square, read_triplets
+from .data import center_square
 from .objective import Sample, Share, collate, mgie_loss
+from .setup import Run, prepare
 from .state import find_checkpoint, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger("mgie.train")
-
-
-def base_dtype(mixed_precision: str) -> torch.dtype:
-    """The frozen base's dtype: accelerate's mixed precision ("no", "fp16", "bf16") named in the core's table."""
-    return DTYPES["fp32" if mixed_precision == "no" else mixed_precision]
 
 
 def micro_batch_indices(index: int, batch_size: int, count: int, seed: int) -> list[int]:
@@ -46,22 +39,6 @@ def micro_batch_indices(index: int, batch_size: int, count: int, seed: int) -> l
 
 def step_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63))
-
-
-def derive_missing_expressive(model: MGIEModel, triplets: list[Triplet], cache_path: Path,
-                              max_new_tokens: int) -> list[str]:
-    """Expressive instructions: given ones, else derived once by the current model and cached."""
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    missing = [t for t in triplets if not t.expressive and f"{t.input}|{t.instruction}" not in cache]
-    if missing:
-        logger.info("deriving the expressive instruction of %d samples with the base model (cached in %s)",
-                    len(missing), cache_path)
-        for t in missing:
-            d = derive(model, [load_image(t.input)], [t.instruction], DeriveConfig(max_new_tokens=max_new_tokens))
-            cache[f"{t.input}|{t.instruction}"] = d.expressive_instructions[0]
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        cache_path.write_text(json.dumps(cache, indent=1))
-    return [t.expressive or cache[f"{t.input}|{t.instruction}"] for t in triplets]
 
 
 def sync_rows(trainable: Trainable) -> None:
@@ -81,8 +58,9 @@ def sample_edit(trainable: Trainable, example: Sample, config: TrainConfig, path
     d = derive(model, [example.source], [example.instruction], DeriveConfig(max_new_tokens=config.max_new_tokens))
     size = (config.resolution, config.resolution)
     pixels = fit_for_vae([center_square(example.source).resize(size)], model.vae_scale_factor, 0)
-    out = sample(model.unet, model.vae, model.scheduler_config, pixels, imagine(model.edit_head, d),
-                 SampleConfig(num_inference_steps=config.sample_steps), make_generator(config.seed))
+    with visiting(model.vae, next(model.unet.parameters()).device):  # off the GPU when the latents are cached
+        out = sample(model.unet, model.vae, model.scheduler_config, pixels, imagine(model.edit_head, d),
+                     SampleConfig(num_inference_steps=config.sample_steps), make_generator(config.seed))
     panels = [center_square(example.source).resize(size), tensor_to_pil(out.images)[0],
               center_square(example.target).resize(size)]
     grid = Image.new("RGB", (3 * size[0], size[1]))
@@ -92,57 +70,17 @@ def sample_edit(trainable: Trainable, example: Sample, config: TrainConfig, path
     return d.expressive_instructions[0]
 
 
-@dataclass
-class Run:
-    """A training run's parts, once set up."""
-
-    config: TrainConfig  # with the model's sizes filled in
-    output: Path
-    accelerator: Accelerator
-    base: MGIEModel
-    samples: list[Sample]
-    trainable: Trainable
-    params: list[torch.nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    ddpm: DDPMScheduler
-
-
-def prepare(config: TrainConfig) -> Run:
-    """Read the data, load the base model (its sizes fill the config's unset ones), add the adapters."""
-    output = Path(config.output)
-    report = read_triplets(config.data, strict=config.strict)
-    base = load_model(config.model)
-    config = config.for_model(base)
-    # Under accelerate launch every process takes its share of each global batch (split_batches: the schedule
-    # steps once per optimizer step, whatever the number of processes).
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu",
-                              gradient_accumulation_steps=config.gradient_accumulation,
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))
-    if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-        raise InputError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
-    if accelerator.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    base = base.to(accelerator.device, base_dtype(config.mixed_precision)).eval()
-    with accelerator.main_process_first():  # the main process derives what is missing; the others read its cache
-        expressive = derive_missing_expressive(base, report.triplets, output / "expressive_cache.json",
-                                               config.max_new_tokens)
-    samples = [Sample(load_image(t.input), load_image(t.target), t.instruction, e)
-               for t, e in zip(report.triplets, expressive)]
-    base.fingerprint()  # of the base, before adapters change its state dict
-    torch.manual_seed(config.seed)  # the adapters' initial A matrices
-    trainable = Trainable(base, config).to(accelerator.device)
-    if config.gradient_checkpointing:
-        _checkpoint_activations(base.mllm.llm)
-        base.unet.enable_gradient_checkpointing()
-    params = list(trainable.named_trainables().values())
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    warmup = max(1, config.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
-    return Run(config, output, accelerator, base, samples, trainable, params, optimizer, scheduler,
-               DDPMScheduler.from_config(base.scheduler_config))
+@contextmanager
+def visiting(module: torch.nn.Module, device: torch.device):
+    """``module`` on ``device`` for the block, back where it was after."""
+    home = next(module.parameters()).device
+    move(module, device)
+    try:
+        yield module
+    finally:
+        move(module, home)
+        if home != device and device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def train_step(run: Run, step: int) -> tuple[float, float]:
@@ -186,9 +124,9 @@ def average_gradients(accelerator: Accelerator, params: list[torch.nn.Parameter]
         grad.copy_(mean.view_as(grad))
 
 
-def train(config: TrainConfig) -> Path:
-    """Fine-tune; return the path of the written LoRA file."""
-    run = prepare(config)
+def train(config: TrainConfig, model: MGIEModel | None = None) -> Path:
+    """Fine-tune (``model``: a base already in memory instead of ``config.model``); return the LoRA file's path."""
+    run = prepare(config, model)
     config, output, main = run.config, run.output, run.accelerator.is_main_process
     start = _resume(config, output, run.trainable, run.optimizer, run.scheduler)
     logger.info("training %d steps from step %d at %d px, %d micro-batch(es) of %d x %d process(es) a step: %s "
@@ -216,14 +154,6 @@ def train(config: TrainConfig) -> Path:
         write_lora(run.trainable, config, path)
     run.accelerator.wait_for_everyone()
     return path
-
-
-def _checkpoint_activations(llm: torch.nn.Module) -> None:
-    # non-reentrant, so adapters get gradients though the frozen embeddings need none (transformers 4.x and 5.x names)
-    if hasattr(llm, "activation_checkpointing_enable"):
-        llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def write_lora(trainable: Trainable, config: TrainConfig, path: Path) -> Path:

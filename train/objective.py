@@ -27,16 +27,38 @@ IGNORE = -100
 
 
 @dataclass
+class Latents:
+    """The VAE's encoding of a batch: the target's posterior (mean, spread) and the input's mode, (B, C, h, w) each."""
+
+    target_mean: torch.Tensor
+    target_std: torch.Tensor
+    source: torch.Tensor
+
+    def to(self, device: torch.device) -> Latents:
+        return Latents(*(t.to(device) for t in (self.target_mean, self.target_std, self.source)))
+
+
+@torch.no_grad()
+def encode_latents(vae: nn.Module, source: torch.Tensor, target: torch.Tensor) -> Latents:
+    """``source`` and ``target`` (B, 3, R, R) in [-1, 1] through the VAE's encoder, on the VAE's device."""
+    device = next(vae.parameters()).device
+    target_dist = vae.encode(target.to(device, vae.dtype)).latent_dist
+    source_mode = vae.encode(source.to(device, vae.dtype)).latent_dist.mode()
+    return Latents(target_dist.mean, target_dist.std, source_mode)
+
+
+@dataclass
 class Batch:
     input_ids: torch.Tensor  # (B, T), right-padded
     attention_mask: torch.Tensor  # (B, T)
     labels: torch.Tensor  # (B, T), IGNORE on the prompt and padding
     clip_pixels: torch.Tensor  # (B, 3, S, S)
-    source: torch.Tensor  # (B, 3, R, R) in [-1, 1]
-    target: torch.Tensor  # (B, 3, R, R) in [-1, 1]
+    source: torch.Tensor | None  # (B, 3, R, R) in [-1, 1]; None when the latents are cached
+    target: torch.Tensor | None  # (B, 3, R, R) in [-1, 1]; None when the latents are cached
+    latents: Latents | None = None  # cached (--cache-latents): the VAE is not needed
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(**{k: v.to(device) for k, v in vars(self).items()})
+        return Batch(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})
 
 
 @dataclass(frozen=True)
@@ -47,6 +69,7 @@ class Sample:
     target: object
     instruction: str
     expressive: str
+    latents: Latents | None = None  # its encoding at the training resolution, batch of 1 (--cache-latents)
 
 
 def conversation_ids(model: MGIEModel, instruction: str, expressive: str) -> tuple[list[int], int]:
@@ -65,10 +88,14 @@ def collate(samples: list[Sample], model: MGIEModel, resolution: int, clip_resol
     length = max(map(len, ids))
     pad = lambda rows, value: torch.tensor([r + [value] * (length - len(r)) for r in rows])  # noqa: E731
     mask = pad([[1] * len(r) for r in ids], 0)
+    clip = torch.stack([clip_pixel_values(clip_image(s.source, clip_resolution), model.clip_image_config)
+                        for s in samples])
+    if all(s.latents is not None for s in samples):
+        parts = [torch.cat(group) for group in zip(*((s.latents.target_mean, s.latents.target_std, s.latents.source)
+                                                     for s in samples))]
+        return Batch(pad(ids, 0), mask, pad(labels, IGNORE), clip, None, None, Latents(*parts))
     return Batch(
-        input_ids=pad(ids, 0), attention_mask=mask, labels=pad(labels, IGNORE),
-        clip_pixels=torch.stack([clip_pixel_values(clip_image(s.source, clip_resolution), model.clip_image_config)
-                                 for s in samples]),
+        input_ids=pad(ids, 0), attention_mask=mask, labels=pad(labels, IGNORE), clip_pixels=clip,
         source=torch.stack([diffusion_pixels(s.source, resolution) for s in samples]),
         target=torch.stack([diffusion_pixels(s.target, resolution) for s in samples]),
     )
@@ -230,14 +257,13 @@ def mgie_loss(model: MGIEModel, batch: Batch, ddpm: DDPMScheduler, generator: to
     imagination = model.edit_head(visual, emb)  # (B, Q, D)
     null = model.edit_head(torch.zeros_like(visual), emb)
 
-    # 3. the diffusion side: target latent (sampled, scaled), input latent (mode, unscaled)
+    # 3. the diffusion side: target latent (sampled, scaled), input latent (mode, unscaled); cached or encoded now
     with torch.no_grad():
-        vae, sf = model.vae, model.vae.config.scaling_factor
-        target_dist = vae.encode(batch.target.to(vae.dtype)).latent_dist
-        eps = draw(torch.randn, target_dist.mean.shape, generator, share).to(device, target_dist.mean.dtype)
-        spread = target_dist.std if sample_target_latent else torch.zeros_like(target_dist.std)
-        target = (target_dist.mean + spread * eps) * sf  # latent_dist.sample() with CPU noise (or the mode)
-        source = vae.encode(batch.source.to(vae.dtype)).latent_dist.mode()
+        latents = batch.latents if batch.latents is not None else encode_latents(model.vae, batch.source, batch.target)
+        eps = draw(torch.randn, latents.target_mean.shape, generator, share).to(device, latents.target_mean.dtype)
+        spread = latents.target_std if sample_target_latent else torch.zeros_like(latents.target_std)
+        target = (latents.target_mean + spread * eps) * model.vae.config.scaling_factor  # latent_dist.sample()
+        source = latents.source
     noise = draw(torch.randn, target.shape, generator, share).to(device, target.dtype)
     t = draw(partial(torch.randint, 0, ddpm.config.num_train_timesteps), (target.shape[0],), generator, share).to(device)
     noisy = ddpm.add_noise(target, noise, t)

@@ -23,9 +23,11 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from torch import nn
 
 from ..errors import CheckpointError, InputError
 from ..model.mgie import MGIEModel
+from ..runtime.quant import add_to_quantized, is_quantized, quantization_of
 from .aligned import save_aligned, strip_padding
 
 logger = logging.getLogger(__name__)
@@ -148,7 +150,7 @@ def apply_lora(model: MGIEModel, lora: LoraFile | str | Path, strength: float = 
         logger.info("LoRA %s at strength 0: the model is unchanged", lora.path)
         return model
     with torch.no_grad():
-        layers = _merge_adapters(targets, lora, strength)
+        layers = _merge_adapters(model, targets, lora, strength)
         _blend_full_tensors(model, lora, strength)
     model.info["fingerprint"] = f"{model.fingerprint()}+{Path(lora.path).stem}@{strength:g}"
     logger.info("applied LoRA %s at strength %g (%d adapted layers, the edit head and the [IMG] rows)",
@@ -156,7 +158,7 @@ def apply_lora(model: MGIEModel, lora: LoraFile | str | Path, strength: float = 
     return model
 
 
-def lora_targets(model: MGIEModel, lora: LoraFile) -> dict[str, torch.Tensor]:
+def lora_targets(model: MGIEModel, lora: LoraFile) -> dict[str, nn.Module]:
     """The weight each adapter merges into, by its lora_A key; refused unless every adapter and full tensor fits
     its layer exactly (the same shapes, not only as many elements)."""
     roots = {"unet.": model.unet, "mllm.llm.": model.mllm.llm}
@@ -165,7 +167,8 @@ def lora_targets(model: MGIEModel, lora: LoraFile) -> dict[str, torch.Tensor]:
         if key.endswith(".lora_A.weight") and (prefix := next((p for p in ADAPTER_PARTS if key.startswith(p)), None)):
             module_name = key[len(prefix): -len(".lora_A.weight")]
             try:
-                weight = roots[prefix].get_submodule(module_name).weight
+                layer = roots[prefix].get_submodule(module_name)
+                weight = layer.weight
             except AttributeError:
                 raise CheckpointError(f"{lora.path}: no layer {prefix}{module_name} in this model; the LoRA was made "
                                       "for another model") from None
@@ -177,17 +180,20 @@ def lora_targets(model: MGIEModel, lora: LoraFile) -> dict[str, torch.Tensor]:
                 raise CheckpointError(f"{lora.path}: {key} {tuple(down.shape)} and its lora_B {tuple(up.shape)} do not "
                                       f"fit {prefix}{module_name} {tuple(weight.shape)}; the LoRA was made for another "
                                       "model or is damaged")
-            targets[key] = weight
+            targets[key] = layer
     _full_tensors(model, lora)
     return targets
 
 
-def _merge_adapters(targets: dict[str, torch.Tensor], lora: LoraFile, strength: float) -> int:
+def _merge_adapters(model: MGIEModel, targets: dict[str, nn.Module], lora: LoraFile, strength: float) -> int:
     """Merge every adapter pair into its layer's weight; returns how many layers changed."""
-    for key, weight in targets.items():
+    for key, layer in targets.items():
         down, up = lora.tensors[key], lora.tensors[key.replace(".lora_A.", ".lora_B.")]
-        delta = lora_delta(down, up, weight.shape) * (strength * lora.scale)
-        weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
+        delta = lora_delta(down, up, layer.weight.shape) * (strength * lora.scale)
+        if is_quantized(layer):  # an LLM already quantized for a small GPU: merged and quantized again
+            add_to_quantized(layer, delta, quantization_of(model.mllm.llm))
+        else:
+            layer.weight.copy_((layer.weight.float() + delta.to(layer.weight.device)).to(layer.weight.dtype))
     return len(targets)
 
 

@@ -88,6 +88,22 @@ def quantize_llm(llm: nn.Module, mode: str, device: torch.device | str) -> nn.Mo
     return llm
 
 
+def add_to_quantized(linear: nn.Linear, delta: torch.Tensor, mode: str) -> None:
+    """``linear.weight += delta`` for a weight :func:`quantize_llm` quantized in ``mode``: dequantized, added in
+    fp32 and quantized again, where it is (int4 on the GPU: its kernel's packing). A LoRA merged into a model whose
+    LLM is already quantized goes through here."""
+    weight = linear.weight
+    home = weight.device
+    merged = (weight.dequantize(torch.float32) + delta.to(home, torch.float32)).to(weight.dtype)
+    linear.weight = nn.Parameter(merged, requires_grad=False)
+    where = torch.device("cuda") if mode == "int4" and home.type != "cuda" else home
+    nn.Module.to(linear, device=where)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _torchao().quantize_(linear, _config(mode))
+    nn.Module.to(linear, device=home)
+
+
 def _config(mode: str):
     quantization = _torchao()
     if mode == "int8":
