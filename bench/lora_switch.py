@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-from mgie_core.runtime.devices import DTYPES
 
 from mgie_core.formats import load_model, read_lora, save_lora
 from mgie_core.formats.lora_patch import LoraPatcher
+from mgie_core.runtime.devices import DTYPES
 from train.adapters import Trainable
 from train.config import TrainConfig
 

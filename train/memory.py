@@ -15,10 +15,10 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from mgie_core.runtime.quant import llm_bytes
 from torch import nn
 
 from mgie_core.model.mgie import MGIEModel
+from mgie_core.runtime.quant import llm_bytes
 
 from .config import FROM_PLAN, TrainConfig
 

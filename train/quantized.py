@@ -1,7 +1,7 @@
 """Training on a quantized frozen LLM (QLoRA-style) and with 8-bit optimizer states.
 
 The LLM's decoder linear layers are quantized by the same torchao path as the inference modes
-(mgie_core/quant.py). peft puts its LoRA layers around them (``TorchaoLoraLinear``), so the adapters
+(mgie_core/runtime/quant.py). peft puts its LoRA layers around them (``TorchaoLoraLinear``), so the adapters
 and the ``[IMG]`` rows train in full precision while the base stays in 8 or 4 bits.
 
 One thing peft and torchao do not do for training: torchao's weight-only linear multiplies by a
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from mgie_core.runtime.quant import is_quantized, quantize_llm
 from torch import nn
+
+from mgie_core.runtime.quant import is_quantized, quantize_llm
 
 
 class _QuantizedMatmul(torch.autograd.Function):

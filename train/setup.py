@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from diffusers import DDPMScheduler
-from mgie_core.runtime.devices import DTYPES
-from mgie_core.runtime.quant import check_llm_quant
 
 from mgie_core import DeriveConfig, derive, load_model
 from mgie_core.errors import InputError
 from mgie_core.images import load_image
 from mgie_core.model.mgie import MGIEModel, move
+from mgie_core.runtime.devices import DTYPES
+from mgie_core.runtime.quant import check_llm_quant
 
 from .adapters import Trainable
 from .config import TrainConfig
