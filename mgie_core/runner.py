@@ -42,6 +42,18 @@ class Placed(Protocol):
     def place(self, stage: str) -> None: ...
 
 
+class AsIs:
+    """A model used where it already is (training's preview edits): nothing to place, nothing compiled."""
+
+    compiled = False
+
+    def __init__(self, model: MGIEModel):
+        self.model, self.sampling_unet = model, model.unet
+
+    def place(self, stage: str) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class Edit:
     """What to do to a batch of B pictures (PIL images, or (3, H, W) float tensors in [0, 1]).

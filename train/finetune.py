@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     except MGIEError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; every checkpoint written is whole: add --resume latest to the same command to "
+                         "go on from the newest\n")
+        return 130
     print(path)
     return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,10 +14,13 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 
-from mgie_core import DeriveConfig, SampleConfig, derive, imagine, make_generator, sample
+from mgie_core import DeriveConfig, SampleConfig
+from mgie_core.config import NO_LIMIT
+from mgie_core.files import atomic_write
 from mgie_core.formats.lora import save_lora
-from mgie_core.images import fit_for_vae, save_image_atomic, tensor_to_pil
+from mgie_core.images import save_image_atomic
 from mgie_core.model.mgie import MGIEModel, move
+from mgie_core.runner import AsIs, Edit, run_edit
 
 from .adapters import Trainable
 from .config import TrainConfig
@@ -51,23 +56,23 @@ def sync_rows(trainable: Trainable) -> None:
 
 @torch.no_grad()
 def sample_edit(trainable: Trainable, example: Sample, config: TrainConfig, path: Path) -> str:
-    """Edit the first training input with the current weights; save input | edit | target side by side."""
+    """Edit the first training input with the current weights, by the one edit runner; save input | edit | target
+    side by side."""
     model = trainable.model
     sync_rows(trainable)
     model.eval()
-    d = derive(model, [example.source], [example.instruction], DeriveConfig(max_new_tokens=config.max_new_tokens))
     size = (config.resolution, config.resolution)
-    pixels = fit_for_vae([center_square(example.source).resize(size)], model.vae_scale_factor, 0)
+    source = center_square(example.source).resize(size)
+    edit = Edit.of(source, example.instruction, seed=config.seed)
+    sampling = SampleConfig(num_inference_steps=config.sample_steps, max_side=NO_LIMIT)
     with visiting(model.vae, next(model.unet.parameters()).device):  # off the GPU when the latents are cached
-        out = sample(model.unet, model.vae, model.scheduler_config, pixels, imagine(model.edit_head, d),
-                     SampleConfig(num_inference_steps=config.sample_steps), make_generator(config.seed))
-    panels = [center_square(example.source).resize(size), tensor_to_pil(out.images)[0],
-              center_square(example.target).resize(size)]
+        result = run_edit(AsIs(model), edit, DeriveConfig(max_new_tokens=config.max_new_tokens), sampling)[-1]
+    panels = [source, result.images[0], center_square(example.target).resize(size)]
     grid = Image.new("RGB", (3 * size[0], size[1]))
     for i, panel in enumerate(panels):
         grid.paste(panel, (i * size[0], 0))
     save_image_atomic(grid, path)
-    return d.expressive_instructions[0]
+    return result.expressive_instructions[0]
 
 
 @contextmanager
@@ -129,6 +134,8 @@ def train(config: TrainConfig, model: MGIEModel | None = None) -> Path:
     run = prepare(config, model)
     config, output, main = run.config, run.output, run.accelerator.is_main_process
     start = _resume(config, output, run.trainable, run.optimizer, run.scheduler)
+    if main:
+        clean_up(output, start)  # what a killed run left: half-written checkpoints, losses past the resumed step
     logger.info("training %d steps from step %d at %d px, %d micro-batch(es) of %d x %d process(es) a step: %s "
                 "trainable parameters", config.max_steps, start, config.resolution, config.gradient_accumulation,
                 config.batch_size, run.accelerator.num_processes, f"{sum(p.numel() for p in run.params):,}")
@@ -138,7 +145,7 @@ def train(config: TrainConfig, model: MGIEModel | None = None) -> Path:
         ins, edit = train_step(run, step)
         done = step + 1
         bar.update(1)
-        bar.set_postfix(loss_ins=f"{ins:.3f}", loss_edit=f"{edit:.4f}",
+        bar.set_postfix(loss_ins=f"{ins:.3g}", loss_edit=f"{edit:.3g}",
                         steps_per_s=f"{(done - start) / (time.time() - began):.2f}")
         if main:  # one process writes the losses, checkpoints, samples and the LoRA
             _log_losses(output, done, ins, edit)
@@ -182,6 +189,29 @@ def _progress(total: int, start: int, shown: bool = True):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc="[mgie] train", unit="step", disable=not shown)
+
+
+def clean_up(output: Path, start: int) -> None:
+    """Remove the temporary checkpoint folders a killed run left, and keep ``losses.jsonl`` to one record per step
+    up to ``start`` (the steps after it are trained again)."""
+    folder = output / "checkpoints"
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.is_dir() and re.match(r"^\.step-\d+\.", entry.name):
+                shutil.rmtree(entry, ignore_errors=True)
+    losses = output / "losses.jsonl"
+    if not losses.is_file():
+        return
+    kept: dict[int, str] = {}
+    for line in losses.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            step = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line
+        if step <= start:
+            kept[step] = line
+    with atomic_write(losses) as handle:
+        handle.write("".join(kept[step] + "\n" for step in sorted(kept)).encode())
 
 
 def _log_losses(output: Path, step: int, ins: float, edit: float) -> None:

@@ -299,3 +299,28 @@ def test_two_processes_train_what_one_trains_with_the_same_total_batch_and_resum
     train(config(tmp_path / "two", tiny_root, data, batch_size=2, **{**settings, "max_steps": 4},
                  resume=str(out / "checkpoints" / "step-000002")))
     assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "step-000004"
+
+
+def test_a_rerun_after_a_kill_keeps_each_step_once_and_removes_half_written_checkpoints(tmp_path):
+    from train.loop import clean_up
+
+    (tmp_path / "checkpoints" / ".step-000004.ab12cd").mkdir(parents=True)  # killed while writing step 4
+    (tmp_path / "checkpoints" / "step-000002").mkdir()
+    lines = [json.dumps({"step": s, "loss_ins": 1.0, "loss_edit": 2.0}) for s in (1, 2, 3, 4)]
+    (tmp_path / "losses.jsonl").write_text("\n".join(lines) + '\n{"step": 5, "loss')  # and a torn line
+    clean_up(tmp_path, start=2)  # resumed from step 2: steps 3 and 4 are trained again
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000002"]
+    assert [json.loads(line)["step"] for line in (tmp_path / "losses.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_ctrl_c_in_training_is_one_line_that_says_how_to_go_on(monkeypatch, capsys):
+    import train.finetune as finetune
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "train", interrupted)
+    monkeypatch.setattr(finetune, "config_from_args", lambda argv: None)
+    assert finetune.main([]) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--resume latest" in err and "Traceback" not in err
