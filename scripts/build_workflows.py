@@ -22,9 +22,10 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parents[1] / "workflows"
 MODEL = "mgie-mini (embedded)"
 LOADER = [MODEL, "auto", "auto", "none", 1.0, False]  # model, precision, memory, lora, lora_strength, compile
-# seed, control, steps, scales, scheduler, max_side: the scales and max_side at 0 take what the loaded model
-# recommends (mgie-mini: 2 / 1.5 and 64 px; MGIE-7B: the paper's 7.5 / 1.5 and 1024 px)
-SAMPLING = [13331, "fixed", 100, 0, 0, "euler_ancestral", 0]
+# seed, control, steps, scales, scheduler, max_side: 0 and auto leave them to the preset (steps, scheduler) and to
+# the loaded model (mgie-mini: 2 / 1.5 and 64 px; MGIE-7B: the paper's 7.5 / 1.5 and 1024 px)
+SAMPLING = [13331, "fixed", 0, 0, 0, "auto", 0]
+PRESET = "paper"
 
 TITLE, GAP = 30, 40  # the frontend's title bar height; the free space kept between a node and the one below
 # node type -> (socket inputs [(name, type, optional)], outputs [(name, type)], size)
@@ -108,7 +109,7 @@ def basic_edit() -> Graph:
     model = g.add("MGIELoader", (0, 400), LOADER)
     derive = g.add("MGIEDeriveInstruction", (380, 0), ["make the biggest shape red", 96, ""])
     imagine = g.add("MGIEVisualImagination", (380, 370))
-    sampler = g.add("MGIESampler", (780, 0), [*SAMPLING, "as set"])
+    sampler = g.add("MGIESampler", (780, 0), [*SAMPLING, PRESET])
     text = g.add("PreviewAny", (380, 490), title="Expressive instruction")
     save = g.add("SaveImage", (1150, 0), ["mgie/edit"])
     g.link(model, 0, derive, "mgie_model")
@@ -127,7 +128,7 @@ def quick_edit() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
     model = g.add("MGIELoader", (0, 400), LOADER)
-    edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, "", "as set"])
+    edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, "", PRESET])
     text = g.add("PreviewAny", (380, 570), title="Expressive instruction")
     save = g.add("SaveImage", (780, 0), ["mgie/quick"])
     g.link(model, 0, edit, "mgie_model")
@@ -141,7 +142,7 @@ def edit_then_upscale() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
     model = g.add("MGIELoader", (0, 400), LOADER)
-    edit = g.add("MGIEEdit", (380, 0), ["make it look like sunset", *SAMPLING, "", "as set"])
+    edit = g.add("MGIEEdit", (380, 0), ["make it look like sunset", *SAMPLING, "", PRESET])
     upscale = g.add("ImageScaleBy", (780, 0), ["lanczos", 2.0], title="Upscale x2")
     text = g.add("PreviewAny", (380, 570), title="Expressive instruction")
     save = g.add("SaveImage", (1120, 0), ["mgie/upscaled"])
@@ -157,8 +158,8 @@ def multi_turn() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
     model = g.add("MGIELoader", (0, 400), LOADER)
-    first = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, "", "as set"], title="Turn 1")
-    second = g.add("MGIEEdit", (780, 0), ["make it night", *SAMPLING, "", "as set"], title="Turn 2")
+    first = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, "", PRESET], title="Turn 1")
+    second = g.add("MGIEEdit", (780, 0), ["make it night", *SAMPLING, "", PRESET], title="Turn 2")
     preview = g.add("PreviewImage", (780, 570), title="After turn 1")
     text1 = g.add("PreviewAny", (380, 570), title="Turn 1: expressive instruction")
     text2 = g.add("PreviewAny", (1180, 410), title="Turn 2: expressive instruction")
@@ -235,7 +236,7 @@ def masked_edit() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene-masked.png", "image"])
     model = g.add("MGIELoader", (0, 400), LOADER)
-    edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, "", "as set"])
+    edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, "", PRESET])
     text = g.add("PreviewAny", (380, 570), title="Expressive instruction")
     save = g.add("SaveImage", (780, 0), ["mgie/masked"])
     g.add("Note", (780, 410), ["Paint where to edit in Load Image's mask editor (right click > Open in MaskEditor). "
@@ -253,7 +254,7 @@ def multi_step() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
     model = g.add("MGIELoader", (0, 400), LOADER)
-    edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red\nmake it night", *SAMPLING, "", "as set"],
+    edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red\nmake it night", *SAMPLING, "", PRESET],
                  title="MGIE Edit: one instruction per line")
     text = g.add("PreviewAny", (380, 570), title="Expressive instruction of every step")
     save = g.add("SaveImage", (780, 0), ["mgie/multi_step"])
