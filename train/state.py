@@ -2,7 +2,8 @@
 
 ``OUTPUT/checkpoints/step-000100/``: ``trainable.safetensors`` (adapters, edit head, [IMG] rows),
 ``optimizer.safetensors`` (AdamW moments, 8-bit ones as their codes, block scales and code table; param
-groups and the LR scheduler in its header) and ``config.json``. Each checkpoint is written to a temporary folder and renamed into place.
+groups and the LR scheduler in its header) and ``config.json``. Each checkpoint is written to a temporary
+folder and renamed into place.
 Randomness needs no saved state: every micro-batch draws from a generator seeded by its index.
 """
 
