@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import accelerate_launch, make_image
 from PIL import Image
-from test_finetune import DERIVE, SAMPLE, ROOT, config, edit, make_folder_data
+from test_finetune import DERIVE, ROOT, SAMPLE, config, edit, make_folder_data
 
 from mgie_core import InputError, MGIEPipeline, load_model
 from mgie_core.formats.lora import apply_lora, read_lora
