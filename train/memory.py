@@ -168,7 +168,7 @@ def apply_plan(model: MGIEModel, config: TrainConfig, device: torch.device, dtyp
     """``config`` with the memory plan's settings where none was given; logs the plan and its estimate."""
     plan, guess, limit = choose_plan(model, config, device, dtype)
     gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
-    card = "no memory limit (a CPU)" if limit is None else f"a {config.memory} card" if config.memory != "auto" else \
+    card = "no memory limit (a CPU)" if limit is None else f"a {config.memory} GB card" if config.memory != "auto" else \
         f"this GPU ({gib(limit / HEADROOM)})"
     given = [_flag(n) for n in FROM_PLAN if getattr(config, n) is not None and n != "mixed_precision"]
     name = "as given" if len(given) == len(FROM_PLAN) - 1 else f"'{plan.name}'" + (

@@ -30,7 +30,7 @@ class _QuantizedMatmul(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        weight = ctx.weight.dequantize(grad.dtype)  # (out, in), freed when this layer's backward ends
+        weight = ctx.weight.dequantize().to(grad.dtype)  # (out, in), freed when this layer's backward ends
         return grad @ weight, None, None
 
 

@@ -113,3 +113,16 @@ def test_the_memory_flags_and_their_help():
     with pytest.raises(Exception, match="--memory must be one of auto, 24, 16, 12, 8, got '10'"):
         TrainConfig(data="d", output="o", memory="10")
     assert TrainConfig(data="d", output="o", memory=12).memory == "12"  # as a JSON config holds it
+
+
+def test_the_gpu_benchmark_judges_each_plan_against_its_goal():
+    from bench.train_memory import goals
+
+    row = lambda gib, seconds: {"peak": {"reserved": gib * 2**30}, "seconds": [9.0, *seconds]}  # noqa: E731
+    text = goals({"--memory 24": row(20, [1.0, 1.0]), "--memory 12": row(10.5, [1.5, 1.7]),
+                  "--memory 8": row(7.9, [2.5, 2.5])})
+    assert text.splitlines() == [
+        "- --memory 12: peak reserved 10.50 GiB, goal <= 11.0 GiB: met; a step 1.60x the --memory 24 plan's, "
+        "goal <= 2x: met",
+        "- --memory 8: peak reserved 7.90 GiB, goal <= 7.5 GiB: missed; a step 2.50x the --memory 24 plan's, "
+        "goal <= 2x: missed"]
