@@ -7,7 +7,7 @@ from comfy_api.latest import io, ui
 from ..mgie_core import DeriveConfig, InputError
 from ..mgie_core.steps import MAX_STEPS, parse_steps, steps_text
 from .stages import edit_progress, expressive_text, mask_note, run_derive, run_imagine, run_sample
-from .types import MGIEModel
+from .types import SHOWS_TEXT, MGIEModel
 from .widgets import AS_SET, mask_input, override_input, preset_input, sample_config, sampling_inputs, settings_text
 
 
@@ -24,6 +24,7 @@ class MGIEEdit(io.ComfyNode):
             inputs=[MGIEModel.Input("mgie_model"), io.Image.Input("image"), steps_input(), *sampling_inputs(),
                     override_input(), mask_input(), preset_input()],
             outputs=[io.Image.Output(display_name="image"), io.String.Output(display_name="expressive_instruction")],
+            **SHOWS_TEXT,
         )
 
     @classmethod
