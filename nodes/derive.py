@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from .stages import expressive_text, run_derive
-from .types import MGIEDerivation, MGIEModelLink
+from .types import SHOWS_TEXT, MGIEDerivation, MGIEModelLink
 from .widgets import edit_settings, instruction_input, max_new_tokens_input, override_input
 
 
@@ -22,6 +22,7 @@ class MGIEDeriveInstruction(io.ComfyNode):
                     max_new_tokens_input(), override_input()],
             outputs=[MGIEDerivation.Output(display_name="derivation"),
                      io.String.Output(display_name="expressive_instruction")],
+            **SHOWS_TEXT,
         )
 
     @classmethod

@@ -6,7 +6,7 @@ from comfy_api.latest import io, ui
 
 from ..mgie_core.stages.chain import MAX_CHAIN, chain_text, parse_chain
 from .stages import mask_note, run_chain, size_note
-from .types import MGIEModelLink
+from .types import SHOWS_TEXT, MGIEModelLink
 from .widgets import edit_settings, mask_input, override_input, preset_input, sampling_inputs, settings_text
 
 
@@ -23,6 +23,7 @@ class MGIEEdit(io.ComfyNode):
             inputs=[MGIEModelLink.Input("mgie_model"), io.Image.Input("image"), chain_input(), *sampling_inputs(),
                     override_input(), mask_input(), preset_input()],
             outputs=[io.Image.Output(display_name="image"), io.String.Output(display_name="expressive_instruction")],
+            **SHOWS_TEXT,
         )
 
     @classmethod

@@ -6,7 +6,7 @@ from comfy_api.latest import io, ui
 
 from ..mgie_core import Imagination
 from .stages import from_conditioning, mask_note, run_sample, size_note
-from .types import MGIEModelLink
+from .types import SHOWS_TEXT, MGIEModelLink
 from .widgets import edit_settings, mask_input, preset_input, sampling_inputs, settings_text
 
 
@@ -22,6 +22,7 @@ class MGIESampler(io.ComfyNode):
             inputs=[MGIEModelLink.Input("mgie_model"), io.Image.Input("image"), io.Conditioning.Input("positive"),
                     io.Conditioning.Input("negative"), *sampling_inputs(), mask_input(), preset_input()],
             outputs=[io.Image.Output(display_name="image"), io.Latent.Output(display_name="latent")],
+            **SHOWS_TEXT,
         )
 
     @classmethod

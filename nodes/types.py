@@ -12,6 +12,10 @@ from .runtime import MGIEHandle
 MGIEModelLink = io.Custom("MGIE_MODEL")  # carries a runtime.MGIEHandle (not mgie_core.MGIEModel)
 MGIEDerivation = io.Custom("MGIE_DERIVATION")
 
+# For the nodes that show text on the node (web/mgie_text.js): ComfyUI (0.19+) then sends a node's text again when
+# a run takes the node from its cache without running it (a new graph with the same inputs). 0.3.54 has no such field.
+SHOWS_TEXT = {"has_intermediate_output": True} if "has_intermediate_output" in io.Schema.__dataclass_fields__ else {}
+
 
 @dataclass(frozen=True)
 class DerivationLink:

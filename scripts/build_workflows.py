@@ -8,9 +8,11 @@ by its control_after_generate value). tests/nodes/test_workflows.py checks every
 schemas, so a node change that breaks a workflow fails CI, and checks that no two nodes overlap.
 
 Layouts: each size is at least what ComfyUI 0.19.3's frontend gives the node (MIN_SIZES in the test), and the
-MGIE nodes that show their text on the node get room for a few lines of it; a node sits at least GAP below the
-one above it, whose title bar (TITLE) is drawn above its position. The thumbnails beside the files are
-screenshots of each graph after a run (scripts/browser_check.py --thumbnails).
+MGIE nodes, which show their text on the node after a run, get room for a few lines of it; the frontend draws a
+node's title bar (30 px) above its position, and a node sits 40 px below the one above it. No "Preview as Text"
+node: the MGIE nodes show their text themselves, and the frontend sends that node's shown text with the prompt,
+so it would run again at every run of an unchanged graph. The thumbnails beside the files are screenshots of
+each graph after a run (scripts/browser_check.py --thumbnails).
 """
 
 from __future__ import annotations
@@ -27,13 +29,11 @@ LOADER = [MODEL, "auto", "auto", "none", 1.0, False]  # model, precision, memory
 SAMPLING = [13331, "fixed", 0, 0, 0, "auto", 0]
 PRESET = "paper"
 
-TITLE, GAP = 30, 40  # the frontend's title bar height; the free space kept between a node and the one below
 # node type -> (socket inputs [(name, type, optional)], outputs [(name, type)], size)
 NODE_IO = {
     "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")], (320, 330)),
     "SaveImage": ([("images", "IMAGE", False)], [], (320, 340)),
     "PreviewImage": ([("images", "IMAGE", False)], [], (320, 300)),
-    "PreviewAny": ([("source", "*", False)], [], (320, 160)),
     "ImageScaleBy": ([("image", "IMAGE", False)], [("IMAGE", "IMAGE")], (300, 90)),
     "MGIELoader": ([], [("mgie_model", "MGIE_MODEL"), ("MODEL", "MODEL"), ("VAE", "VAE")], (320, 220)),
     "Note": ([], [], (400, 220)),
@@ -110,12 +110,10 @@ def basic_edit() -> Graph:
     derive = g.add("MGIEDeriveInstruction", (380, 0), ["make the biggest shape red", 96, ""])
     imagine = g.add("MGIEVisualImagination", (380, 370))
     sampler = g.add("MGIESampler", (780, 0), [*SAMPLING, PRESET])
-    text = g.add("PreviewAny", (380, 490), title="Expressive instruction")
     save = g.add("SaveImage", (1150, 0), ["mgie/edit"])
     g.link(model, 0, derive, "mgie_model")
     g.link(image, 0, derive, "image")
     g.link(derive, 0, imagine, "derivation")
-    g.link(derive, 1, text, "source")
     g.link(model, 0, sampler, "mgie_model")
     g.link(image, 0, sampler, "image")
     g.link(imagine, 0, sampler, "positive")
@@ -129,12 +127,10 @@ def quick_edit() -> Graph:
     image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
     model = g.add("MGIELoader", (0, 400), LOADER)
     edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, "", PRESET])
-    text = g.add("PreviewAny", (380, 570), title="Expressive instruction")
     save = g.add("SaveImage", (780, 0), ["mgie/quick"])
     g.link(model, 0, edit, "mgie_model")
     g.link(image, 0, edit, "image")
     g.link(edit, 0, save, "images")
-    g.link(edit, 1, text, "source")
     return g
 
 
@@ -144,12 +140,10 @@ def edit_then_upscale() -> Graph:
     model = g.add("MGIELoader", (0, 400), LOADER)
     edit = g.add("MGIEEdit", (380, 0), ["make it look like sunset", *SAMPLING, "", PRESET])
     upscale = g.add("ImageScaleBy", (780, 0), ["lanczos", 2.0], title="Upscale x2")
-    text = g.add("PreviewAny", (380, 570), title="Expressive instruction")
     save = g.add("SaveImage", (1120, 0), ["mgie/upscaled"])
     g.link(model, 0, edit, "mgie_model")
     g.link(image, 0, edit, "image")
     g.link(edit, 0, upscale, "image")
-    g.link(edit, 1, text, "source")
     g.link(upscale, 0, save, "images")
     return g
 
@@ -161,16 +155,12 @@ def multi_turn() -> Graph:
     first = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, "", PRESET], title="Turn 1")
     second = g.add("MGIEEdit", (780, 0), ["make it night", *SAMPLING, "", PRESET], title="Turn 2")
     preview = g.add("PreviewImage", (780, 570), title="After turn 1")
-    text1 = g.add("PreviewAny", (380, 570), title="Turn 1: expressive instruction")
-    text2 = g.add("PreviewAny", (1180, 410), title="Turn 2: expressive instruction")
     save = g.add("SaveImage", (1180, 0), ["mgie/two_turns"])
     g.link(model, 0, first, "mgie_model")
     g.link(image, 0, first, "image")
     g.link(first, 0, preview, "images")
-    g.link(first, 1, text1, "source")
     g.link(model, 0, second, "mgie_model")
     g.link(first, 0, second, "image")
-    g.link(second, 1, text2, "source")
     g.link(second, 0, save, "images")
     return g
 
@@ -237,7 +227,6 @@ def masked_edit() -> Graph:
     image = g.add("LoadImage", (0, 0), ["scene-masked.png", "image"])
     model = g.add("MGIELoader", (0, 400), LOADER)
     edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, "", PRESET])
-    text = g.add("PreviewAny", (380, 570), title="Expressive instruction")
     save = g.add("SaveImage", (780, 0), ["mgie/masked"])
     g.add("Note", (780, 410), ["Paint where to edit in Load Image's mask editor (right click > Open in MaskEditor). "
                                "Outside the mask the pixels stay the input's. An empty mask returns the image "
@@ -246,7 +235,6 @@ def masked_edit() -> Graph:
     g.link(image, 0, edit, "image")
     g.link(image, 1, edit, "mask")
     g.link(edit, 0, save, "images")
-    g.link(edit, 1, text, "source")
     return g
 
 
@@ -256,12 +244,10 @@ def multi_step() -> Graph:
     model = g.add("MGIELoader", (0, 400), LOADER)
     edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red\nmake it night", *SAMPLING, "", PRESET],
                  title="MGIE Edit: one instruction per line")
-    text = g.add("PreviewAny", (380, 570), title="Expressive instruction of every step")
     save = g.add("SaveImage", (780, 0), ["mgie/multi_step"])
     g.link(model, 0, edit, "mgie_model")
     g.link(image, 0, edit, "image")
     g.link(edit, 0, save, "images")
-    g.link(edit, 1, text, "source")
     return g
 
 
@@ -274,7 +260,7 @@ WORKFLOWS = {
     "MGIE masked edit.json": masked_edit,
     "MGIE edit then upscale.json": edit_then_upscale,
     "MGIE on ComfyUI samplers.json": stock_sampler,
-    "MGIE on ComfyUI samplers with a mask.json": lambda: stock_sampler(masked=True),
+    "MGIE masked, ComfyUI samplers.json": lambda: stock_sampler(masked=True),
 }
 
 

@@ -107,3 +107,11 @@ def test_the_extension_imports_only_the_public_entry():
 def test_the_pack_declares_its_web_directory():
     text = (harness.ROOT / "__init__.py").read_text()
     assert 'WEB_DIRECTORY = "./web"' in text and (harness.ROOT / "web" / "mgie_text.js").is_file()
+
+
+def test_nodes_with_text_ask_comfyui_to_resend_it_when_taken_from_the_cache(comfy):
+    """A node ComfyUI serves from its cache sends no text unless it has an intermediate output (ComfyUI 0.19):
+    a new graph whose MGIE Edit has the inputs of one run before would show no text."""
+    nodes = comfy[0]
+    shows = {node_id for node_id, cls in nodes.items() if cls.define_schema().has_intermediate_output}
+    assert shows == set(NODE_IDS)

@@ -57,6 +57,7 @@ class Schema:
     description: str = ""
     is_output_node: bool = False
     not_idempotent: bool = False
+    has_intermediate_output: bool = False  # ComfyUI 0.19 (not 0.3.54)
 
     def validate(self) -> None:
         ids = [i.id for i in self.inputs]
