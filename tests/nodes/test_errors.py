@@ -41,14 +41,14 @@ def test_a_titled_error_is_still_the_core_error_with_its_fields_and_traceback(co
     nodes = comfy[0]
     handle = SimpleNamespace(model=SimpleNamespace(recommended_sampling={}))  # sampling settings fail before any model use
     error = failure(lambda: nodes["MGIESampler"].execute(
-        mgie_model=handle, image=None, positive=[], negative=[], seed=0, steps=0, guidance_scale=0,
+        mgie_model=handle, image=None, positive=[], negative=[], seed=0, steps=1001, guidance_scale=0,
         image_guidance_scale=0, scheduler="euler", max_side=0))
     core = sys.modules["ComfyUI-MGIE.mgie_core.errors"]  # the pack's own copy of mgie_core
     assert isinstance(error, core.SettingError) and isinstance(error, ValueError)
     assert comfy_title(error) == "MGIE setting error" and error.field == "steps"
-    assert str(error) == "steps must be an integer from 1 to 1000, got 0"
+    assert str(error) == "steps must be from 1 to 1000, or 0 (auto), got 1001"
     frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
-    assert "sample_config" in frames  # the traceback still leads to where the core raised it
+    assert "check_setting" in frames  # the traceback still leads to where the core raised it
 
 
 def test_other_exceptions_pass_unchanged(comfy):

@@ -38,9 +38,9 @@ def test_a_lora_change_re_patches_the_loaded_model(comfy, tiny_root, monkeypatch
     assert_same(weights(third.model), weights(fresh(tiny_root, b, -1.0)))  # as if loaded with it
     patched = third.model.unet.get_submodule(UNET_LAYER).weight
     assert any(p.data_ptr() == patched.data_ptr() for p in unet.model.parameters())  # MODEL: the same, patched, weights
-    first.use("sample")  # the first node's handle edits with its own LoRA: put back before its stage
+    first.place("sample")  # the first node's handle edits with its own LoRA: put back before its stage
     assert_same(weights(first.model), weights(fresh(tiny_root, a, 0.5)))
-    loader("none", 1.0)[0].use("derive")
+    loader("none", 1.0)[0].place("derive")
     assert_same(weights(first.model), weights(fresh(tiny_root)))
     assert len(loads) == 1
     loader("a.safetensors", 1.0, precision="fp16")  # another precision: a load
