@@ -33,4 +33,5 @@ class SettingError(InputError):
 
     def named(self, names: dict[str, str]) -> SettingError:
         """The same error, the field called by its name in ``names`` (unchanged where it has none)."""
-        return SettingError(names.get(self.field, self.field), self.requirement, self.value)
+        renamed = SettingError(names.get(self.field, self.field), self.requirement, self.value)
+        return renamed.with_traceback(self.__traceback__)  # still leads to where the check failed

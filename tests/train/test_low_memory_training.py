@@ -61,7 +61,7 @@ def test_its_lora_is_a_normal_lora_for_the_unquantized_model_and_strength_zero_i
     tuned = edit(apply_lora(load_model(tiny_root), lora, 1.0))
     assert (tuned.output.images - base.output.images).abs().mean() > 1e-3
     # merged into a model whose LLM is already quantized (Python): dequantized, merged, quantized again
-    pipe = MGIEPipeline(load_model(tiny_root), "cpu", "fp32", llm_quant="int8")
+    pipe = MGIEPipeline(load_model(tiny_root), "cpu", "fp32", memory="8")  # int8 LLM
     apply_lora(pipe.model, lora, 1.0)
     quantized = pipe(make_image(32, 32, seed=9), "make it red", DERIVE, SAMPLE, seed=3)
     assert (quantized.output.images - tuned.output.images).abs().mean() < 2e-3
@@ -83,7 +83,7 @@ def test_its_lora_in_the_cli_with_and_without_a_quantized_llm(low, tiny_root, tm
     common = ["edit", "--model", str(tiny_root), "--image", str(image), "--instruction", "make it red", "--steps", "3",
               "--seed", "3", "--device", "cpu", "--dtype", "fp32", "--max-new-tokens", "40", "--quiet"]
     runs = {"base": [], "zero": ["--lora", f"{lora}:0"], "tuned": ["--lora", str(lora)],
-            "int8": ["--lora", str(lora), "--llm-quant", "int8"]}
+            "int8": ["--lora", str(lora), "--memory", "8"]}
     pictures = {}
     for name, extra in runs.items():
         assert main([*common, *extra, "--out", str(tmp_path / f"{name}.png")]) == 0
