@@ -68,8 +68,9 @@ class TrainConfig:
                                                "autocast (default: the memory plan's: bf16, or fp16 where the GPU "
                                                "lacks bf16; no on a CPU)")
     llm_quant: str | None = option(None, "none, int8 or int4 (CUDA only): the frozen LLM's linear layers quantized "
-                                         "with torchao, as the edit command's --llm-quant; the adapters and the [IMG] "
-                                         "rows still train in full precision, QLoRA-style (default: the memory plan's)")
+                                         "with torchao, as the edit command's --memory 8 and 6 do; the adapters and "
+                                         "the [IMG] rows still train in full precision, QLoRA-style (default: the "
+                                         "memory plan's)")
     gradient_checkpointing: bool | None = option(None, "recompute the LLM's and the UNet's activations in the "
                                                        "backward pass: less memory, slower steps (default: the "
                                                        "memory plan's)")
