@@ -51,6 +51,7 @@ NODE_IO = {
                               [("output", "LATENT"), ("denoised_output", "LATENT")], (300, 110)),
     "SetLatentNoiseMask": ([("samples", "LATENT", False), ("mask", "MASK", False)], [("LATENT", "LATENT")], (260, 50)),
     "VAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False)], [("IMAGE", "IMAGE")], (220, 50)),
+    "VAEEncode": ([("pixels", "IMAGE", False), ("vae", "VAE", False)], [("LATENT", "LATENT")], (220, 50)),
     "MGIEDeriveInstruction": ([("mgie_model", "MGIE_MODEL", False), ("image", "IMAGE", False)],
                               [("derivation", "MGIE_DERIVATION"), ("expressive_instruction", "STRING")], (360, 300)),
     "MGIEVisualImagination": ([("derivation", "MGIE_DERIVATION", False)],
@@ -209,9 +210,12 @@ def stock_sampler(masked: bool = False) -> Graph:
     g.link(guider, 0, run, "guider")
     g.link(sampler, 0, run, "sampler")
     g.link(sigmas, 0, run, "sigmas")
-    if masked:
-        noise_mask = g.add("SetLatentNoiseMask", (380, 490))
-        g.link(ip2p, 2, noise_mask, "samples")
+    if masked:  # the conditioning's latent is empty: outside the mask the sampler keeps the encoded input instead
+        encode = g.add("VAEEncode", (380, 490))
+        noise_mask = g.add("SetLatentNoiseMask", (380, 610))
+        g.link(image, 0, encode, "pixels")
+        g.link(model, 2, encode, "vae")
+        g.link(encode, 0, noise_mask, "samples")
         g.link(image, 1, noise_mask, "mask")
         g.link(noise_mask, 0, run, "latent_image")
     else:

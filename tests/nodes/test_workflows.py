@@ -25,6 +25,7 @@ MIN_SIZES = {
     "InstructPixToPixConditioning": (229, 86), "DualCFGGuider": (218, 166), "RandomNoise": (210, 82),
     "KSamplerSelect": (210, 58), "BasicScheduler": (210, 106), "SamplerCustomAdvanced": (212, 106),
     "VAEDecode": (140, 46), "Note": (281, 88), "SetLatentNoiseMask": (188, 46),
+    "VAEEncode": (140, 46),
 }
 TEXT_NODES = {"MGIEDeriveInstruction", "MGIESampler", "MGIEEdit"}  # they show their text on the node after a run
 TEXT_ROOM = 30  # px beyond the minimum for those: two more lines of text without growing
@@ -122,6 +123,16 @@ def _check_stock_wiring(prompt: dict) -> None:
     assert guider["model"] == [loader, 1] and prompt[ip2p]["inputs"]["vae"] == [loader, 2]
     assert guider["cond1"] == [ip2p, 0] and guider["cond2"] == [ip2p, 1] and guider["negative"] == [imagine, 1]
     assert prompt[_node(prompt, "VAEDecode")]["inputs"]["vae"] == [loader, 2]
+    run = prompt[_node(prompt, "SamplerCustomAdvanced")]["inputs"]
+    if any(s["class_type"] == "SetLatentNoiseMask" for s in prompt.values()):
+        # outside the mask the sampler keeps latent_image: the input encoded, not the conditioning's empty latent
+        noise_mask = prompt[run["latent_image"][0]]
+        assert noise_mask["class_type"] == "SetLatentNoiseMask"
+        encode = prompt[noise_mask["inputs"]["samples"][0]]
+        assert encode["class_type"] == "VAEEncode" and encode["inputs"]["vae"] == [loader, 2]
+        assert encode["inputs"]["pixels"] == prompt[ip2p]["inputs"]["pixels"]
+    else:
+        assert run["latent_image"] == [ip2p, 2]
 
 
 def _without(prompt: dict, types: set) -> dict:
