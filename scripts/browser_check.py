@@ -172,7 +172,8 @@ def error_as_read(page: Page, args: argparse.Namespace, checks: Checks) -> None:
     page.run("Array.from(document.querySelectorAll('button')).find((b) => b.textContent.trim() === 'See Errors')?.click()")
     time.sleep(2)
     whole = page.run("return Array.from(document.querySelectorAll('body *')).some((e) => e.childElementCount === 0"
-                     " && e.textContent.trim().endsWith('(one instruction per line for a multi-step edit)'))")
+                     " && e.textContent.trim().endsWith('(one instruction per line for a chain of edits)')"
+                     " && e.scrollHeight <= e.clientHeight + 1 && e.getBoundingClientRect().width > 0)")  # not clipped
     checks.check("the error's whole sentence is shown in the errors panel", whole)
     print(f"  screenshot: {page.screenshot(args.out / 'error-panel.png')}")
     page.call("await app.extensionManager.setting.set('Comfy.RightSidePanel.IsOpen', false); return true;")
