@@ -185,39 +185,72 @@ class Record:
     status: str
     out: str = ""
     message: str = ""
-    instruction: str = ""
     expressive: str = ""
-    seed: int | None = None
     seconds: float = 0.0
+    item: Item | None = None
 
     def line(self, settings: dict[str, Any]) -> str:
-        return json.dumps({"image": self.where, "out": self.out, "instruction": self.instruction,
-                           "understood_as": self.expressive, "seed": self.seed, "settings": settings,
-                           "seconds": round(self.seconds, 3)})
+        return json.dumps({"image": self.where, "out": self.out, **made_by(self.item), "understood_as": self.expressive,
+                           "settings": settings, "seconds": round(self.seconds, 3)})
 
 
-def recorded_outputs(out_dir: Path) -> set[str]:
-    """Rewrite ``results.jsonl`` to one record per output picture that exists (the last record of each), and
-    return those outputs. A run killed between writing a picture and its record, or after a record whose
-    picture did not land, leaves the log consistent again; a torn last line is dropped."""
+def made_by(item: Item) -> dict[str, Any]:
+    """What makes an item's picture, besides the settings: recorded with it, and compared when a later run
+    finds the picture already there."""
+    return {"instruction": item.instruction, "expressive_override": item.expressive, "seed": item.seed,
+            "mask": item.mask.name if item.mask is not None else None}
+
+
+def read_records(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """The last record in ``results.jsonl`` of each output picture that exists (torn lines dropped)."""
     path = out_dir / RESULTS
+    records: dict[str, dict[str, Any]] = {}
     if not path.is_file():
-        return set()
-    records: dict[str, str] = {}
+        return records
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            out = json.loads(line)["out"]
+            record = json.loads(line)
+            out = record["out"]
         except (ValueError, KeyError, TypeError):
             continue
         if isinstance(out, str) and Path(out).is_file():
             records.pop(out, None)
-            records[out] = line
-    with atomic_write(path) as handle:
-        handle.write("".join(line + "\n" for line in records.values()).encode())
-    return set(records)
+            records[out] = record
+    return records
 
 
-def pending(batch: list[Item], done: set[str], overwrite: bool) -> bool:
+def recorded_outputs(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Rewrite ``results.jsonl`` to one record per output picture that exists, and return those records. A run
+    killed between writing a picture and its record, or after a record whose picture did not land, leaves the
+    log consistent again; a torn last line is dropped."""
+    records = read_records(out_dir)
+    if (out_dir / RESULTS).is_file():
+        with atomic_write(out_dir / RESULTS) as handle:
+            handle.write("".join(json.dumps(record) + "\n" for record in records.values()).encode())
+    return records
+
+
+def check_no_other_edits(items: list[Item], out_dir: Path, records: dict[str, dict[str, Any]],
+                         settings: dict[str, Any] | None = None) -> None:
+    """Refuse a run whose outputs are already there from another edit (another instruction, override, seed, mask
+    or, once the model's settings are known, settings): skipping them would keep pictures of the other edit."""
+    others = []
+    for item in items:
+        record = records.get(str(item.out))
+        if record is None:
+            continue
+        wanted = made_by(item) | ({"settings": json.loads(json.dumps(settings))} if settings is not None else {})
+        differ = [key for key, value in wanted.items() if key in record and record[key] != value]
+        if differ:
+            name = item.out.relative_to(out_dir) if item.out.is_relative_to(out_dir) else item.out
+            others.append(f"{name} ({', '.join(differ)} differ)")
+    if others:
+        shown = "; ".join(others[:3]) + (f"; and {len(others) - 3} more" if len(others) > 3 else "")
+        raise InputError(f"{len(others)} of the outputs are already in {out_dir} from another edit: {shown}. Give "
+                         "another --out, or --overwrite to edit them again")
+
+
+def pending(batch: list[Item], done: dict[str, Any], overwrite: bool) -> bool:
     return overwrite or any(str(item.out) not in done for item in batch)
 
 
@@ -232,7 +265,7 @@ class Summary:
     def add(self, record: Record) -> None:
         if record.status == "done":
             self.done += 1
-            self.understood.append(f'{record.where}: "{record.instruction}" understood as "{record.expressive}"')
+            self.understood.append(f'{record.where}: "{record.item.instruction}" understood as "{record.expressive}"')
         elif record.status == "skipped":
             self.skipped += 1
         else:
@@ -263,7 +296,7 @@ def load_items(placed: Placed, batch: list[Item], derive_config: DeriveConfig, s
 
 
 def edit_batch(placed: Placed, batch: list[Item], derive_config: DeriveConfig, sample_config: SampleConfig,
-               overwrite: bool, done: set[str], progress: StageProgress | None = None) -> list[Record]:
+               overwrite: bool, done: dict[str, Any], progress: StageProgress | None = None) -> list[Record]:
     """Edit a batch whole and write the outputs that lack a picture or a record (all of them with ``overwrite``)."""
     began, records = time.time(), []
     ready = load_items(placed, batch, derive_config, sample_config, records)
@@ -282,7 +315,7 @@ def edit_batch(placed: Placed, batch: list[Item], derive_config: DeriveConfig, s
                 records.append(Record(item.where, "skipped", str(item.out)))
                 continue
             save_image_atomic(picture, item.out)
-            records.append(Record(item.where, "done", str(item.out), "", item.instruction, text, item.seed, seconds))
+            records.append(Record(item.where, "done", str(item.out), "", text, seconds, item))
     return records
 
 
@@ -312,13 +345,15 @@ def run(placed: Placed, plan: Plan, out_dir: Path, batch_size: int, derive_confi
     if state.is_main_process:
         remove_temporaries(out_dir)
     state.wait_for_everyone()  # the main process has cleaned up before anyone looks or writes
-    done = recorded_outputs(out_dir) if state.is_main_process else set()
+    done = recorded_outputs(out_dir) if state.is_main_process else {}
     done = gather_object([done])[0] if state.num_processes > 1 else done
+    settings = vars(sample_config) | {"max_new_tokens": derive_config.max_new_tokens}
+    if not overwrite:
+        check_no_other_edits(plan.items, out_dir, done, settings)  # every process decides the same, from the same records
     every = batches(plan.items, batch_size)
     work = [b for b in every if pending(b, done, overwrite)]
     summary.skipped = sum(len(b) for b in every if not pending(b, done, overwrite))
     state.wait_for_everyone()  # every process has looked at the outputs before any is written
-    settings = vars(sample_config) | {"max_new_tokens": derive_config.max_new_tokens}
     finished = summary.skipped
     for mine in deal(work, state.process_index, state.num_processes):
         stages = progress(finished, len(plan.items)) if progress and mine else None

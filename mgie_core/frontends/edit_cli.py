@@ -92,7 +92,7 @@ def run_many(args: argparse.Namespace, settings: EditSettings) -> int:
     """Edit a folder, a glob or a manifest into the --out folder; under ``accelerate launch``, with every process."""
     from accelerate import PartialState
 
-    from .batch import plan_images, plan_manifest, run
+    from .batch import check_no_other_edits, plan_images, plan_manifest, read_records, run
 
     out_dir = Path(args.out)
     if out_dir.suffix.lower() in Image.registered_extensions():
@@ -108,6 +108,8 @@ def run_many(args: argparse.Namespace, settings: EditSettings) -> int:
     else:
         plan = plan_images(args.image, instruction, out_dir, settings.seed, args.expressive,
                            Path(args.mask) if args.mask else None)
+    if not args.overwrite:  # the settings are compared too, once the model's recommendations are known
+        check_no_other_edits(plan.items, out_dir, read_records(out_dir))
     placement = Placement.make(args.device, args.dtype, args.memory, args.compile)
     state = PartialState(cpu=placement.device.type == "cpu")  # several processes under accelerate launch
     if not state.is_main_process:

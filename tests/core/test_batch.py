@@ -184,3 +184,42 @@ def test_a_run_of_several_processes_leaves_its_process_group(tmp_path):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_outputs_of_another_edit_are_refused_before_the_model_loads_not_skipped(tiny_root, tmp_path, capsys, monkeypatch):
+    source, out = pictures(tmp_path / "in", 3), tmp_path / "out"
+    argv = ["edit", "--model", str(tiny_root), "--image", str(source), "--out", str(out), *FAST]
+    assert main([*argv, "--instruction", "make it red"]) == 0
+    first = files(out)
+    capsys.readouterr()
+    assert main([*argv, "--instruction", "make it red"]) == 0  # the same edit again: nothing to do
+    assert "done 0, skipped 3" in capsys.readouterr().out
+    import mgie_core.formats as formats
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(formats, "load_model", no_load)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name in first:
+        Image.new("L", (40, 32), 255).save(masks / name)
+    for other in (["--instruction", "make it blue"], ["--instruction", "make it red", "--seed", "5"],
+                  ["--instruction", "make it red", "--mask", str(masks)]):
+        err = main_error([*argv, *other], capsys)
+        assert f"3 of the outputs are already in {out} from another edit: p0.png (" in err and "--overwrite" in err
+        assert files(out) == first
+    assert "instruction differ" in main_error([*argv, "--instruction", "make it blue"], capsys)
+    monkeypatch.undo()
+    # the settings are known once the model is: other steps are another edit too
+    assert "settings differ" in main_error([*argv, "--instruction", "make it red", "--steps", "4"], capsys)
+    assert main([*argv, "--instruction", "make it blue", "--overwrite"]) == 0
+    assert files(out) != first and "done 3, skipped 0" in capsys.readouterr().out
+    assert main([*argv, "--instruction", "make it blue"]) == 0 and "skipped 3" in capsys.readouterr().out
+
+
+def main_error(argv: list[str], capsys) -> str:
+    assert main(argv) == 2  # a one-line input error
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    return err
