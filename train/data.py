@@ -97,7 +97,10 @@ def _from_manifest(path: Path) -> tuple[list[Triplet], list[str]]:
 def _from_folder(path: Path) -> tuple[list[Triplet], list[str]]:
     inputs, targets = _images(path / "input"), _images(path / "target")
     if not inputs:
-        raise InputError(f"--data {path}: no images in {path / 'input'} (expected input/NAME.png, target/NAME.png, NAME.txt)")
+        manifests = sorted(path.glob("*.jsonl"))
+        hint = f"; {path} holds a manifest: give --data {manifests[0]}" if manifests else ""
+        raise InputError(f"--data {path}: no images in {path / 'input'} (expected input/NAME.png, target/NAME.png, "
+                         f"NAME.txt){hint}")
     triplets, problems = [], []
     for name in sorted(set(inputs) | set(targets)):
         if name not in targets:

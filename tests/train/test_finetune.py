@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -159,6 +160,10 @@ def test_both_data_formats(tmp_path):
     assert [(t.input, t.target, t.instruction, t.expressive) for t in a.triplets] == \
            [(t.input, t.target, t.instruction, t.expressive) for t in b.triplets]
     assert a.triplets[0].expressive == "turn the apple red." and a.triplets[1].expressive is None
+    # a folder that holds a manifest but no input/ (what train.mini.world writes): the error names the manifest
+    shutil.rmtree(folder / "input")
+    with pytest.raises(InputError, match=f"holds a manifest: give --data {re.escape(str(manifest))}$"):
+        read_triplets(folder)
 
 
 def test_bad_data_is_reported_by_file_and_strict_is_fatal(tmp_path):
