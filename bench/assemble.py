@@ -64,9 +64,9 @@ except OSError:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({{"rc": rc, "peak_kib": peak}}))
 """
-UNPACK = ("import tempfile; from pathlib import Path; from mgie_core.formats.assemble.tarball import extract_members\n"
+UNPACK = ("import tempfile; from pathlib import Path; from mgie_core.assemble.tarball import extract_members\n"
           "with tempfile.TemporaryDirectory(dir='{scratch}') as d: extract_members(Path('{tarball}'), Path(d), False)\n")
-KEEP_PAGES = "import mgie_core.formats.assemble.sources as sources; sources._libc = None\n"
+KEEP_PAGES = "import mgie_core.assemble.sources as sources; sources._libc = None\n"
 
 
 def tokenizer_files(folder: Path, vocab: int, added: bool) -> int:
@@ -175,7 +175,7 @@ def measure(args: list[str], patch: str = "") -> tuple[float, float]:
 
 
 def sizes(pieces: dict[str, Path], bundle: Path) -> dict[str, float]:
-    from mgie_core.formats.assemble.sources import file_refs
+    from mgie_core.assemble.sources import file_refs
 
     refs = [ref for f in sorted(pieces["llava-delta"].glob("*.bin")) for ref in file_refs(f, "").values()]
     params = sum(math.prod(r.shape) for r in file_refs(bundle, "").values() if r.dtype.is_floating_point)

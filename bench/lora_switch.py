@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from mgie_core.formats import load_model, read_lora, save_lora
-from mgie_core.formats.lora_patch import LoraPatcher
 from mgie_core.runtime.devices import DTYPES
+from mgie_core.runtime.lora_patch import LoraPatcher
 from train.adapters import Trainable
 from train.config import TrainConfig
 

@@ -12,21 +12,11 @@ from dataclasses import dataclass
 
 import sentencepiece as spm
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from mgie_core.formats.modules import make_spec
 from mgie_core.images import ClipImageConfig
-from mgie_core.model.edit_head import EditHead, EditHeadConfig
-from mgie_core.model.mgie import (
-    IM_END,
-    IM_PATCH,
-    IM_START,
-    MGIEModel,
-    MultimodalLLM,
-    clip_vision_config_from,
-    llama_config_from,
-    visual_token_names,
-)
+from mgie_core.model.build import ModelConfigs, build_model
+from mgie_core.model.edit_head import EditHeadConfig
+from mgie_core.model.mgie import IM_END, IM_PATCH, IM_START, MGIEModel, visual_token_names
 from mgie_core.model.tokenizer import LegacyLlamaTokenizer
 from mgie_core.stages.prompt import SYSTEM
 
@@ -103,18 +93,11 @@ def build_random_model(preset: Preset, device: torch.device, dtype: torch.dtype)
     tok = bench_tokenizer()
     vocab = preset.llm["vocab_size"] or tok.vocab_size  # 0: exactly the tokenizer's (for loading benchmarks)
     llava = {**preset.llm, "vocab_size": vocab, "mm_hidden_size": preset.vision["hidden_size"], "mm_use_im_start_end": True}
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            mllm = MultimodalLLM(llama_config_from(llava, vocab), clip_vision_config_from(preset.vision), -2)
-            head = EditHead(EditHeadConfig(llm_hidden_size=preset.llm["hidden_size"], num_visual_tokens=8, **preset.edit_head))
-            unet, vae = UNet2DConditionModel(**preset.unet), AutoencoderKL(**preset.vae)
-    finally:
-        torch.set_default_dtype(previous)
-    # every answer has the forced length: </s> is never generated
-    spec = dataclasses.replace(make_spec(tok, llava, mllm, head.config), eos_token_id=-1)
     size = preset.vision["image_size"]
-    return MGIEModel(tokenizer=tok, mllm=mllm, edit_head=head, unet=unet, vae=vae, scheduler_config=dict(SD_SCHEDULER),
-                     clip_image_config=ClipImageConfig(shortest_edge=size, crop_height=size, crop_width=size),
-                     spec=spec, source="random", info={"llava_config": llava, "clip_config": preset.vision}).eval()
+    configs = ModelConfigs(
+        llava=llava, clip=preset.vision, unet=preset.unet, vae=preset.vae, scheduler=dict(SD_SCHEDULER),
+        edit_head=EditHeadConfig(llm_hidden_size=preset.llm["hidden_size"], num_visual_tokens=8, **preset.edit_head),
+        clip_image=ClipImageConfig(shortest_edge=size, crop_height=size, crop_width=size))
+    model = build_model(tok, configs, vocab_size=vocab, device=device, dtype=dtype, source="random").eval()
+    model.spec = dataclasses.replace(model.spec, eos_token_id=-1)  # every answer has the forced length: no </s>
+    return model

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import sentencepiece as spm
 import torch
-from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
-from transformers import CLIPConfig, CLIPModel, LlamaConfig, LlamaModel
+from diffusers import EulerAncestralDiscreteScheduler
+from transformers import CLIPConfig, CLIPModel
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mgie_core.model.edit_head import EditHead, EditHeadConfig  # noqa: E402
+from mgie_core.model.build import ModelConfigs, build_model  # noqa: E402
+from mgie_core.model.edit_head import EditHeadConfig  # noqa: E402
 from mgie_core.model.mgie import IM_END, IM_PATCH, IM_START, ModelSpec, visual_token_names  # noqa: E402
 from mgie_core.model.tokenizer import LegacyLlamaTokenizer  # noqa: E402
 from mgie_core.stages.prompt import SYSTEM, build_prompt  # noqa: E402
@@ -104,12 +105,10 @@ def llava_config(vocab_size: int) -> dict:
     }
 
 
-def train_llm(tokenizer: LegacyLlamaTokenizer, spec: ModelSpec, patch_feature: torch.Tensor, steps: int = 400):
-    """Teach a 2-layer LLaMA the BEHAVIOURS answers (cross-entropy on the answer tokens only)."""
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=HIDDEN, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=512, rms_norm_eps=1e-6)
-    llm, head = LlamaModel(config), torch.nn.Linear(HIDDEN, tokenizer.vocab_size, bias=False)
+def train_llm(llm, head, tokenizer: LegacyLlamaTokenizer, spec: ModelSpec, patch_feature: torch.Tensor, steps: int = 400):
+    """Teach the 2-layer LLaMA the BEHAVIOURS answers (cross-entropy on the answer tokens only)."""
+    llm.train().requires_grad_(True)
+    head.requires_grad_(True)
     batch = []
     for instruction, answer in BEHAVIOURS.items():
         prompt_len = len(tokenizer.encode(build_prompt(instruction, spec)))
@@ -144,20 +143,21 @@ def tiny_clip_config() -> CLIPConfig:
     )
 
 
-def tiny_unet() -> UNet2DConditionModel:
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
-    )
+UNET = dict(sample_size=8, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
+VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), norm_num_groups=32,
+           down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+           up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), sample_size=32)
+EDIT_HEAD = EditHeadConfig(llm_hidden_size=HIDDEN, num_visual_tokens=NUM_VISUAL, hidden_size=32, num_queries=77,
+                           output_size=32, num_encoder_layers=2, num_decoder_layers=2, feedforward_size=64)
 
 
-def tiny_vae() -> AutoencoderKL:
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), norm_num_groups=32,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), sample_size=32,
-    )
+def tiny_model(tokenizer: LegacyLlamaTokenizer, base_vocab: int):
+    """The tiny MGIE's modules, at random, built by the library's one factory (what the files below hold)."""
+    configs = ModelConfigs(llava=llava_config(base_vocab + 3), clip=tiny_clip_config().to_dict(), edit_head=EDIT_HEAD,
+                           unet=UNET, vae=VAE)
+    return build_model(tokenizer, configs, source="tiny")
 
 
 def _old_vae_names(state: dict) -> dict:
@@ -227,8 +227,9 @@ def build_tiny_checkpoint(root: str | Path, train_steps: int = 400) -> Path:
         "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
         "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": CLIP_IMAGE})
     projector_bias = torch.randn(HIDDEN) * 0.5
-
-    llm, head, _ = train_llm(tokenizer, spec, projector_bias, steps=train_steps)
+    torch.manual_seed(0)
+    model = tiny_model(tokenizer, base_vocab)
+    llm, head, _ = train_llm(model.mllm.llm, model.mllm.lm_head, tokenizer, spec, projector_bias, steps=train_steps)
 
     # LLaVA shards: the base vocabulary only, with *different* rows than mllm.pt (which must override them)
     llava_state = {f"model.{k}": v.detach().clone().half() for k, v in llm.state_dict().items()}
@@ -241,9 +242,7 @@ def build_tiny_checkpoint(root: str | Path, train_steps: int = 400) -> Path:
     _save_sharded(llava_state, llava)
 
     # mllm.pt: trained embed/lm_head rows for the whole grown vocabulary, the edit head, emb
-    edit_head = EditHead(EditHeadConfig(llm_hidden_size=HIDDEN, num_visual_tokens=NUM_VISUAL, hidden_size=32,
-                                        num_queries=77, output_size=32, num_encoder_layers=2, num_decoder_layers=2,
-                                        feedforward_size=64))
+    edit_head = model.edit_head
     with torch.no_grad():
         edit_head.emb.normal_()
     mllm = {"model.embed_tokens.weight": llm.embed_tokens.weight.detach().half(),
@@ -251,10 +250,10 @@ def build_tiny_checkpoint(root: str | Path, train_steps: int = 400) -> Path:
     mllm.update({f"edit_head.{k}": v.detach().half() for k, v in edit_head.state_dict().items() if k != "emb"})
     torch.save(mllm, mgie / "mllm.pt")
 
-    unet = tiny_unet()
+    unet = model.unet
     torch.save({k: v.half() for k, v in unet.state_dict().items()}, mgie / "unet.pt")
     unet.save_config(ip2p / "unet")
-    vae = tiny_vae()
+    vae = model.vae
     vae.save_config(ip2p / "vae")
     torch.save(_old_vae_names(vae.state_dict()), ip2p / "vae" / "diffusion_pytorch_model.bin")
     scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",

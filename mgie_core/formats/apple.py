@@ -14,12 +14,12 @@ from pathlib import Path
 from ..errors import CheckpointError
 from ..files import read_json
 from ..images import ClipImageConfig
+from ..model.build import ModelConfigs, build_model, vision_tower_keys
 from ..model.edit_head import EditHeadConfig
-from ..model.mgie import MGIEModel, MultimodalLLM, visual_token_names
+from ..model.mgie import MGIEModel, visual_token_names
 from ..model.tokenizer import LegacyLlamaTokenizer
 from . import keys
-from .modules import build_edit_head, build_mllm, build_unet, build_vae, check_compatible, make_spec
-from .weights import StateDict, load_into, read_folder_weights, read_state_dict
+from .weights import StateDict, read_folder_weights, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -132,25 +132,18 @@ def load_apple_checkpoint(
     vocab_size = _vocab_size(llm_state, tokenizer, layout)
 
     clip_cfg = read_json(clip_dir / "config.json")
-    mllm = build_mllm(llava_cfg, clip_cfg, vocab_size)
-    llm_state.update(_vision_state(mllm, clip_dir))
-    load_into(mllm, llm_state, f"{layout.llava} + {layout.mgie / 'mllm.pt'} + {clip_dir}")
-    edit_head = build_edit_head(edit_config, edit_state, str(layout.mgie / "mllm.pt"))
-
-    unet_cfg = read_json(layout.ip2p / "unet" / "config.json")
-    unet = build_unet(unet_cfg, read_state_dict(layout.mgie / "unet.pt"), str(layout.mgie / "unet.pt"))
-    vae_cfg = read_json(layout.ip2p / "vae" / "config.json")
-    vae = build_vae(vae_cfg, read_folder_weights(layout.ip2p / "vae", ("diffusion_pytorch_model",)), str(layout.ip2p / "vae"))
-    scheduler_cfg = read_json(layout.ip2p / "scheduler" / "scheduler_config.json")
-    clip_image = _clip_image_config(clip_dir)
-
-    spec = make_spec(tokenizer, llava_cfg, mllm, edit_config)
-    check_compatible(unet, vae, edit_config, str(layout.root))
-    model = MGIEModel(
-        tokenizer=tokenizer, mllm=mllm, edit_head=edit_head, unet=unet, vae=vae,
-        scheduler_config=scheduler_cfg, clip_image_config=clip_image, spec=spec, source=str(layout.root),
-        info={"format": "apple", "llava_config": llava_cfg, "clip_config": clip_cfg},
-    ).eval()
+    llm_state.update(_vision_state(clip_dir, clip_cfg))
+    configs = ModelConfigs(llava=llava_cfg, clip=clip_cfg, edit_head=edit_config,
+                           unet=read_json(layout.ip2p / "unet" / "config.json"),
+                           vae=read_json(layout.ip2p / "vae" / "config.json"),
+                           scheduler=read_json(layout.ip2p / "scheduler" / "scheduler_config.json"),
+                           clip_image=_clip_image_config(clip_dir))
+    states = {"mllm": llm_state, "edit_head": edit_state, "unet": read_state_dict(layout.mgie / "unet.pt"),
+              "vae": read_folder_weights(layout.ip2p / "vae", ("diffusion_pytorch_model",))}
+    where = {"mllm": f"{layout.llava} + {layout.mgie / 'mllm.pt'} + {clip_dir}", "edit_head": str(layout.mgie / "mllm.pt"),
+             "unet": str(layout.mgie / "unet.pt"), "vae": str(layout.ip2p / "vae")}
+    model = build_model(tokenizer, configs, states, vocab_size=vocab_size, source=str(layout.root),
+                        info={"format": "apple"}, where=where)
     model.fingerprint()  # of the weights exactly as stored
     return model
 
@@ -169,10 +162,10 @@ def _vocab_size(llm_state: StateDict, tokenizer: LegacyLlamaTokenizer, layout: A
     return rows
 
 
-def _vision_state(mllm: MultimodalLLM, clip_dir: Path) -> StateDict:
+def _vision_state(clip_dir: Path, clip_cfg: dict) -> StateDict:
+    """The vision tower's weights from a CLIP folder (a full CLIPModel's), under the multimodal LLM's names."""
     clip_state = read_folder_weights(clip_dir, ("model", "pytorch_model"))
-    expected = mllm.vision_tower.state_dict().keys()
-    vision = keys.clip_vision_keys(clip_state, expected)
+    vision = keys.clip_vision_keys(clip_state, vision_tower_keys(clip_cfg))
     return {f"vision_tower.{k}": v for k, v in vision.items()}
 
 

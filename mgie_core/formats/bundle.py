@@ -19,14 +19,14 @@ from safetensors import safe_open
 from ..config import check_recommended_sampling
 from ..errors import CheckpointError, InputError
 from ..images import ClipImageConfig
+from ..model.build import ModelConfigs, build_model, vision_tower_keys
 from ..model.edit_head import EditHeadConfig
 from ..model.mgie import MGIEModel
 from ..model.tokenizer import LegacyLlamaTokenizer
 from ..runtime.devices import DTYPES
 from .aligned import save_aligned
 from .keys import clip_vision_keys, split_prefix
-from .modules import build_edit_head, build_mllm, build_unet, build_vae, check_compatible, make_spec
-from .weights import StateDict, load_into, read_state_dict
+from .weights import StateDict, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def load_bundle(path: str | Path) -> MGIEModel:
     """Build :class:`MGIEModel` from a bundle; tensors stay memory-mapped until moved."""
     files = bundle_files(path)
-    meta = _metadata(files)
+    meta = bundle_header(files)
     state: StateDict = {}
     for file in files:
         state.update(read_state_dict(file))
@@ -136,29 +136,21 @@ def load_bundle(path: str | Path) -> MGIEModel:
     tokenizer = LegacyLlamaTokenizer(sp_bytes, tok["added_tokens"], tok["bos_token"], tok["eos_token"],
                                      tok["unk_token"], tok["add_bos_token"])
     edit_config = EditHeadConfig(**meta["edit_head_config"])
-    llava_cfg = meta["llava_config"]
-    vocab = split_prefix(state, "mllm.").get("lm_head.weight")
-    if vocab is None:
-        raise CheckpointError(f"{path}: the bundle has no mllm.lm_head.weight; it is incomplete")
-
-    mllm = build_mllm(llava_cfg, meta["clip_config"], vocab.shape[0])
     mllm_state = split_prefix(state, "mllm.")
-    vision = clip_vision_keys(split_prefix(mllm_state, "vision_tower."), mllm.vision_tower.state_dict().keys())
+    if "lm_head.weight" not in mllm_state:
+        raise CheckpointError(f"{path}: the bundle has no mllm.lm_head.weight; it is incomplete")
+    vision = clip_vision_keys(split_prefix(mllm_state, "vision_tower."), vision_tower_keys(meta["clip_config"]))
     mllm_state = {k: v for k, v in mllm_state.items() if not k.startswith("vision_tower.")}
     mllm_state.update({f"vision_tower.{k}": v for k, v in vision.items()})
-    load_into(mllm, mllm_state, str(path))
-    edit_head = build_edit_head(edit_config, split_prefix(state, "edit_head."), str(path))
-    unet = build_unet(meta["unet_config"], split_prefix(state, "unet."), str(path))
-    vae = build_vae(meta["vae_config"], split_prefix(state, "vae."), str(path))
-    check_compatible(unet, vae, edit_config, str(path))
-    return MGIEModel(
-        tokenizer=tokenizer, mllm=mllm, edit_head=edit_head, unet=unet, vae=vae,
-        scheduler_config=meta["scheduler_config"], clip_image_config=ClipImageConfig.from_dict(meta["clip_image_config"]),
-        spec=make_spec(tokenizer, llava_cfg, mllm, edit_config), source=str(path),
-        info={"format": "bundle", "llava_config": llava_cfg, "clip_config": meta["clip_config"],
-              "extra": meta.get("extra", {}), **({"fingerprint": meta["fingerprint"]} if "fingerprint" in meta else {}),
-              **({"sampling": _sampling(meta, files[0])} if "sampling" in meta else {})},
-    ).eval()
+    configs = ModelConfigs(llava=meta["llava_config"], clip=meta["clip_config"], edit_head=edit_config,
+                           unet=meta["unet_config"], vae=meta["vae_config"], scheduler=meta["scheduler_config"],
+                           clip_image=ClipImageConfig.from_dict(meta["clip_image_config"]))
+    states = {"mllm": mllm_state, **{part: split_prefix(state, f"{part}.") for part in ("edit_head", "unet", "vae")}}
+    info = {"format": "bundle", "extra": meta.get("extra", {}),
+            **({"fingerprint": meta["fingerprint"]} if "fingerprint" in meta else {}),
+            **({"sampling": _sampling(meta, files[0])} if "sampling" in meta else {})}
+    return build_model(tokenizer, configs, states, vocab_size=mllm_state["lm_head.weight"].shape[0], source=str(path),
+                       info=info)
 
 
 def _sampling(meta: dict[str, Any], file: Path) -> dict[str, float | int]:
@@ -179,7 +171,8 @@ REQUIRED_METADATA = ("tokenizer", "edit_head_config", "llava_config", "clip_conf
 TOKENIZER_FIELDS = ("added_tokens", "bos_token", "eos_token", "unk_token", "add_bos_token")
 
 
-def _metadata(files: list[Path]) -> dict[str, Any]:
+def bundle_header(files: list[Path]) -> dict[str, Any]:
+    """A bundle's metadata, checked: its format and version, the same header in every part file, every config."""
     raw = read_metadata(files[0])
     if raw.get("format") != FORMAT:
         raise CheckpointError(

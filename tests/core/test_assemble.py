@@ -15,8 +15,8 @@ from conftest import make_image
 from tiny_checkpoint import _save_sharded
 from tiny_pieces import build_reference_layout, build_tiny_pieces, read_shards
 
-from mgie_core import DeriveConfig, SampleConfig, load_model
-from mgie_core.formats.assemble import writer
+from mgie_core import EditSettings, load_model
+from mgie_core.assemble import writer
 from mgie_core.formats.bundle import save_bundle
 from mgie_core.frontends.cli import main
 from mgie_core.frontends.pipeline import MGIEPipeline
@@ -39,8 +39,7 @@ def reference(reference_root):
 
 def edit(model):
     pipe = MGIEPipeline(model, "cpu", torch.float32)
-    return pipe(make_image(), "make the sky blue", DeriveConfig(max_new_tokens=40), SampleConfig(num_inference_steps=3),
-                seed=5)
+    return pipe(make_image(), "make the sky blue", EditSettings(max_new_tokens=40, num_inference_steps=3, seed=5))
 
 
 def assert_same_edit(a, b):

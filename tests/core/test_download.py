@@ -73,7 +73,7 @@ def test_download_resumes_and_gives_the_same_bundle(hub):
 
 
 def test_a_whole_part_file_is_finished_without_fetching_it_again(hub):
-    from mgie_core.formats.assemble.download import fetch_url
+    from mgie_core.assemble.download import fetch_url
 
     server, pieces, tmp_path = hub
     part = tmp_path / "cache" / "mgie_7b.tar.gz.part"

@@ -10,7 +10,7 @@ from lora_files import UNET_LAYER, assert_same, random_lora, weights
 
 from mgie_core import CheckpointError, load_model
 from mgie_core.formats.lora import read_lora, save_lora
-from mgie_core.formats.lora_patch import LoraPatcher
+from mgie_core.runtime.lora_patch import LoraPatcher
 
 
 def loaded(root: Path, dtype: torch.dtype):

@@ -9,21 +9,12 @@ from typing import Any
 
 import sentencepiece as spm
 import torch
-from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
+from diffusers import EulerAncestralDiscreteScheduler
 
-from mgie_core.formats.modules import make_spec
 from mgie_core.images import ClipImageConfig
-from mgie_core.model.edit_head import EditHead, EditHeadConfig
-from mgie_core.model.mgie import (
-    IM_END,
-    IM_PATCH,
-    IM_START,
-    MGIEModel,
-    MultimodalLLM,
-    clip_vision_config_from,
-    llama_config_from,
-    visual_token_names,
-)
+from mgie_core.model.build import ModelConfigs, build_model
+from mgie_core.model.edit_head import EditHeadConfig
+from mgie_core.model.mgie import IM_END, IM_PATCH, IM_START, MGIEModel, visual_token_names
 from mgie_core.model.tokenizer import LegacyLlamaTokenizer
 from mgie_core.stages.prompt import SYSTEM
 
@@ -105,13 +96,11 @@ def build_mini(seed: int = 0) -> MGIEModel:
     """A freshly initialised mgie-mini: random weights (from ``seed``) and the trained tokenizer."""
     torch.manual_seed(seed)
     tokenizer = train_tokenizer()
-    llava = {**LLM, "vocab_size": tokenizer.vocab_size}
-    mllm = MultimodalLLM(llama_config_from(llava, tokenizer.vocab_size), clip_vision_config_from(VISION), -2)
-    edit_config = EditHeadConfig(llm_hidden_size=LLM["hidden_size"], num_visual_tokens=NUM_VISUAL, **EDIT_HEAD)
-    edit_head = EditHead(edit_config)
+    configs = ModelConfigs(
+        llava={**LLM, "vocab_size": tokenizer.vocab_size}, clip=dict(VISION), unet=UNET, vae=VAE,
+        edit_head=EditHeadConfig(llm_hidden_size=LLM["hidden_size"], num_visual_tokens=NUM_VISUAL, **EDIT_HEAD),
+        scheduler=scheduler_config(), clip_image=clip_image_config())
+    model = build_model(tokenizer, configs, source="mgie-mini", info={"format": "mini"})
     with torch.no_grad():
-        edit_head.emb.copy_(mllm.llm.embed_tokens.weight[-NUM_VISUAL:][None])
-    return MGIEModel(tokenizer=tokenizer, mllm=mllm, edit_head=edit_head, unet=UNet2DConditionModel(**UNET),
-                     vae=AutoencoderKL(**VAE), scheduler_config=scheduler_config(),
-                     clip_image_config=clip_image_config(), spec=make_spec(tokenizer, llava, mllm, edit_config),
-                     source="mgie-mini", info={"format": "mini", "llava_config": llava, "clip_config": dict(VISION)})
+        model.edit_head.emb.copy_(model.mllm.llm.embed_tokens.weight[-NUM_VISUAL:][None])
+    return model

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import CheckpointError
-from ...files import read_json
-from ...images import ClipImageConfig
-from ...model.mgie import IM_END, IM_PATCH, IM_START
-from ...model.tokenizer import LegacyLlamaTokenizer
-from ..keys import IGNORED_SUFFIXES
+from ..errors import CheckpointError
+from ..files import read_json
+from ..images import ClipImageConfig
+from ..model.mgie import IM_END, IM_PATCH, IM_START
+from ..model.tokenizer import LegacyLlamaTokenizer
+from ..formats.keys import IGNORED_SUFFIXES
 from .delta import PROJECTOR_KEYS, apply_delta, check_delta_fits
 from .sources import TensorRef, folder_refs
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ...errors import CheckpointError
-from ..aligned import PAD_PREFIX
-from ..weights import read_state_dict
+from ..errors import CheckpointError
+from ..formats.aligned import PAD_PREFIX
+from ..formats.weights import read_state_dict
 
 RowReader = Callable[[int, int], torch.Tensor]
 SAFETENSORS_DTYPES = {

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ...errors import InputError
+from ..errors import InputError
 from .pieces import open_clip, open_ip2p, open_llava, open_llava_from_delta
 from .plan import plan_bundle
 from .tarball import mgie_files

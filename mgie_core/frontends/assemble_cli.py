@@ -1,10 +1,10 @@
-"""``python -m mgie_core assemble``: the command line over :func:`mgie_core.formats.assemble.assemble`."""
+"""``python -m mgie_core assemble``: the command line over :func:`mgie_core.assemble.assemble`."""
 
 from __future__ import annotations
 
 import argparse
 
-from ...runtime.devices import DTYPES
+from ..runtime.devices import DTYPES
 
 STORED = "stored"
 EPILOG = """\
@@ -45,8 +45,8 @@ def add_assemble_command(sub: argparse._SubParsersAction) -> None:
 
 
 def run_assemble(args: argparse.Namespace) -> int:
-    from . import assemble
-    from .download import resolve_pieces
+    from ..assemble import assemble
+    from ..assemble.download import resolve_pieces
 
     pieces = resolve_pieces(vars(args), download=args.download, progress=not args.quiet)
     out = assemble(args.out, mgie=pieces["mgie"], ip2p=pieces["ip2p"], clip=pieces["clip"], llama=pieces["llama"],

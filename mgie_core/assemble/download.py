@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ...errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError
 from .progress import byte_bar
 
 logger = logging.getLogger(__name__)

@@ -16,15 +16,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from ...errors import CheckpointError
-from ...model.edit_head import EditHead, EditHeadConfig
-from ...model.mgie import MGIEModel, compute_fingerprint, visual_token_names
-from ...runtime.devices import DTYPES
-from .. import keys
-from ..bundle import PARTS, SP_MODEL_KEY, bundle_metadata
-from ..modules import build_mllm, check_compatible, empty_modules, make_spec
+from ..errors import CheckpointError
+from ..model.build import ModelConfigs, build_model
+from ..model.edit_head import EditHeadConfig
+from ..model.mgie import MGIEModel, compute_fingerprint, visual_token_names
+from ..runtime.devices import DTYPES
+from ..formats import keys
+from ..formats.bundle import PARTS, SP_MODEL_KEY, bundle_metadata
 from .pieces import ClipPiece, DiffusionPiece, LLaVAPiece
 from .sources import TensorRef, meta_tensor, pickle_refs
 
@@ -86,20 +85,9 @@ def _vocab_size(overrides: dict[str, TensorRef], tokenizer_size: int, source: Pa
 def _empty_model(llava: LLaVAPiece, ip2p: DiffusionPiece, clip: ClipPiece, edit_config: EditHeadConfig,
                  tokenizer, vocab: int) -> MGIEModel:
     """MGIE's modules on the meta device, shaped by the configs: what every tensor is checked against."""
-    mllm = build_mllm(llava.config, clip.config, vocab)
-    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
-    try:
-        with empty_modules():
-            edit_head = EditHead(edit_config)
-            unet = UNet2DConditionModel.from_config(public(ip2p.unet_config))
-            vae = AutoencoderKL.from_config(public(ip2p.vae_config))
-    except (TypeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"the UNet or VAE config of --ip2p is invalid ({err}); download the folder again") from None
-    check_compatible(unet, vae, edit_config, "--ip2p + --mgie")
-    return MGIEModel(tokenizer=tokenizer, mllm=mllm, edit_head=edit_head, unet=unet, vae=vae,
-                     scheduler_config=ip2p.scheduler_config, clip_image_config=clip.image_config,
-                     spec=make_spec(tokenizer, llava.config, mllm, edit_config), source="assemble",
-                     info={"format": "bundle", "llava_config": llava.config, "clip_config": clip.config})
+    configs = ModelConfigs(llava=llava.config, clip=clip.config, edit_head=edit_config, unet=ip2p.unet_config,
+                           vae=ip2p.vae_config, scheduler=ip2p.scheduler_config, clip_image=clip.image_config)
+    return build_model(tokenizer, configs, vocab_size=vocab, empty=True, source="--ip2p + --mgie", info={"format": "bundle"})
 
 
 def _fit(module: torch.nn.Module, state: dict[str, TensorRef], part: str) -> dict[str, TensorRef]:

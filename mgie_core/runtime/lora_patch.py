@@ -6,7 +6,10 @@ strength (or of file) costs one merge instead of a model load (for MGIE-7B, minu
 ModelPatcher does for its own LoRAs: the originals of the patched tensors are kept aside, on the CPU.
 
 Kept aside: the weights of the adapted layers, the edit head's tensors and the ``[IMG]`` rows of the embedding
-and ``lm_head`` (not the whole tables). A quantized LLM cannot be restored this way: load such a model again.
+and ``lm_head`` (not the whole tables). A layer of a quantized LLM is merged by replacing its quantized weight
+(:func:`mgie_core.runtime.quant.add_to_quantized`), so the quantized weight itself is what is kept aside and put back:
+the LLM is quantized once, as it loads, and LoRAs come and go on top (the order of
+:func:`mgie_core.runtime.placement.prepare_weights`).
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..formats.lora import ADAPTER_PARTS, ROWS, LoraFile, apply_lora
 from ..model.mgie import MGIEModel
-from .lora import ADAPTER_PARTS, ROWS, LoraFile, apply_lora
+from .quant import quantized_tensor
 
 ROW_TABLES = {f"{ROWS}embed_tokens": ("mllm.llm", "embed_tokens.weight"), f"{ROWS}lm_head": ("mllm", "lm_head.weight")}
 
@@ -35,8 +38,6 @@ class LoraPatcher:
             lora, strength = None, 0.0
         if lora is self.lora and strength == self.strength:
             return
-        if getattr(self.model.mllm.llm, "mgie_quantization", None):
-            raise InputError("the LLM is quantized: a LoRA cannot be changed in place; load the model again")
         self.restore()
         if lora is None:
             return
@@ -44,7 +45,7 @@ class LoraPatcher:
         with torch.no_grad():
             for key in _touched_keys(lora):
                 try:
-                    self.saved[key] = self._tensor(key).detach().to("cpu", copy=True)
+                    self.saved[key] = self._keep(key)
                 except AttributeError:  # no such layer: apply_lora names it, and what it merged is put back
                     continue
         try:
@@ -61,6 +62,9 @@ class LoraPatcher:
                 if key in ROW_TABLES:
                     table = self._table(key)
                     table[list(self.model.spec.visual_token_ids)] = original.to(table.device, table.dtype)
+                elif quantized_tensor(original):  # the quantized weight itself: the layer's own again
+                    layer = self._layer(key)
+                    layer.weight = nn.Parameter(original.to(layer.weight.device), requires_grad=False)
                 else:
                     self._tensor(key).copy_(original)
         self.saved.clear()
@@ -69,6 +73,18 @@ class LoraPatcher:
             self.model.info.pop("fingerprint", None)
         else:
             self.model.info["fingerprint"] = self._fingerprint
+
+    def _keep(self, key: str) -> torch.Tensor:
+        """What ``key`` holds now, on the CPU: a copy, or a quantized weight itself (a merge replaces it, never
+        changes it)."""
+        tensor = self._tensor(key)
+        if quantized_tensor(tensor):
+            return tensor.detach().to("cpu")
+        return tensor.detach().to("cpu", copy=True)
+
+    def _layer(self, key: str) -> nn.Module:
+        root = next(r for r in ("unet", "mllm.llm") if key.startswith(f"{r}."))
+        return self.model_part(root).get_submodule(key[len(root) + 1:].removesuffix(".weight"))
 
     def _table(self, key: str) -> torch.Tensor:
         root, name = ROW_TABLES[key]

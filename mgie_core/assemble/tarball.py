@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from ...errors import CheckpointError
+from ..errors import CheckpointError
 from .progress import byte_bar
 
 MEMBERS = ("mllm.pt", "unet.pt")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ...errors import CheckpointError
-from ...files import atomic_write
-from ..aligned import ALIGN, PAD_PREFIX, SAFETENSORS_DTYPES
+from ..errors import CheckpointError
+from ..files import atomic_write
+from ..formats.aligned import ALIGN, PAD_PREFIX, SAFETENSORS_DTYPES
 from .progress import byte_bar
 from .sources import TensorRef
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ...errors import CheckpointError
-from ..keys import IGNORED_SUFFIXES
+from ..errors import CheckpointError
+from ..formats.keys import IGNORED_SUFFIXES
 from .sources import TensorRef
 
 DELTA_DTYPE = torch.float16  # LLaVA's script loads base and delta with torch_dtype=torch.float16
