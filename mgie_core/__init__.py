@@ -7,14 +7,15 @@ The edit flows through three stages, one module each:
                         --sample---> edited image (dual classifier-free guidance)
 
 ``runner.run_edit`` is the one place that chains them, for every front end (``MGIEPipeline`` for Python,
-the CLI, the nodes, training's previews); ``config.EditSettings`` declares every setting once, and
-``placement.Placement`` decides once where the parts live. ``load_model`` reads Apple's folders, an MGIE
+the CLI, the nodes, training's previews); ``config.EditSettings`` and ``config.PlacementSettings`` declare every
+setting once, ``frontends.plan.check_inputs`` checks every input before a model loads, and
+``runtime.placement.Placement`` decides once where the parts live. ``load_model`` reads Apple's folders, an MGIE
 bundle or the embedded mgie-mini (``formats/`` holds every file format).
 This package never imports ComfyUI.
 """
 
 from . import quiet  # noqa: F401  (first: before any module imports diffusers)
-from .config import DEFAULT_SEED, DeriveConfig, EditSettings, SampleConfig
+from .config import DEFAULT_SEED, DeriveConfig, EditSettings, PlacementSettings, SampleConfig
 from .errors import CheckpointError, EditCancelled, InputError, MGIEError, SettingError
 from .formats import default_model_path, load_model
 from .frontends.pipeline import MGIEPipeline
@@ -44,6 +45,7 @@ __all__ = [
     "MGIEModel",
     "MGIEPipeline",
     "Placement",
+    "PlacementSettings",
     "SampleConfig",
     "SampleOutput",
     "SettingError",

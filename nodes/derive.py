@@ -26,9 +26,7 @@ class MGIEDeriveInstruction(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, mgie_model, image, instruction: str, max_new_tokens: int = 96,
-                expressive_override: str = "") -> io.NodeOutput:
-        tokens = edit_settings(max_new_tokens=max_new_tokens).max_new_tokens  # checked as everywhere
-        link = run_derive(mgie_model, image, instruction, expressive_override, tokens)
+    def execute(cls, mgie_model, image, instruction: str, expressive_override: str = "", **widgets) -> io.NodeOutput:
+        link = run_derive(mgie_model, image, instruction, expressive_override, edit_settings(**widgets).derive_config())
         text = expressive_text(link.derivation)
         return io.NodeOutput(link, text, ui=ui.PreviewText(text))

@@ -5,13 +5,11 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..mgie_core import InputError
-from ..mgie_core.runtime.devices import AUTO, DTYPES
-from ..mgie_core.runtime.placement import MEMORY_HELP, memory_key
+from ..mgie_core.config import PlacementSettings
 from .comfy_parts import comfy_model, comfy_vae
-from .runtime import MEMORY_LABELS, NO_LORA, NONE_FOUND, list_loras, list_models, make_handle
+from .runtime import NO_LORA, NONE_FOUND, list_loras, list_models, make_handle
 from .types import MGIEModelLink
-
-PRECISIONS = [AUTO, *DTYPES]
+from .widgets import setting_input, settings_of
 
 
 class MGIELoader(io.ComfyNode):
@@ -30,17 +28,13 @@ class MGIELoader(io.ComfyNode):
                                tooltip="Folders and .safetensors bundles found in ComfyUI/models/mgie. mgie-mini "
                                        "(embedded) is a small MGIE trained on flat-shape scenes: it runs anywhere "
                                        "but does not edit photos; photos need Apple's MGIE-7B weights."),
-                io.Combo.Input("precision", options=PRECISIONS, default="auto",
-                               tooltip="auto: fp16 on a GPU (as Apple's demo), fp32 on the CPU."),
-                io.Combo.Input("memory", options=MEMORY_LABELS, default="auto", tooltip=MEMORY_HELP),
+                setting_input("dtype"),
+                setting_input("memory"),
                 io.Combo.Input("lora", options=list_loras(), default=NO_LORA, optional=True,
-                               tooltip="A LoRA made by train/finetune.py, from ComfyUI/models/mgie_loras."),
-                io.Float.Input("lora_strength", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
-                               tooltip="0 leaves the model unchanged, 1 applies the LoRA as trained."),
-                io.Boolean.Input("compile", default=False, optional=True,
-                                 tooltip="torch.compile the LLM's decoding and the UNet (CUDA graphs on a GPU). The "
-                                         "first edit at each image size compiles (a minute or more), the next ones "
-                                         "run faster. Needs every part on the GPU (memory auto or 24 GB)."),
+                               tooltip="A LoRA made by train/finetune.py or Train MGIE LoRA, from "
+                                       "ComfyUI/models/mgie_loras."),
+                setting_input("lora_strength", optional=True),
+                setting_input("compile", optional=True),
             ],
             outputs=[MGIEModelLink.Output(display_name="mgie_model"),
                      io.Model.Output(display_name="MODEL",
@@ -51,14 +45,20 @@ class MGIELoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model: str, precision: str = "auto", memory: str = "auto", lora: str = NO_LORA,
-                lora_strength: float = 1.0, compile: bool = False) -> io.NodeOutput:
+    def validate_inputs(cls, memory: str = "auto", **_) -> bool | str:
+        """memory: a card size, or a label a workflow saved before card sizes (a fixed placement, kept as it was)."""
+        try:
+            PlacementSettings(memory=memory)
+        except InputError as err:
+            return str(err)
+        return True
+
+    @classmethod
+    def execute(cls, model: str, lora: str = NO_LORA, **widgets) -> io.NodeOutput:
         if model == NONE_FOUND:
             raise InputError("no MGIE model found in ComfyUI/models/mgie: build MGIE-7B with 'python -m mgie_core assemble' "
                              "and put the .safetensors it writes there (README, 'Getting the weights')")
-        if precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        handle = make_handle(model, precision, memory_key(memory), lora, lora_strength, compile)
+        handle = make_handle(model, settings_of(PlacementSettings, widgets), lora)
         m = handle.model
         return io.NodeOutput(handle, comfy_model(m.unet, m.scheduler_config, m.vae.config.scaling_factor),
                              comfy_vae(m.vae))

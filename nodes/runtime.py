@@ -5,6 +5,7 @@ The nodes themselves only translate values; mgie_core never sees any of this.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -18,12 +19,20 @@ import torch
 from torch import nn
 
 from ..mgie_core import CheckpointError, MGIEModel, load_model
-from ..mgie_core.formats import apply_lora, default_model_path, is_apple_layout, read_lora
+from ..mgie_core.config import PlacementSettings
+from ..mgie_core.formats import default_model_path, is_apple_layout, read_lora
 from ..mgie_core.formats.lora import LoraFile
-from ..mgie_core.formats.lora_patch import LoraPatcher
 from ..mgie_core.runtime.compiled import compile_unet
-from ..mgie_core.runtime.placement import MEMORY, PendingPlacement, Placement
-from ..mgie_core.runtime.quant import quantize_llm, storage_bytes
+from ..mgie_core.runtime.lora_patch import LoraPatcher
+from ..mgie_core.runtime.placement import (
+    STAGES,
+    PendingPlacement,
+    Placement,
+    parts_for,
+    prepare_weights,
+    resolve_placement,
+)
+from ..mgie_core.runtime.quant import storage_bytes
 from . import lora_reuse
 
 logger = logging.getLogger(__name__)
@@ -33,7 +42,6 @@ LORA_FOLDER = "mgie_loras"
 NO_LORA = "none"
 EMBEDDED = "mgie-mini (embedded)"
 NONE_FOUND = "(no MGIE model found in models/mgie)"
-MEMORY_LABELS = [label for _, label in MEMORY.values()]  # Load MGIE's memory choice: mgie_core.runtime.placement.MEMORY
 
 
 def register_model_folder() -> None:
@@ -109,18 +117,16 @@ class Resident(nn.Module):
 
 @dataclass
 class MGIEHandle:
-    """What travels on an MGIE_MODEL link: the model, its placement, and one ModelPatcher per stage. It is a
-    *placed* model for mgie_core's runner (``model``, ``place``, ``sampling_unet``, ``compiled``), with ComfyUI's
-    model management doing the moving."""
+    """What travels on an MGIE_MODEL link: the model, its placement, and one ModelPatcher per stage of mgie_core's
+    table (:data:`~mgie_core.runtime.placement.STAGES`). It is a *placed* model for mgie_core's runner (``model``,
+    ``place``, ``sampling_unet``, ``compiled``), with ComfyUI's model management doing the moving."""
 
     model: MGIEModel
     name: str
     placement: Placement
-    mllm: comfy.model_patcher.ModelPatcher
-    edit_head: comfy.model_patcher.ModelPatcher
-    diffusion: comfy.model_patcher.ModelPatcher
+    patchers: dict[str, comfy.model_patcher.ModelPatcher]  # stage -> the ModelPatcher of its parts
     compiled_unet: nn.Module | None = None
-    loras: LoraPatcher | None = None  # the LoRA on the weights, changed in place (None: merged for good)
+    loras: LoraPatcher | None = None  # the LoRA on the weights, changed in place
     lora: tuple[LoraFile | None, float] = (None, 0.0)  # the LoRA and strength this handle edits with
 
     @property
@@ -138,55 +144,62 @@ class MGIEHandle:
         return self.compiled_unet
 
     def place(self, stage: str) -> None:
-        """Put the modules of ``stage`` on the GPU; staged, the other big part leaves first."""
-        wanted = {"derive": self.mllm, "imagine": self.edit_head, "sample": self.diffusion}[stage]
+        """Put the parts of ``stage`` (and the resident ones) on the GPU; staged, the other stages' parts leave first."""
+        wanted = list(dict.fromkeys(self.patchers[self.stage_of(part)] for part in parts_for(stage)))
         if self.loras is not None:
             self.loras.set(*self.lora)  # another Load MGIE of the same model may have patched another LoRA
         if self.placement.staged:
-            other = {"derive": self.diffusion, "sample": self.mllm}.get(stage)
-            if other is not None:
+            for other in set(self.patchers.values()) - set(wanted):
                 unload(other)
-        mm.load_models_gpu([wanted], force_full_load=True)
+        mm.load_models_gpu(wanted, force_full_load=True)
+
+    @staticmethod
+    def stage_of(part: str) -> str:
+        return next(stage for stage, parts in STAGES.items() if part in parts)
+
+    def with_lora(self, lora: LoraFile | None, strength: float) -> MGIEHandle:
+        """The same model editing with ``lora`` at ``strength`` (re-patched on the shared weights now, so that the
+        MODEL and VAE outputs, which share them, carry it too)."""
+        self.loras.set(lora, strength)
+        return dataclasses.replace(self, lora=(lora, strength))
 
 
-def placement_for(precision: str, memory: str, compile: bool) -> Placement | PendingPlacement:
-    """Load MGIE's choices on ComfyUI's device, checked before anything loads; precision auto follows ComfyUI's
-    verdict on whether fp16 suits the GPU."""
+def placement_for(settings: PlacementSettings) -> Placement | PendingPlacement:
+    """Load MGIE's choices on ComfyUI's device, checked before anything loads; dtype auto follows ComfyUI's verdict
+    on whether fp16 suits the GPU."""
     device = mm.get_torch_device()
-    return Placement.make(device, precision, memory, compile, fp16_ok=device.type == "cuda" and mm.should_use_fp16(device))
+    return Placement.make(settings, device, fp16_ok=device.type == "cuda" and mm.should_use_fp16(device))
 
 
-def make_handle(name: str, precision: str, memory: str = "auto", lora: str = NO_LORA,
-                strength: float = 1.0, compile: bool = False) -> MGIEHandle:
-    placement = placement_for(precision, memory, compile)  # checked before anything loads
+def make_handle(name: str, settings: PlacementSettings, lora: str = NO_LORA) -> MGIEHandle:
+    placement = placement_for(settings)  # checked before anything loads
     lora_file = None if lora == NO_LORA else read_lora(resolve_lora(lora))
-    choices = (name, precision, memory, compile)
-    reused = lora_reuse.reuse(choices, lora_file, strength)  # only the LoRA changed: re-patch, no reload
+    choices = (name, settings.dtype, settings.memory, settings.llm_quant, settings.staged, settings.compile)
+    reused = lora_reuse.reuse(choices, lora_file, settings.lora_strength)  # only the LoRA changed: no reload
     if reused is not None:
         return reused
     lora_reuse.forget()
     load, offload = mm.get_torch_device(), mm.unet_offload_device()
     model = load_model(resolve_model(name))
     model.fingerprint()  # of the weights as loaded, before the cast: a LoRA names its base model by it
-    model = model.to("cpu", placement.dtype).eval()
-    if isinstance(placement, PendingPlacement):
+    model.to("cpu")
+    if isinstance(placement, PendingPlacement) and placement.memory_gb is None:  # auto: the card ComfyUI sees
         placement = placement.resolve(model, mm.get_total_memory(load))
-    loras = LoraPatcher(model) if placement.llm_quant == "none" else None  # a quantized LLM cannot be un-patched
-    if loras is not None:
-        loras.set(lora_file, strength)
-    elif lora_file is not None:
-        apply_lora(model, lora_file, strength)
-    quantize_llm(model.mllm.llm, placement.llm_quant, load)  # layer by layer on the GPU; the weights stay on the CPU
+    placement = resolve_placement(placement, model)
+    prepared = prepare_weights(model, placement, home=offload)  # cast, the LLM quantized; ComfyUI moves them
+    loras = LoraPatcher(prepared)
+    loras.set(lora_file, settings.lora_strength)  # then the LoRA, on the quantized LLM too
     logger.info("MGIE placement: %s", placement.describe())
 
-    def patcher(**parts: nn.Module):
-        resident = Resident(**parts)  # sized by what the weights take (quantized ones are smaller than they look)
+    def patcher(parts: tuple[str, ...]):
+        resident = Resident(**{part: prepared.modules()[part] for part in parts})
+        # sized by what the weights take (quantized ones are smaller than they look)
         return comfy.model_patcher.ModelPatcher(resident, load_device=load, offload_device=offload,
                                                 size=storage_bytes(resident))
 
-    handle = MGIEHandle(model=model, name=name, placement=placement, mllm=patcher(mllm=model.mllm),
-                        edit_head=patcher(edit_head=model.edit_head), diffusion=patcher(unet=model.unet, vae=model.vae),
-                        loras=loras, lora=(lora_file, strength))
+    handle = MGIEHandle(model=prepared, name=name, placement=placement,
+                        patchers={stage: patcher(parts) for stage, parts in STAGES.items()},
+                        loras=loras, lora=(lora_file, settings.lora_strength))
     return lora_reuse.keep(choices, handle)
 
 

@@ -1,6 +1,6 @@
-"""The nodes' widgets, made from the one declaration of each setting (mgie_core.config.EditSettings): the same
-name, default, range and tooltip as the CLI's flag and the Python API's field. 0 (or auto) leaves a value to the
-model or the preset, and the widget's label says so."""
+"""The nodes' widgets, made from the one declaration of each setting (mgie_core.config: EditSettings and
+PlacementSettings): the same name, default, range and tooltip as the CLI's flag and the Python API's field. 0 (or
+auto) leaves a value to the model or the preset, and the widget's label says so."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from dataclasses import fields
 from comfy_api.latest import io
 
 from ..mgie_core import EditSettings, SettingError
-from ..mgie_core.config import AUTO, NO_LIMIT
+from ..mgie_core.config import AUTO, NO_LIMIT, SETTINGS, PlacementSettings
 
-SETTINGS = {f.name: f for f in fields(EditSettings)}
-WIDGETS = EditSettings.named("widget")  # config fields whose widget has another name (num_inference_steps: steps)
+WIDGETS = EditSettings.named("widget") | PlacementSettings.named("widget")  # fields whose widget has another name
 SAMPLING = ("seed", "num_inference_steps", "guidance_scale", "image_guidance_scale", "scheduler", "max_side")
 LEGACY_PRESET = "as set"  # saved workflows from before presets had "auto": their steps and scheduler widgets rule
 
@@ -22,8 +21,10 @@ def setting_input(name: str, optional: bool = False):
     declared = SETTINGS[name]
     meta, widget = declared.metadata, WIDGETS.get(name, name)
     common = {"default": declared.default, "tooltip": meta["help"], "optional": optional}
-    if meta["choices"]:
-        return io.Combo.Input(widget, options=list(meta["choices"]), **common)
+    if declared.type == "bool":
+        return io.Boolean.Input(widget, **common)
+    if meta["choices"] or meta["suggested"]:
+        return io.Combo.Input(widget, options=list(meta["choices"] or meta["suggested"]), **common)
     words = [f"0 = {AUTO}"] if meta["auto"] else []
     words += [f"{NO_LIMIT} = no limit"] if meta["no_limit"] else []
     label = {"display_name": f"{widget} ({', '.join(words)})"} if words else {}
@@ -67,11 +68,20 @@ def mask_input() -> io.Mask.Input:
 
 def edit_settings(**widgets) -> EditSettings:
     """The widgets' values as the edit's settings, checked; an error names the widget."""
-    values = {name: widgets[WIDGETS.get(name, name)] for name in SETTINGS if WIDGETS.get(name, name) in widgets}
-    if values.get("preset") == LEGACY_PRESET:
-        values["preset"] = "paper"
+    if widgets.get("preset") == LEGACY_PRESET:
+        widgets["preset"] = "paper"
+    return settings_of(EditSettings, widgets)
+
+
+def settings_of(cls: type, widgets: dict):
+    """The widgets' values as ``cls`` (EditSettings or PlacementSettings), checked; an error names the widget."""
+    names = {WIDGETS.get(f.name, f.name): f.name for f in fields(cls)}
+    unknown = sorted(set(widgets) - set(names))
+    if unknown:
+        raise TypeError(f"unknown input(s) {', '.join(unknown)}; this node's settings are {', '.join(sorted(names))}")
+    values = {names[widget]: value for widget, value in widgets.items()}
     try:
-        return EditSettings(**values)
+        return cls(**values)
     except SettingError as err:
         raise err.named(WIDGETS) from None
 

@@ -16,13 +16,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mgie_core.errors import InputError
+from mgie_core.config import SETTINGS, check_setting, like
+from mgie_core.errors import InputError, SettingError
 from mgie_core.model.mgie import MGIEModel
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
-LLM_QUANTS = ("none", "int8", "int4")
 OPTIMIZERS = ("adamw", "adamw8bit")
-MEMORY = ("auto", "24", "16", "12", "8")
 FROM_PLAN = ("llm_quant", "gradient_checkpointing", "optimizer", "cache_latents", "mixed_precision")
 # MGIE-7B's reference sizes, for a model that recommends no working size of its own
 REFERENCE = {"resolution": 256, "clip_resolution": 512, "gradient_accumulation": 4}
@@ -30,7 +29,11 @@ FROM_MODEL = tuple(REFERENCE)
 
 
 def option(default: Any, help: str) -> Any:  # noqa: A002 - argparse's name
+    """A fine-tuning option of its own (the settings it shares with editing are declared there: :func:`like`)."""
     return field(default=default, metadata={"help": help})
+
+
+SHARED = ("memory", "llm_quant", "seed", "sample_steps", "max_new_tokens")  # checked by their declarations
 
 
 @dataclass(frozen=True)
@@ -60,17 +63,17 @@ class TrainConfig:
     edit_loss_weight: float = option(0.5, "L = L_ins + weight x L_edit (the paper's 0.5)")
     condition_dropout: float = option(0.05, "p of dropping both conditions (the reference: 2p drop the text, 2p the "
                                             "image, p both)")
-    seed: int = option(0, "seed of the adapters' initialisation, the data order and the noise")
-    memory: str = option("auto", "auto, 24, 16, 12 or 8: the GB of the card to fit; the memory plan it picks "
-                                 "from the model's shapes fills the five settings below that are not given, and is "
-                                 "printed at the start (auto: the GPU's own memory; on a CPU, the fastest settings)")
+    seed: int = like(SETTINGS["seed"], 0, "Seed of the adapters' initialisation, the data order, the noise and the sample "
+                                          "edits, {range} (default: {default}).")
+    memory: str = like(SETTINGS["memory"], help="Your GPU's memory in GB (any whole number), or auto: this GPU's (on a "
+                       "CPU, no limit). The fastest memory plan whose estimate, from the model's shapes, fits it fills "
+                       "the five settings below that are not given, and is printed at the start.")
     mixed_precision: str | None = option(None, "no, fp16 (GPU only) or bf16: the frozen base's precision and "
                                                "autocast (default: the memory plan's: bf16, or fp16 where the GPU "
                                                "lacks bf16; no on a CPU)")
-    llm_quant: str | None = option(None, "none, int8 or int4 (CUDA only): the frozen LLM's linear layers quantized "
-                                         "with torchao, as the edit command's --memory 8 and 6 do; the adapters and "
-                                         "the [IMG] rows still train in full precision, QLoRA-style (default: the "
-                                         "memory plan's)")
+    llm_quant: str = like(SETTINGS["llm_quant"], help="none, int8 or int4 (CUDA only): the frozen LLM's linear layers "
+                          "quantized with torchao, as editing quantizes them for small cards; the adapters and the "
+                          "[IMG] rows still train in full precision, QLoRA-style. auto: the memory plan's.")
     gradient_checkpointing: bool | None = option(None, "recompute the LLM's and the UNet's activations in the "
                                                        "backward pass: less memory, slower steps (default: the "
                                                        "memory plan's)")
@@ -80,16 +83,24 @@ class TrainConfig:
                                               "step, then keep the VAE off the GPU (default: the memory plan's)")
     save_every: int = option(100, "write a checkpoint every this many steps (and at the end)")
     sample_every: int = option(100, "edit the first training input every this many steps (and at the end)")
-    sample_steps: int = option(20, "denoising steps of those sample edits")
+    sample_steps: int = like(SETTINGS["num_inference_steps"], 20, "Denoising steps of those sample edits, {range} "
+                             "(default: {default}); their guidance and size are the model's, as an edit's.")
     resume: str | None = option(None, "a checkpoint folder, or 'latest' (the newest under OUTPUT/checkpoints) "
                                           "(default: start afresh)")
     device: str = option("auto", "cpu or auto (accelerate's choice: the GPU of this process)")
     strict: bool = option(False, "make a bad sample fatal instead of skipping it")
-    max_new_tokens: int = option(96, "token budget when deriving a missing expressive instruction")
+    max_new_tokens: int = like(SETTINGS["max_new_tokens"], help="Token budget when deriving a missing expressive "
+                               "instruction, and in the sample edits, {range} (default: {default}).")
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name in SHARED:
+                try:
+                    object.__setattr__(self, f.name, check_setting(f, getattr(self, f.name)))
+                except SettingError as err:
+                    raise err.named({f.name: f"--{_flag(f.name)}"}) from None
         for name in ("max_steps", "batch_size", "gradient_accumulation", "lora_rank", "resolution", "save_every",
-                     "sample_every", "sample_steps", "clip_resolution", "max_new_tokens"):
+                     "sample_every", "clip_resolution"):
             value = getattr(self, name)
             if value is None and name in FROM_MODEL:
                 continue
@@ -101,10 +112,7 @@ class TrainConfig:
             raise InputError("--learning-rate and --lora-alpha must be positive")
         if not 0 <= self.condition_dropout <= 1 / 3:
             raise InputError(f"--condition-dropout must be in [0, 1/3], got {self.condition_dropout}")
-        if isinstance(self.memory, int) and not isinstance(self.memory, bool):  # "memory": 12 in a JSON config
-            object.__setattr__(self, "memory", str(self.memory))
-        for name, choices in (("mixed_precision", MIXED_PRECISION), ("llm_quant", LLM_QUANTS),
-                              ("optimizer", OPTIMIZERS), ("memory", MEMORY)):
+        for name, choices in (("mixed_precision", MIXED_PRECISION), ("optimizer", OPTIMIZERS)):
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise InputError(f"--{_flag(name)} must be one of {', '.join(choices)}, got {value!r}")
@@ -128,11 +136,21 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+def add_setting(parser: argparse.ArgumentParser, declared) -> None:
+    """A shared setting's flag, as editing makes it (its default left to the config: None means not given)."""
+    from mgie_core.frontends.flags import setting_flag
+
+    setting_flag(parser, declared, default=None)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python train/finetune.py",
                                 description="End-to-end LoRA fine-tuning of MGIE on (input, instruction, target) triplets.")
     p.add_argument("--config", help="a JSON file with any of the options below (command-line values win)")
     for f in fields(TrainConfig):
+        if f.name in SHARED:
+            add_setting(p, f)
+            continue
         text = f.metadata["help"]
         if f.default not in (None, "") and "(default:" not in text and "(required)" not in text:
             text += f" (default: {f.default})"
@@ -154,7 +172,34 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     unknown = sorted(set(values) - known)
     if unknown:
         raise InputError(f"unknown option(s) in {args.config}: {', '.join(unknown)}")
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    return resumed(config, given=set(values)) if config.resume else config
+
+
+# What a resumed run may change: how long it goes on, how often it saves and shows, where it runs (and so the batch
+# of each process, which keeps the total batch when another number of processes resumes it).
+RESUME_MAY_CHANGE = ("max_steps", "save_every", "sample_every", "sample_steps", "batch_size", "resume", "strict", "device")
+
+
+def resumed(config: TrainConfig, given: set[str] | None = None) -> TrainConfig:
+    """A resumed run goes on with its own options, saved in OUTPUT/config.json: ``config`` with them, but for
+    :data:`RESUME_MAY_CHANGE`. ``given``: the options set on the command line (None: those that are not their
+    default); another value of a saved option is refused, naming both, before anything is read or written."""
+    path = Path(config.output) / "config.json"
+    if not path.is_file():
+        raise InputError(f"--resume {config.resume}: {config.output} holds no config.json, so no run to go on from; "
+                         "give the --output of the run to resume, or leave --resume out to start afresh")
+    saved = _read_config_file(path)
+    known = {f.name: f.default for f in fields(TrainConfig)}
+    given = {n for n in known if getattr(config, n) != known[n]} if given is None else set(given)
+    clashes = [f"--{_flag(n)} {getattr(config, n)!r} (the run's: {saved[n]!r})" for n in sorted(given)
+               if n in saved and n not in RESUME_MAY_CHANGE and saved[n] != getattr(config, n)]
+    if clashes:
+        changeable = ", ".join("--" + _flag(n) for n in RESUME_MAY_CHANGE[:4])
+        raise InputError(f"--resume goes on with the run's own options, and this command gives others: "
+                         f"{', '.join(clashes)}; leave them out (only {changeable} may change), or start a new run in "
+                         "another --output")
+    return dataclasses.replace(config, **{k: v for k, v in saved.items() if k in known and k not in RESUME_MAY_CHANGE})
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

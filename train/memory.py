@@ -1,6 +1,7 @@
-"""Memory plans for fine-tuning: which settings fit a card of 24, 16, 12 or 8 GB, from the model's shapes.
+"""Memory plans for fine-tuning: which settings fit your card, from the model's shapes.
 
-As inference's ``plan_memory`` (mgie_core/runtime/placement.py), a plan is chosen by estimating what each candidate
+``--memory`` is the card's size in GB, or auto, as when editing (mgie_core/runtime/memory.py gives the budget).
+As editing's ``plan_memory`` (mgie_core/runtime/placement.py), a plan is chosen by estimating what each candidate
 needs and taking the first, fastest one that fits: every part resident and no recomputation; then gradient
 checkpointing with cached latents; then the LLM in int8 with 8-bit optimizer states; then in 4 bits (CUDA
 only). Settings given on the command line win over the plan's. The weights and the trained parameters are
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mgie_core.config import AUTO
 from mgie_core.model.mgie import MGIEModel
+from mgie_core.runtime.memory import TRAIN_WORKSPACE, budget_text, memory_budget, size_text
 from mgie_core.runtime.quant import llm_bytes
 
 from .config import FROM_PLAN, TrainConfig
@@ -40,8 +43,6 @@ PLANS = (
     Plan("int8", "int8", True, "adamw8bit", True),
     Plan("int4", "int4", True, "adamw8bit", True),
 )
-HEADROOM = 0.9  # of the card, for the allocator's fragmentation, cuBLAS workspaces and the estimates' error
-WORKSPACE = 2**29  # 0.5 GiB: the loss, the sample edits' denoising, temporaries
 TEXT_TOKENS = 128  # system prompt, instruction, expressive instruction and [IMG] tokens of a training sequence
 OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2}  # per trained parameter: two fp32 moments, or two 8-bit ones
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -57,7 +58,7 @@ class Estimate:
 
     @property
     def total(self) -> int:
-        return self.frozen + self.trained + self.activations + WORKSPACE
+        return self.frozen + self.trained + self.activations + TRAIN_WORKSPACE
 
 
 def estimate(model: MGIEModel, config: TrainConfig, plan: Plan, dtype: torch.dtype) -> Estimate:
@@ -128,20 +129,11 @@ def _unet_activations(model: MGIEModel, resolution: int, batch: int, checkpointi
     return batch * values * size
 
 
-def budget(memory: str, device: torch.device) -> int | None:
-    """Bytes a plan may use: ``HEADROOM`` of the card (``auto``: this GPU's; none on a CPU)."""
-    if memory != "auto":
-        return int(int(memory) * 2**30 * HEADROOM)
-    if device.type != "cuda":
-        return None
-    return int(torch.cuda.get_device_properties(device).total_memory * HEADROOM)
-
-
 def choose_plan(model: MGIEModel, config: TrainConfig, device: torch.device, dtype: torch.dtype
                 ) -> tuple[Plan, Estimate, int | None]:
     """The first plan (fastest first) whose estimate fits the budget, with the settings given on the command line
     in place of the plan's; 4 bits only on CUDA. (plan, its estimate, the budget: None when unlimited)."""
-    limit = budget(config.memory, device)
+    limit = memory_budget(None if config.memory == AUTO else int(config.memory), device)
     candidates = [_with_given(plan, config) for plan in PLANS if plan.llm_quant != "int4" or device.type == "cuda"]
     for plan in candidates:
         guess = estimate(model, config, plan, dtype)
@@ -151,8 +143,13 @@ def choose_plan(model: MGIEModel, config: TrainConfig, device: torch.device, dty
 
 
 def _with_given(plan: Plan, config: TrainConfig) -> Plan:
+    return dataclasses.replace(plan, **given_settings(config))
+
+
+def given_settings(config: TrainConfig) -> dict[str, object]:
+    """The plan's settings the command line gave (the others are the plan's to choose)."""
     given = {name: getattr(config, name) for name in FROM_PLAN if name != "mixed_precision"}
-    return dataclasses.replace(plan, **{k: v for k, v in given.items() if v is not None})
+    return {k: v for k, v in given.items() if v is not None and v != AUTO}
 
 
 def plan_mixed_precision(config: TrainConfig, device: torch.device) -> str:
@@ -167,21 +164,19 @@ def plan_mixed_precision(config: TrainConfig, device: torch.device) -> str:
 def apply_plan(model: MGIEModel, config: TrainConfig, device: torch.device, dtype: torch.dtype) -> TrainConfig:
     """``config`` with the memory plan's settings where none was given; logs the plan and its estimate."""
     plan, guess, limit = choose_plan(model, config, device, dtype)
-    gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
-    card = "no memory limit (a CPU)" if limit is None else f"a {config.memory} GB card" if config.memory != "auto" else \
-        f"this GPU ({gib(limit / HEADROOM)})"
-    given = [_flag(n) for n in FROM_PLAN if getattr(config, n) is not None and n != "mixed_precision"]
+    card = budget_text(None if config.memory == AUTO else int(config.memory), limit)
+    given = [_flag(n) for n in given_settings(config)]
     name = "as given" if len(given) == len(FROM_PLAN) - 1 else f"'{plan.name}'" + (
         f" (given: {', '.join(given)})" if given else "")
     logger.info("memory plan %s for %s: LLM %s, gradient checkpointing %s, optimizer %s, cached latents %s",
                 name, card, plan.llm_quant,
                 "on" if plan.gradient_checkpointing else "off", plan.optimizer, "on" if plan.cache_latents else "off")
     logger.info("estimated device memory: %s (frozen weights %s, trained parameters with gradients and optimizer "
-                "states %s, activations %s)", gib(guess.total), gib(guess.frozen), gib(guess.trained),
-                gib(guess.activations))
+                "states %s, activations %s, working memory %s)", size_text(guess.total), size_text(guess.frozen),
+                size_text(guess.trained), size_text(guess.activations), size_text(TRAIN_WORKSPACE))
     if limit is not None and guess.total > limit:
         logger.warning("no plan fits %s of the card by this estimate (%s): lower --resolution or --batch-size if it "
-                       "runs out of memory", gib(limit), gib(guess.total))
+                       "runs out of memory", size_text(limit), size_text(guess.total))
     return dataclasses.replace(config, llm_quant=plan.llm_quant, gradient_checkpointing=plan.gradient_checkpointing,
                                optimizer=plan.optimizer, cache_latents=plan.cache_latents)
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgie_core.runtime.quant import is_quantized, quantize_llm
+from mgie_core.runtime.quant import is_quantized
 
 
 class _QuantizedMatmul(torch.autograd.Function):
@@ -41,15 +41,9 @@ class FrozenQuantizedLinear(nn.Linear):
         return _QuantizedMatmul.apply(x, self.weight, self.bias)
 
 
-def quantize_frozen_llm(llm: nn.Module, mode: str, device: torch.device) -> nn.Module:
-    """Quantize ``llm``'s decoder linear layers (``mode`` int8, or int4 on CUDA) for LoRA training on top.
-
-    Quantizes layer by layer on ``device`` from wherever the layers are (the CPU for a big model), as the
-    inference path does. Returns ``llm``.
-    """
-    quantize_llm(llm, mode, device)
-    if mode == "none":
-        return llm
+def freeze_quantized(llm: nn.Module) -> nn.Module:
+    """Make the linear layers that :func:`mgie_core.runtime.quant.quantize_llm` quantized frozen for LoRA training
+    on top: their backward pass dequantizes the weight one layer at a time. Returns ``llm``."""
     for module in llm.modules():
         if type(module) is nn.Linear and is_quantized(module):
             module.__class__ = FrozenQuantizedLinear  # same state, a forward that keeps no dequantized copy

@@ -13,19 +13,24 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from diffusers import DDPMScheduler
 
-from mgie_core import DeriveConfig, derive, load_model
+from mgie_core import EditSettings, derive, load_model
+from mgie_core.config import AUTO
 from mgie_core.errors import InputError
+from mgie_core.files import atomic_write, check_writable
+from mgie_core.formats.loader import check_model
 from mgie_core.images import load_image
 from mgie_core.model.mgie import MGIEModel, move
 from mgie_core.runtime.devices import DTYPES
+from mgie_core.runtime.placement import Placement, prepare_weights
 from mgie_core.runtime.quant import check_llm_quant
 
 from .adapters import Trainable
-from .config import TrainConfig
+from .config import TrainConfig, resumed
 from .data import Triplet, diffusion_pixels, read_triplets
 from .memory import apply_plan, plan_mixed_precision
 from .objective import Sample, encode_latents
-from .quantized import make_optimizer, quantize_frozen_llm
+from .quantized import freeze_quantized, make_optimizer
+from .state import find_checkpoint
 
 logger = logging.getLogger("mgie.train")
 
@@ -55,11 +60,16 @@ def prepare(config: TrainConfig, model: MGIEModel | None = None) -> Run:
     """Read the data, load the base model (its sizes and shapes fill the config's unset settings), place it,
     add the adapters. ``model``: a base already in memory instead of ``config.model`` (the benchmarks' random
     models)."""
+    config = resumed(config) if config.resume else config  # a resumed run goes on with its own options
     output = Path(config.output)
+    check_writable(output, "--output", folder=True)  # everything is checked before any model loads
     report = read_triplets(config.data, strict=config.strict)
     device = PartialState(cpu=config.device == "cpu").device  # the one Accelerator below uses
-    if config.llm_quant is not None:
-        check_llm_quant(config.llm_quant, device)  # before gigabytes load
+    check_device_options(config, device)
+    if config.resume:
+        find_checkpoint(output, config.resume)
+    if model is None:
+        check_model(config.model)
     base = model if model is not None else load_model(config.model)
     base.fingerprint()  # of the weights as loaded, before quantization and adapters change them
     config = dataclasses.replace(config.for_model(base), mixed_precision=plan_mixed_precision(config, device))
@@ -69,11 +79,9 @@ def prepare(config: TrainConfig, model: MGIEModel | None = None) -> Run:
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu",
                               gradient_accumulation_steps=config.gradient_accumulation,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
-    if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-        raise InputError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
     if accelerator.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        with atomic_write(output / "config.json") as handle:
+            handle.write(json.dumps(config.to_dict(), indent=2).encode())
     base = place_base(base, config, accelerator.device)
     with accelerator.main_process_first():  # the main process derives what is missing; the others read its cache
         expressive = derive_missing_expressive(base, report.triplets, output / "expressive_cache.json",
@@ -96,14 +104,21 @@ def prepare(config: TrainConfig, model: MGIEModel | None = None) -> Run:
                DDPMScheduler.from_config(base.scheduler_config))
 
 
+def check_device_options(config: TrainConfig, device: torch.device) -> None:
+    """What this device cannot run, refused before gigabytes load."""
+    if config.llm_quant != AUTO:
+        check_llm_quant(config.llm_quant, device)
+    if config.mixed_precision == "fp16" and device.type == "cpu":
+        raise InputError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
+
+
 def place_base(base: MGIEModel, config: TrainConfig, device: torch.device) -> MGIEModel:
-    """The frozen base on ``device`` in the run's precision, its LLM quantized when the plan says so: layer by
-    layer from the CPU, so the full-precision LLM is never whole on the GPU."""
-    dtype = base_dtype(config.mixed_precision)
-    if config.llm_quant == "none":
-        return base.to(device, dtype).eval()
-    base = base.to("cpu", dtype).eval()
-    quantize_frozen_llm(base.mllm.llm, config.llm_quant, device)
+    """The frozen base on ``device`` in the run's precision, every part resident, its weights prepared as editing
+    prepares them (:func:`mgie_core.runtime.placement.prepare_weights`: the LLM quantized layer by layer from the CPU
+    when the plan says so, so the full-precision LLM is never whole on the GPU)."""
+    placement = Placement(device, base_dtype(config.mixed_precision), config.llm_quant)
+    base = prepare_weights(base, placement)
+    freeze_quantized(base.mllm.llm)
     return base.to(device).eval()
 
 
@@ -131,7 +146,7 @@ def derive_missing_expressive(model: MGIEModel, triplets: list[Triplet], cache_p
         logger.info("deriving the expressive instruction of %d samples with the base model (cached in %s)",
                     len(missing), cache_path)
         for t in missing:
-            d = derive(model, [load_image(t.input)], [t.instruction], DeriveConfig(max_new_tokens=max_new_tokens))
+            d = derive(model, [load_image(t.input)], [t.instruction], EditSettings(max_new_tokens=max_new_tokens).derive_config())
             cache[f"{t.input}|{t.instruction}"] = d.expressive_instructions[0]
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         cache_path.write_text(json.dumps(cache, indent=1))

@@ -19,13 +19,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image
 
-from ..config import DeriveConfig
+from ..config import EditSettings, PlacementSettings
 from ..errors import InputError
-from ..images import load_image
-from ..runtime.devices import AUTO, DTYPES
+from ..files import check_writable
+from ..formats.loader import check_model
+from ..images import check_output_name, load_image
+from .flags import add_settings, settings_from
 
 APPLE_EXAMPLE = "_input/3.jpg"
 APPLE_EXAMPLE_URL = "https://raw.githubusercontent.com/apple/ml-mgie/main/_input/3.jpg"
@@ -33,8 +34,7 @@ INSTRUCTION = "make cottage a mansion"
 # What Apple's demo.png shows for this example, exactly (sic: Apple's own output, typo and missing space included).
 EXPECTED = ("If the small cottages in the image were transformed into mansions, the scene would undergo a significant "
             "change.The modest-sized cottples would be replaced with larger, more luxurious homes.")
-SEED = 13331
-DERIVE = DeriveConfig(max_new_tokens=96, no_repeat_ngram_size=3)  # Apple's demo settings
+DEMO = EditSettings()  # the defaults are Apple's demo's: seed 13331, 96 new tokens, no repeated 3-gram, the paper's sampling
 NEAR = 0.6  # word-level similarity from which a different text still means the right weights
 
 MEANINGS = {
@@ -47,6 +47,12 @@ MEANINGS = {
                  "LLaVA-Lightning-7B-delta-v1-1, applied once: garbled text) or mgie_7b. Assemble again from the right "
                  "pieces (README, 'Getting the weights')",
 }
+# The verdicts on an example of your own: only the text is compared, nothing is said of Apple's pieces.
+YOUR_MEANINGS = {
+    "identical": "word for word the text you expected",
+    "near": "close to the text you expected, a few words changed",
+    "different": "not the text you expected",
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class CheckResult:
     similarity: float  # word-level, 0..1
     derived: str
     expected: str
+    apples: bool = True  # compared with Apple's own example: the verdict speaks of Apple's pieces
 
     @property
     def passed(self) -> bool:
@@ -62,8 +69,9 @@ class CheckResult:
 
     def report(self) -> str:
         figure = "" if self.verdict == "identical" else f" (word similarity {self.similarity:.2f})"
+        meanings = MEANINGS if self.apples else YOUR_MEANINGS
         return (f"derived:  {self.derived}\nexpected: {self.expected}\n"
-                f"{self.verdict}{figure}: {MEANINGS[self.verdict]}")
+                f"{self.verdict}{figure}: {meanings[self.verdict]}")
 
 
 def word_similarity(a: str, b: str) -> float:
@@ -71,26 +79,29 @@ def word_similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a.split(), b.split(), autojunk=False).ratio()
 
 
-def compare(derived: str, expected: str = EXPECTED) -> CheckResult:
+def compare(derived: str, expected: str = EXPECTED, apples: bool = True) -> CheckResult:
     similarity = word_similarity(derived, expected)
     verdict = "identical" if derived == expected else "near" if similarity >= NEAR else "different"
-    return CheckResult(verdict, similarity, derived, expected)
+    return CheckResult(verdict, similarity, derived, expected, apples)
 
 
 def run_check(model: str | Path, image: Image.Image, instruction: str = INSTRUCTION, expected: str = EXPECTED,
-              device: str = AUTO, dtype: str = AUTO, out: str | Path | None = None) -> CheckResult:
+              placement: PlacementSettings = PlacementSettings(), out: str | Path | None = None,
+              apples: bool = True) -> CheckResult:
     """Derive the expressive instruction for ``image`` and ``instruction`` with Apple's demo settings and compare
-    it with ``expected`` (Apple's example unless given). ``out``: also edit the image (seed 13331) and save it."""
-    from ..images import save_image_atomic, tensor_to_pil
+    it with ``expected`` (Apple's example unless given). ``out``: also edit the image (the whole edit, by the one
+    runner) and save it. ``apples``: the example is Apple's own, so the verdict may speak of Apple's pieces."""
+    from ..images import save_image_atomic
     from .pipeline import MGIEPipeline
 
-    pipe = MGIEPipeline.from_pretrained(model, device=device, dtype=dtype)
-    torch.manual_seed(SEED)
-    derivation = pipe.derive([image], [instruction], DERIVE)
-    if out is not None:
-        output = pipe.sample(image, pipe.imagine(derivation), seed=SEED)
-        save_image_atomic(tensor_to_pil(output.images)[0], out)
-    return compare(derivation.expressive_instructions[0], expected)
+    pipe = MGIEPipeline.from_pretrained(model, device=placement.device, dtype=placement.dtype)
+    if out is None:
+        derived = pipe.derive([image], [instruction], DEMO).expressive_instructions[0]
+    else:
+        result = pipe(image, instruction, DEMO)
+        save_image_atomic(result.images[0], out)
+        derived = result.expressive_instructions[0]
+    return compare(derived, expected, apples)
 
 
 def example_image(apple_repo: str | Path | None, download: bool, progress: bool = True) -> Image.Image:
@@ -103,7 +114,7 @@ def example_image(apple_repo: str | Path | None, download: bool, progress: bool 
                              "https://github.com/apple/ml-mgie")
         return load_image(path)
     if download:
-        from ..formats.assemble.download import cache_dir, fetch_url
+        from ..assemble.download import cache_dir, fetch_url
 
         url = os.environ.get("MGIE_EXAMPLE_URL") or APPLE_EXAMPLE_URL
         return load_image(fetch_url(url, cache_dir() / "ml-mgie" / APPLE_EXAMPLE, progress))
@@ -123,16 +134,20 @@ def add_check_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--instruction", default=INSTRUCTION, help="the instruction (default: %(default)r, Apple's)")
     parser.add_argument("--expected", default=EXPECTED,
                         help="the expressive instruction to expect (default: the one Apple's demo.png shows)")
-    parser.add_argument("--device", default=AUTO, help="cpu, cuda, mps ... (default: cuda if there is one, else cpu)")
-    parser.add_argument("--dtype", choices=(AUTO, *DTYPES), default=AUTO,
-                        help="precision (default: fp16 on CUDA, as Apple's demo; fp32 elsewhere)")
+    add_settings(parser, PlacementSettings, only=("device", "dtype"))
     parser.add_argument("--out", help="also edit the picture (100 steps, seed 13331) and save the result here")
     parser.add_argument("--quiet", action="store_true", help="no log lines")
     parser.set_defaults(run=run_check_command)
 
 
 def run_check_command(args: argparse.Namespace) -> int:
+    check_model(args.model)  # a model, before anything asks for a picture
+    placement = settings_from(args, PlacementSettings)
+    if args.out:
+        check_writable(Path(args.out), "--out")
+        check_output_name(args.out)
     image = load_image(args.image) if args.image else example_image(args.apple_repo, args.download, not args.quiet)
-    result = run_check(args.model, image, args.instruction, args.expected, args.device, args.dtype, args.out)
+    apples = not args.image and args.instruction == INSTRUCTION and args.expected == EXPECTED
+    result = run_check(args.model, image, args.instruction, args.expected, placement, args.out, apples)
     print(result.report())
     return 0 if result.passed else 1

@@ -16,18 +16,46 @@ AUTO = "auto"
 
 
 def resolve_device(name: str | torch.device | None = AUTO) -> torch.device:
-    """A torch device; ``auto`` (or None) is the first CUDA GPU when there is one, else the CPU."""
+    """A torch device; ``auto`` (or None) picks as ComfyUI does: the first CUDA GPU, else Apple's GPU (MPS), else
+    the CPU."""
     if isinstance(name, torch.device):
         return name
     if name is None or name == AUTO:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise InputError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:0, mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but this torch build sees no CUDA GPU; use --device cpu")
+    if device.type == "mps" and not _mps_available():
+        raise InputError("--device mps was asked for but this torch build sees no Apple GPU; use --device cpu")
     return device
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def device_memory(device: torch.device) -> int | None:
+    """The bytes of memory a device has for MGIE: a CUDA GPU's total, the memory macOS lets Apple's GPU use; None on
+    a CPU (no limit is planned for)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
+        return int(torch.mps.recommended_max_memory())
+    return None
+
+
+def empty_cache(device: torch.device) -> None:
+    """Give a GPU's cached, unused blocks back (after parts left it), so the memory it reserves drops too."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
 
 
 def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str, fp16_ok: bool = True) -> torch.dtype:

@@ -4,7 +4,7 @@ Only the linear layers inside the LLM's decoder layers are quantized, from the w
 (Apple's fp16 shards need no extra file). The vision tower, the projector, the embeddings and
 ``lm_head`` (which hold the ``[IMG]`` rows), the edit head, the UNet and the VAE keep the run's
 precision. Quantized weights are torchao tensor subclasses: ``.to(device)`` moves them like any
-weight, so staged residency and ComfyUI's model management offload them as they do the rest.
+weight, so a staged placement and ComfyUI's model management offload them as they do the rest.
 
 - ``int8``: int8 weights, one fp32 scale per output channel; runs on CUDA and on the CPU.
 - ``int4``: 4-bit weights in groups of 128 (torchao's tinygemm kernel): CUDA only, and that kernel
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .memory import size_text
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +50,6 @@ def _torchao():
         raise InputError(f"the quantized LLM needs torchao, which did not import ({type(error).__name__}: {error}); "
                          "pip install torchao (a version made for your torch, see README 'Small GPUs')") from None
     return quantization
-
-
-def size_text(count: int) -> str:
-    """Bytes as people read them: GiB, MiB or KiB, whichever keeps the figure readable."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
-        if count >= scale:
-            return f"{count / scale:.2f} {unit}"
-    return f"{count / 2**10:.1f} KiB"
 
 
 def quantize_llm(llm: nn.Module, mode: str, device: torch.device | str) -> nn.Module:
@@ -120,7 +113,12 @@ def quantization_of(llm: nn.Module) -> str:
 
 
 def is_quantized(module: nn.Module) -> bool:
-    return any(type(p) is not nn.Parameter and type(p) is not torch.Tensor for p in module.parameters())
+    return any(quantized_tensor(p) for p in module.parameters())
+
+
+def quantized_tensor(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a torchao quantized weight (a tensor subclass), not a plain tensor."""
+    return type(tensor) is not nn.Parameter and type(tensor) is not torch.Tensor
 
 
 def storage_bytes(module: nn.Module) -> int:

@@ -10,17 +10,17 @@ from conftest import make_image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from mgie_core import CheckpointError, DeriveConfig, SampleConfig, load_model
+from mgie_core import CheckpointError, EditSettings, SampleConfig, load_model
 from mgie_core.formats.bundle import FORMAT, save_bundle
 from mgie_core.frontends.cli import main
 from mgie_core.frontends.pipeline import MGIEPipeline
 
-DERIVE, SAMPLE = DeriveConfig(max_new_tokens=40), SampleConfig(num_inference_steps=4)
+SETTINGS = EditSettings(max_new_tokens=40, num_inference_steps=4)
 
 
 def edit(model):
     pipe = MGIEPipeline(model, "cpu", torch.float32)
-    return pipe(make_image(), "make the sky blue", DERIVE, SAMPLE, seed=3)
+    return pipe(make_image(), "make the sky blue", SETTINGS, seed=3)
 
 
 def assert_same_edit(a, b):
@@ -122,12 +122,12 @@ def test_recommended_guidance_travels_in_the_bundle_and_is_the_default(tiny_root
     assert load_model(save_bundle(bundle, tmp_path / "again.safetensors")).recommended_sampling == bundle.recommended_sampling
 
     pipe = MGIEPipeline(bundle, "cpu", torch.float32)
-    assert pipe.default_sample_config() == SampleConfig(guidance_scale=3.0, image_guidance_scale=1.2)
-    recommended = SampleConfig(num_inference_steps=4, guidance_scale=3.0, image_guidance_scale=1.2)
-    told = pipe(make_image(), "make the sky blue", DERIVE, recommended, seed=3).output.images
-    assert not torch.equal(told, pipe(make_image(), "make the sky blue", DERIVE, SAMPLE, seed=3).output.images)
-    pipe.default_sample_config = lambda: recommended  # 4 steps instead of 100: what a call without a config uses
-    assert torch.equal(told, pipe(make_image(), "make the sky blue", DERIVE, seed=3).output.images)
+    assert pipe.sample_config() == SampleConfig(guidance_scale=3.0, image_guidance_scale=1.2)
+    told = pipe(make_image(), "make the sky blue", SETTINGS.replace(guidance_scale=3.0, image_guidance_scale=1.2),
+                seed=3).output.images
+    paper = SETTINGS.replace(guidance_scale=7.5, image_guidance_scale=1.5)
+    assert not torch.equal(told, pipe(make_image(), "make the sky blue", paper, seed=3).output.images)
+    assert torch.equal(told, pipe(make_image(), "make the sky blue", SETTINGS, seed=3).output.images)  # auto: the model's
 
     image = tmp_path / "in.png"
     make_image().save(image)

@@ -11,6 +11,7 @@ from conftest import make_image
 from safetensors.torch import load_file, save_file
 from tiny_pieces import build_tiny_pieces
 
+from mgie_core.config import PlacementSettings
 from mgie_core.frontends.check import EXPECTED, NEAR, compare, run_check, word_similarity
 from mgie_core.frontends.cli import main
 
@@ -30,7 +31,7 @@ def test_compare_says_identical_near_or_different():
 
 
 def test_right_model_passes(tiny_root, tmp_path, capsys):
-    result = run_check(tiny_root, make_image(), TINY_INSTRUCTION, TINY_EXPECTED, device="cpu", dtype="fp32")
+    result = run_check(tiny_root, make_image(), TINY_INSTRUCTION, TINY_EXPECTED, PlacementSettings(device="cpu", dtype="fp32"))
     assert result.verdict == "identical" and result.derived == TINY_EXPECTED
     make_image().save(tmp_path / "example.png")
     args = ["check", "--model", str(tiny_root), "--image", str(tmp_path / "example.png"), "--instruction",
@@ -59,7 +60,7 @@ def test_wrong_base_is_caught(tiny_root, tmp_path):
                   shard, metadata={"format": "pt"})
     out = tmp_path / "wrong.safetensors"
     assert main(pieces.args(out)) == 0
-    result = run_check(out, make_image(), TINY_INSTRUCTION, TINY_EXPECTED, device="cpu", dtype="fp32")
+    result = run_check(out, make_image(), TINY_INSTRUCTION, TINY_EXPECTED, PlacementSettings(device="cpu", dtype="fp32"))
     assert result.verdict == "different" and not result.passed
     shutil.rmtree(tmp_path / "pieces")
 

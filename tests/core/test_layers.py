@@ -17,7 +17,7 @@ def test_mgie_core_never_imports_comfyui_at_runtime():
         f"bad = [m for m in sys.modules if m.split('.')[0] in {COMFY_MODULES!r}]\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

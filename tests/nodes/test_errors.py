@@ -28,7 +28,7 @@ def test_errors_are_titled_by_the_problem_not_the_module_path(comfy):
     cases = [
         (lambda: loader.execute(model="(no MGIE model found in models/mgie)"), "MGIE input error",
          "no MGIE model found in ComfyUI/models/mgie: build MGIE-7B with"),
-        (lambda: loader.execute(model="tiny", precision="fp8"), "MGIE input error", "precision must be one of"),
+        (lambda: loader.execute(model="tiny", dtype="fp8"), "MGIE setting error", "dtype must be one of"),
         (lambda: loader.execute(model="gone"), "MGIE model file error", "MGIE model 'gone' not found; looked in"),
     ]
     for call, title, start in cases:

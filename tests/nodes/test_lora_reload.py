@@ -28,8 +28,8 @@ def test_a_lora_change_re_patches_the_loaded_model(comfy, tiny_root, monkeypatch
     loads = []
     monkeypatch.setattr(runtime, "load_model", lambda *args: loads.append(args) or load_model(*args))
 
-    def loader(lora, strength, precision="fp32"):
-        return nodes["MGIELoader"].execute(model="tiny", precision=precision, lora=lora, lora_strength=strength).values
+    def loader(lora, strength, dtype="fp32"):
+        return nodes["MGIELoader"].execute(model="tiny", dtype=dtype, lora=lora, lora_strength=strength).values
 
     first = loader("a.safetensors", 0.5)[0]
     second = loader("a.safetensors", 1.0)[0]  # the strength changed
@@ -43,5 +43,5 @@ def test_a_lora_change_re_patches_the_loaded_model(comfy, tiny_root, monkeypatch
     loader("none", 1.0)[0].place("derive")
     assert_same(weights(first.model), weights(fresh(tiny_root)))
     assert len(loads) == 1
-    loader("a.safetensors", 1.0, precision="fp16")  # another precision: a load
+    loader("a.safetensors", 1.0, dtype="fp16")  # another dtype: a load
     assert len(loads) == 2

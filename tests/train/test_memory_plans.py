@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from mgie_core.runtime.memory import memory_budget
+from mgie_core.runtime.quant import quantize_llm
 from train.config import TrainConfig, config_from_args, parser
-from train.memory import PLANS, apply_plan, budget, choose_plan, estimate
-from train.quantized import FrozenQuantizedLinear, make_optimizer, quantize_frozen_llm
+from train.memory import PLANS, apply_plan, choose_plan, estimate
+from train.quantized import FrozenQuantizedLinear, freeze_quantized, make_optimizer
 
 
 class Decoder(nn.Module):
@@ -27,7 +29,7 @@ class Decoder(nn.Module):
 def test_frozen_quantized_linear_keeps_no_dequantized_weight_for_the_backward_pass():
     """torchao's own linear would keep a full-precision copy of each weight until the backward pass."""
     torch.manual_seed(0)
-    llm = quantize_frozen_llm(Decoder(), "int8", torch.device("cpu"))
+    llm = freeze_quantized(quantize_llm(Decoder(), "int8", torch.device("cpu")))
     assert all(type(m) is FrozenQuantizedLinear for m in llm.layers[0] if isinstance(m, nn.Linear))
     x = torch.randn(4, 256, requires_grad=True)
     kept = []
@@ -92,7 +94,7 @@ def test_given_settings_win_and_4_bits_are_left_out_off_cuda(seven_b, caplog):
     config = TrainConfig(data="d", output="o", resolution=256, memory="8")
     picked, _, _ = choose_plan(seven_b, config, torch.device("cpu"), torch.float32)
     assert picked.llm_quant == "int8"
-    assert budget("auto", torch.device("cpu")) is None
+    assert memory_budget(None, torch.device("cpu")) is None
     with caplog.at_level(logging.INFO, logger="mgie.train"):
         resolved = apply_plan(seven_b, TrainConfig(data="d", output="o", resolution=256), torch.device("cpu"),
                               torch.float32)
@@ -109,10 +111,11 @@ def test_the_memory_flags_and_their_help():
     config = config_from_args(["--data", "d", "--output", "o", "--memory", "12", "--optimizer", "adamw8bit",
                                "--no-gradient-checkpointing"])
     assert (config.memory, config.optimizer, config.gradient_checkpointing, config.llm_quant) == \
-           ("12", "adamw8bit", False, None)
-    with pytest.raises(Exception, match="--memory must be one of auto, 24, 16, 12, 8, got '10'"):
-        TrainConfig(data="d", output="o", memory="10")
+           ("12", "adamw8bit", False, "auto")
+    assert TrainConfig(data="d", output="o", memory="10").memory == "10"  # any card: the same words as editing
     assert TrainConfig(data="d", output="o", memory=12).memory == "12"  # as a JSON config holds it
+    with pytest.raises(Exception, match="--memory must be auto or your GPU's memory in GB, a whole number"):
+        TrainConfig(data="d", output="o", memory="ten")
 
 
 def test_the_gpu_benchmark_judges_each_plan_against_its_goal():
