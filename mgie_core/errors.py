@@ -35,3 +35,7 @@ class SettingError(InputError):
         """The same error, the field called by its name in ``names`` (unchanged where it has none)."""
         renamed = SettingError(names.get(self.field, self.field), self.requirement, self.value)
         return renamed.with_traceback(self.__traceback__)  # still leads to where the check failed
+
+
+class NonFiniteError(MGIEError):
+    """A stage produced NaN or infinite values (the picture would be black): says where, and the likely cause."""

@@ -31,24 +31,54 @@ ImageLike = Image.Image | torch.Tensor
 
 
 # -- reading and writing ---------------------------------------------------------------------
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as 8-bit RGB, upright (its EXIF orientation applied, as a phone's photo is shown), with a
-    clear error for anything unreadable."""
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what a folder of pictures holds
+WRITTEN_AS = ".png, .jpg or .webp"  # what outputs are usually named
+
+
+def existing_file(path: str | Path, what: str) -> Path:
+    """``path``, refused unless it is a file: "not found" only when nothing is there, a folder said as such."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder; give a file")
+    if not path.exists():
+        raise InputError(f"{what} not found: {path}")
     if not path.is_file():
-        raise InputError(f"image not found: {path}")
+        raise InputError(f"{what} {path} is not a regular file; give a picture file")
+    return path
+
+
+def read_picture(path: str | Path, what: str = "image") -> tuple[Image.Image, int]:
+    """An image file as 8-bit RGB, upright (its EXIF orientation applied, as a phone's photo is shown), and its
+    frame count (an animated picture's first frame is returned); a clear error for anything unreadable."""
+    path = existing_file(path, what)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()
-                return to_rgb(ImageOps.exif_transpose(image))
+                return to_rgb(ImageOps.exif_transpose(image)), int(getattr(image, "n_frames", 1) or 1)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise InputError(f"image {path} is too large to open safely ({err}); scale it down first") from None
+        raise InputError(f"{what} {path} is too large to open safely ({err}); scale it down first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise InputError(
-            f"cannot read image {path} ({type(err).__name__}: {err}); use a PNG, JPEG, WebP, BMP or TIFF file"
+            f"cannot read {what} {path} ({type(err).__name__}: {err}); use a PNG, JPEG, WebP, BMP or TIFF file"
         ) from None
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image file as 8-bit RGB, upright, with a clear error for anything unreadable (see
+    :func:`read_picture`)."""
+    return read_picture(path)[0]
+
+
+def check_output_name(path: str | Path, what: str = "--out") -> str:
+    """The PIL format a picture is written in, from its file name; refused when the extension is not a picture's."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        shown = repr(path.suffix) if path.suffix else "(none)"
+        raise InputError(f"{what} {path}: unknown image extension {shown}; use {WRITTEN_AS}")
+    return fmt
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -68,9 +98,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def save_image_atomic(image: Image.Image, path: str | Path) -> Path:
     """Write ``image`` to ``path`` through a temporary file in the same folder, then rename."""
     path = Path(path)
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise InputError(f"cannot write {path}: unknown image extension {path.suffix!r}; use .png, .jpg or .webp")
+    fmt = check_output_name(path)
     with atomic_write(path) as handle:
         image.save(handle, format=fmt)
     return path
@@ -138,9 +166,7 @@ def load_mask(path: str | Path) -> torch.Tensor:
     channel is edited where it is transparent (ComfyUI's mask editor paints the mask by erasing alpha, and its Load
     Image gives MASK = 1 - alpha); a picture without alpha is edited where it is white. EXIF orientation applies,
     as to the picture it goes with."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"mask not found: {path}")
+    path = existing_file(path, "mask")
     try:
         with Image.open(path) as image:
             image.load()

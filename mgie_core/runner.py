@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .config import DEFAULT_SEED, SETTINGS, DeriveConfig, SampleConfig, check_setting
+from .config import DEFAULT_SEED, PAPER, SETTINGS, DeriveConfig, SampleConfig, check_setting
 from .errors import InputError
 from .images import ImageLike, fit_for_vae, fit_mask, mask_batch, tensor_to_pil, vae_size
 from .model.mgie import MGIEModel
@@ -28,7 +28,7 @@ from .runtime.progress import ProgressCallback, offset
 from .stages.chain import parse_chain
 from .stages.derive import Derivation, derive, encode_prompt
 from .stages.imagine import Imagination, imagine
-from .stages.prompt import check_instruction
+from .stages.prompt import check_instruction, language_notices
 from .stages.sample import SampleOutput, sample
 
 logger = logging.getLogger(__name__)
@@ -109,12 +109,14 @@ class Edit:
 
 @dataclass(frozen=True)
 class EditResult:
-    """One instruction's result: ``images`` (B PIL pictures) and what each stage made on the way."""
+    """One instruction's result: ``images`` (B PIL pictures), what each stage made on the way, and the notices the
+    check gave (an instruction in a language the model does not know, a picture that will take long)."""
 
     images: list[Image.Image]
     derivation: Derivation
     imagination: Imagination
     output: SampleOutput
+    notices: tuple[str, ...] = ()
 
     @property
     def expressive_instructions(self) -> tuple[str, ...]:
@@ -142,22 +144,44 @@ class OneBar:
         return offset(self.callback, start, self.total)
 
 
-def check_edit(placed: Placed, edit: Edit, derive_config: DeriveConfig, sample_config: SampleConfig) -> None:
-    """What can be checked before the LLM runs: every instruction (and its prompt's length), every picture's size,
-    the masks' count."""
-    model = placed.model
+def check_edit(placed: Placed, edit: Edit, derive_config: DeriveConfig, sample_config: SampleConfig) -> list[str]:
+    """What can be checked once the model is known, before the LLM runs: every instruction (and its prompt's length),
+    every picture's size, the masks' count. Returns what is worth saying first: instructions in a language (or, for
+    a model of a closed world, words) it was not trained on, pictures that will take long."""
+    model, notices = placed.model, []
     for step in edit.chain:
         for text in dict.fromkeys(step):
             encode_prompt(model, check_instruction(text, model.tokenizer), derive_config.max_new_tokens)
+            notices += language_notices(text, model)
     for text in edit.expressive or ():
         if text and text.strip():
             check_instruction(text, model.tokenizer, what="expressive instruction")
-    for image in edit.images:
-        width, height = image.size if isinstance(image, Image.Image) else (image.shape[-1], image.shape[-2])
-        vae_size(width, height, model.vae_scale_factor, sample_config.max_side)
+    for size in dict.fromkeys(_size(image) for image in edit.images):
+        edited = vae_size(*size, model.vae_scale_factor, sample_config.max_side)
+        notices += size_notices(size, edited, model)
     if edit.masks is not None and edit.masks.shape[0] not in (1, len(edit.images)):
         raise InputError(f"{edit.masks.shape[0]} masks for {len(edit.images)} images: give one mask for all the "
                          "images, or one per image")
+    return notices
+
+
+def _size(image: ImageLike) -> tuple[int, int]:
+    return image.size if isinstance(image, Image.Image) else (image.shape[-1], image.shape[-2])
+
+
+LARGE = 4  # times the pixels of the model's working size: a picture above this gets a notice of what it costs
+
+
+def size_notices(size: tuple[int, int], edited: tuple[int, int], model: MGIEModel) -> list[str]:
+    """A notice when the picture is edited far above the model's working size: the time it will take, relatively."""
+    side = model.recommended_sampling.get("max_side", PAPER["max_side"])
+    ratio = edited[0] * edited[1] / side**2
+    if ratio <= LARGE:
+        return []
+    return [f"the picture is edited at {edited[0]}x{edited[1]} ({edited[0] * edited[1] / 1e6:.1f} megapixels), "
+            f"{ratio:.0f} times the pixels of this model's {side}x{side} working size: expect at least {ratio:.0f} "
+            "times as long as an edit at that size, and more memory (lower max_side, or leave it at auto, to edit "
+            "faster)"]
 
 
 def run_edit(placed: Placed, edit: Edit, derive_config: DeriveConfig, sample_config: SampleConfig,
@@ -167,7 +191,9 @@ def run_edit(placed: Placed, edit: Edit, derive_config: DeriveConfig, sample_con
 
     ``progress(stage, index)`` gives each stage its callback; ``on_result(index, result)`` sees each
     instruction's result as it comes (the CLI prints and saves it)."""
-    check_edit(placed, edit, derive_config, sample_config)
+    notices = tuple(check_edit(placed, edit, derive_config, sample_config))
+    for notice in notices:
+        logger.warning("%s", notice)
     progress = progress or (lambda stage, index: None)
     current: Sequence[ImageLike] = edit.images
     results: list[EditResult] = []
@@ -183,7 +209,7 @@ def run_edit(placed: Placed, edit: Edit, derive_config: DeriveConfig, sample_con
         placed.place("sample")
         output = sample_pictures(placed, current, imagination, sample_config, edit.seeds, edit.masks,
                                  progress("sample", index))
-        results.append(EditResult(tensor_to_pil(output.images), derivation, imagination, output))
+        results.append(EditResult(tensor_to_pil(output.images), derivation, imagination, output, notices))
         if on_result is not None:
             on_result(index, results[-1])
         current = list(output.images)  # the sampler's float pixels, not 8-bit files, go on to the next instruction

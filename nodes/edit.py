@@ -33,10 +33,10 @@ class MGIEEdit(io.ComfyNode):
         settings = edit_settings(**widgets)
         config = settings.sample_config(mgie_model.model.recommended_sampling)
         note = size_note(mgie_model, image, config) + mask_note(mask)
-        image, texts = run_chain(mgie_model, image, chain, expressive_override, settings.seed,
-                                 settings.derive_config(), config, mask)
+        image, texts, notices = run_chain(mgie_model, image, chain, expressive_override, settings.seed,
+                                          settings.derive_config(), config, mask)
         text = chain_text(texts)
-        return io.NodeOutput(image, text, ui=ui.PreviewText(f"{text}\n{settings_text(config)}{note}"))
+        return io.NodeOutput(image, text, ui=ui.PreviewText(f"{text}\n{settings_text(config)}{note}{notices}"))
 
 
 def chain_input() -> io.String.Input:

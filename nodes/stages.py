@@ -14,16 +14,15 @@ from .runtime import MGIEHandle, image_from_core, image_to_core, intermediate, p
 from .types import DerivationLink
 
 
-def run_derive(handle: MGIEHandle, image: torch.Tensor, instruction: str, override: str = "",
-               max_new_tokens: int = DeriveConfig.max_new_tokens) -> DerivationLink:
+def run_derive(handle: MGIEHandle, image: torch.Tensor, instruction: str, override: str,
+               config: DeriveConfig) -> DerivationLink:
     """One instruction (and optional artist-edited expressive instruction) for every image of the batch."""
-    config = DeriveConfig(max_new_tokens=max_new_tokens)
     pixels = image_to_core(image)  # (B, 3, H, W)
     count = pixels.shape[0]
     handle.place("derive")
     overrides = [override] * count if override and override.strip() else None
-    d = derive(handle.model, list(pixels), [instruction] * count, config, overrides, progress(count * max_new_tokens),
-               compiled=handle.compiled)
+    d = derive(handle.model, list(pixels), [instruction] * count, config, overrides,
+               progress(count * config.max_new_tokens), compiled=handle.compiled)
     return DerivationLink(handle, dataclasses.replace(d, visual_tokens=intermediate(d.visual_tokens)))
 
 
@@ -47,13 +46,14 @@ def run_sample(handle: MGIEHandle, image: torch.Tensor, imagination: Imagination
 def run_chain(handle: MGIEHandle, image: torch.Tensor, chain: list[str], override: str, seed: int,
               derive_config: DeriveConfig, config: SampleConfig, mask: torch.Tensor | None = None):
     """The whole edit by mgie_core's runner, one progress bar over every stage of every instruction; the last
-    pictures (ComfyUI IMAGE) and each instruction's expressive text."""
+    pictures (ComfyUI IMAGE), each instruction's expressive text, and the notices to show."""
     edit = Edit.of(image_to_core(image), chain, override if override and override.strip() else None, seed, mask,
                    chained=True)
     tokens, steps = len(edit.images) * derive_config.max_new_tokens, config.num_inference_steps
     bar = OneBar(progress((tokens + steps) * len(edit.chain)), tokens, steps, len(edit.chain))
     results = run_edit(handle, edit, derive_config, config, bar)
-    return image_from_core(results[-1].output.images), [expressive_text(r.derivation) for r in results]
+    notices = "".join(f"\n{notice}" for notice in results[-1].notices)
+    return image_from_core(results[-1].output.images), [expressive_text(r.derivation) for r in results], notices
 
 
 def expressive_text(derivation) -> str:

@@ -13,8 +13,12 @@ Two formats:
         NAME.txt                 the brief instruction
         NAME.expressive.txt      optional: the expressive instruction
 
-Bad samples (unreadable image, missing pair, empty instruction) are reported by file name;
-with ``strict`` the first one is fatal, otherwise they are skipped and counted.
+Every pair is opened and checked before any model loads, by the checks editing uses for its pictures and
+instructions. Bad samples (unreadable image, missing pair, empty instruction, an input and a target of different
+shapes) are reported by file name; with ``strict`` the first one is fatal, otherwise they are skipped and counted.
+An input and a target of one shape but different sizes are both center-cropped and resized to the training size, so
+they stay aligned; of different shapes (aspect ratios), their crops would show different parts of the scene, so the
+pair is refused.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ import torch
 from PIL import Image
 
 from mgie_core.errors import InputError
-from mgie_core.images import load_image
+from mgie_core.images import PICTURE_SUFFIXES, read_picture
+from mgie_core.stages.prompt import check_text
 
 logger = logging.getLogger("mgie.train")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+SAME_SHAPE = 0.02  # relative difference of aspect ratios under which an input and its target are one shape
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ def _from_manifest(path: Path) -> tuple[list[Triplet], list[str]]:
             item = json.loads(line)
             triplets.append(Triplet(
                 name=where, input=path.parent / item["input"], target=path.parent / item["target"],
-                instruction=str(item.get("instruction", "")), expressive=item.get("expressive") or None))
+                instruction=item.get("instruction", ""), expressive=item.get("expressive") or None))
         except (ValueError, KeyError, TypeError) as err:
             problems.append(f"{where}: not a valid sample ({type(err).__name__}: {err}); "
                             'expected {"input": ..., "target": ..., "instruction": ...}')
@@ -122,17 +127,25 @@ def _from_folder(path: Path) -> tuple[list[Triplet], list[str]]:
 def _images(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in PICTURE_SUFFIXES}
 
 
 def _check(triplet: Triplet) -> str | None:
-    if not triplet.instruction.strip():
-        return "the instruction is empty"
-    for role, image in (("input", triplet.input), ("target", triplet.target)):
-        try:
-            load_image(image)
-        except InputError as err:
-            return f"{role} image: {err}"
+    """What is wrong with a pair (None: nothing), checked as an edit's inputs are."""
+    try:
+        check_text(triplet.instruction)
+        if triplet.expressive is not None:
+            check_text(triplet.expressive, "expressive")
+        sizes = [read_picture(path, role)[0].size for role, path in (("input", triplet.input), ("target", triplet.target))]
+    except InputError as err:
+        return str(err)
+    (w1, h1), (w2, h2) = sizes
+    if abs(w1 / h1 - w2 / h2) > SAME_SHAPE * (w1 / h1):
+        return (f"the input is {w1}x{h1} and the target {w2}x{h2}: of different shapes, their crops would show different "
+                "parts of the scene; give a target of the input's shape")
+    if (w1, h1) != (w2, h2):
+        logger.info("%s: the input is %dx%d and the target %dx%d; both are resized to the training size alike",
+                    triplet.name, w1, h1, w2, h2)
     return None
 
 

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     except MGIEError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
+    except OSError as err:  # the disk filled up or went away while writing: checkpoints are written whole or not at all
+        sys.stderr.write(f"error: cannot write {err.filename or 'the run'}: {err.strerror or err}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted; every checkpoint written is whole: add --resume latest to the same command to "
                          "go on from the newest\n")

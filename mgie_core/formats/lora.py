@@ -25,7 +25,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import CheckpointError, InputError
+from ..config import SETTINGS, check_setting
+from ..errors import CheckpointError, InputError, SettingError
 from ..model.mgie import MGIEModel
 from ..runtime.quant import add_to_quantized, is_quantized, quantization_of
 from .aligned import save_aligned, strip_padding
@@ -53,7 +54,9 @@ def parse_lora_arg(text: str) -> tuple[Path, float]:
     path, sep, strength = text.rpartition(":")
     if sep and path and _is_number(strength):
         return Path(path), float(strength)
-    return Path(text), 1.0
+    if sep and path and Path(path).exists() and not Path(text).exists():
+        raise InputError(f"--lora {text}: the strength after ':' must be a number, got {strength!r}")
+    return Path(text), SETTINGS["lora_strength"].default
 
 
 def check_lora_args(specs: list[str]) -> list[tuple[LoraFile, float]]:
@@ -67,8 +70,11 @@ def check_lora_args(specs: list[str]) -> list[tuple[LoraFile, float]]:
 
 
 def check_strength(strength: float) -> None:
-    if not -10.0 <= strength <= 10.0:
-        raise InputError(f"LoRA strength must be between -10 and 10, got {strength}")
+    """A LoRA's strength against its declaration (:class:`mgie_core.config.PlacementSettings`)."""
+    try:
+        check_setting(SETTINGS["lora_strength"], strength)
+    except SettingError as err:
+        raise err.named({"lora_strength": "LoRA strength"}) from None
 
 
 def _is_number(text: str) -> bool:
@@ -87,7 +93,10 @@ def save_lora(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str
 
 def read_lora(path: str | Path) -> LoraFile:
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise CheckpointError(f"LoRA {path} is a folder; give the LoRA's .safetensors file (train/finetune.py writes "
+                              f"{path / 'lora.safetensors'})")
+    if not path.exists():
         raise CheckpointError(f"LoRA file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -150,6 +159,7 @@ def apply_lora(model: MGIEModel, lora: LoraFile | str | Path, strength: float = 
         logger.info("LoRA %s at strength 0: the model is unchanged", lora.path)
         return model
     with torch.no_grad():
+        _check_merged(model, targets, lora, strength)  # every layer, before any weight changes
         layers = _merge_adapters(model, targets, lora, strength)
         _blend_full_tensors(model, lora, strength)
     model.info["fingerprint"] = f"{model.fingerprint()}+{Path(lora.path).stem}@{strength:g}"
@@ -183,6 +193,35 @@ def lora_targets(model: MGIEModel, lora: LoraFile) -> dict[str, nn.Module]:
             targets[key] = layer
     _full_tensors(model, lora)
     return targets
+
+
+def _check_merged(model: MGIEModel, targets: dict[str, nn.Module], lora: LoraFile, strength: float) -> None:
+    """Refuse a LoRA whose merged weights would not fit the model's precision (an fp16 weight past 65504 is
+    infinite, and every edit black): layer by layer, nothing kept."""
+    for key, layer in targets.items():
+        weight = layer.weight
+        dtype = _stored_dtype(model, layer)
+        base = weight.dequantize(torch.float32) if is_quantized(layer) else weight.float()
+        down, up = lora.tensors[key], lora.tensors[key.replace(".lora_A.", ".lora_B.")]
+        merged = base + lora_delta(down, up, weight.shape).to(base.device) * (strength * lora.scale)
+        if not bool(torch.isfinite(merged).all()) or float(merged.abs().max()) > torch.finfo(dtype).max:
+            raise _overflow(lora, strength, key.removesuffix(".lora_A.weight"), dtype)
+    for table, index, trained in _full_tensors(model, lora):
+        blended = _blend(table[index].float(), trained.float(), strength)
+        if not bool(torch.isfinite(blended).all()) or float(blended.abs().max()) > torch.finfo(table.dtype).max:
+            raise _overflow(lora, strength, "the edit head or the [IMG] rows", table.dtype)
+
+
+def _overflow(lora: LoraFile, strength: float, where: str, dtype: torch.dtype) -> CheckpointError:
+    name = str(dtype).removeprefix("torch.")
+    return CheckpointError(f"{lora.path} at strength {strength:g} takes {where} past what {name} holds (its merged "
+                           "weights overflow): the LoRA is damaged or its strength too high; lower the strength, or "
+                           "use an earlier checkpoint's LoRA")
+
+
+def _stored_dtype(model: MGIEModel, layer: nn.Module) -> torch.dtype:
+    """The precision a layer's weight computes in: its own, or the model's for a quantized LLM layer."""
+    return model.mllm.lm_head.weight.dtype if is_quantized(layer) else layer.weight.dtype
 
 
 def _merge_adapters(model: MGIEModel, targets: dict[str, nn.Module], lora: LoraFile, strength: float) -> int:

@@ -129,6 +129,11 @@ class MGIEModel:
         Apple's MGIE: the paper's 7.5 / 1.5 and a 1024 px limit are the defaults."""
         return dict(self.info.get("sampling", {}))
 
+    @property
+    def world(self) -> dict[str, Any] | None:
+        """The description of the closed world a model was trained on (mgie-mini's flat shapes), or None."""
+        return self.info.get("extra", {}).get("world")
+
     def fingerprint(self) -> str:
         """A short id of the base weights, to tie LoRA files to the model they were trained on.
 

@@ -108,6 +108,10 @@ class LegacyLlamaTokenizer:
             raise KeyError(f"token {token!r} is not in the vocabulary")
         return index
 
+    def is_word(self, word: str) -> bool:
+        """Whether ``word``, after a space, is one piece of the vocabulary (a word the model has seen whole)."""
+        return self.sp.piece_to_id("\u2581" + word) != self.sp.unk_id()
+
     def id_to_token(self, index: int) -> str:
         for token, token_id in self.added_tokens.items():
             if token_id == index:

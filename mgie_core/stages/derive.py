@@ -20,6 +20,7 @@ from ..images import ImageLike, clip_pixel_values
 from ..model.mgie import MGIEModel
 from ..runtime.progress import ProgressCallback, report
 from .decode import greedy_generate
+from .finite import check_finite
 from .prompt import build_conversation, build_prompt, check_instruction, clean_expressive
 
 
@@ -48,7 +49,7 @@ def derive(
     model: MGIEModel,
     images: Sequence[ImageLike],
     instructions: Sequence[str],
-    config: DeriveConfig = DeriveConfig(),
+    config: DeriveConfig,
     expressive_overrides: Sequence[str | None] | None = None,
     callback: ProgressCallback | None = None,
     compiled: bool = False,
@@ -92,6 +93,7 @@ def derive(
     ids, prompt_lengths, states, texts, flags = zip(*(results[b] for b in range(len(images))))
     visual = torch.stack([select_visual_tokens(s, t, spec.visual_token_ids[0], spec.num_visual_tokens)
                           for s, t in zip(states, ids)])  # (B, K, H)
+    check_finite(visual, "the LLM", mllm.dtype)
     return Derivation(tuple(ids), tuple(prompt_lengths), visual, tuple(texts), tuple(flags))
 
 

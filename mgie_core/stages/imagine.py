@@ -9,6 +9,7 @@ import torch
 from ..errors import InputError
 from ..model.edit_head import EditHead
 from .derive import Derivation
+from .finite import check_finite
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,6 @@ def imagine(edit_head: EditHead, derivation: Derivation) -> Imagination:
     """Run the edit head on the derived visual tokens (on the head's device and dtype)."""
     weight = edit_head.llm2hid.weight
     visual = derivation.visual_tokens.to(weight.device, weight.dtype)  # (B, K, H)
-    imagination = edit_head(visual)  # (B, Q, D)
+    imagination = check_finite(edit_head(visual), "the edit head", weight.dtype)  # (B, Q, D)
     null = edit_head.null_imagination().expand_as(imagination)  # (B, Q, D)
     return Imagination(imagination=imagination, null_imagination=null.contiguous())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 from ..errors import InputError
 from ..model.mgie import IM_END, IM_PATCH, IM_START, ModelSpec, visual_token_names
 from ..model.tokenizer import LegacyLlamaTokenizer
@@ -33,16 +36,42 @@ def build_conversation(instruction: str, expressive: str, spec: ModelSpec, eos_t
     return f"{build_prompt(instruction, spec)} {build_answer(expressive, spec)}{eos_token}"
 
 
+def check_text(text: object, what: str = "instruction") -> str:
+    """An instruction (or expressive instruction) as given: text that is not blank; what needs no model."""
+    if not isinstance(text, str):
+        raise InputError(f"the {what} must be text, got {text!r}")
+    if not text.strip():
+        raise InputError(f'the {what} is empty: describe the edit, e.g. "make it look like winter"')
+    return text
+
+
 def check_instruction(text: object, tokenizer: LegacyLlamaTokenizer, what: str = "instruction") -> str:
     """The instruction as given, or an InputError saying what is wrong with it."""
-    if not isinstance(text, str):
-        raise InputError(f"{what} must be text, got {type(text).__name__}")
-    if not text.strip():
-        raise InputError(f"{what} is empty: describe the edit, e.g. 'make it look like winter'")
+    check_text(text, what)
     token = tokenizer.find_special_text(text)
     if token is not None:
         raise InputError(f"{what} contains the control token {token!r}, which MGIE reserves; remove it")
     return text
+
+
+def language_notices(text: str, model) -> list[str]:
+    """What to say before deriving from ``text``: that it is not English, the only language MGIE was trained on
+    (letters of another script), or, for a model of a closed world such as mgie-mini, which words it never saw."""
+    foreign = sorted({c for c in text if c.isalpha() and not unicodedata.name(c, "").startswith("LATIN")})
+    if foreign:
+        return [f'"{text}" is not in English, the only language {model_name(model)} was trained on: it may not '
+                "understand it (write the instruction in English)"]
+    if model.world is None:
+        return []
+    unknown = [w for w in dict.fromkeys(re.findall(r"[A-Za-z]+", text)) if not model.tokenizer.is_word(w.lower())]
+    if not unknown:
+        return []
+    return [f'{model_name(model)} knows only the words of its world of flat shapes, and not: {", ".join(unknown)} '
+            "(it understands English instructions about shapes, colours and light)"]
+
+
+def model_name(model) -> str:
+    return "mgie-mini" if model.world is not None else "MGIE"
 
 
 def clean_expressive(answer: str, first_visual_token: str = "[IMG0]", eos_token: str = "</s>") -> str:

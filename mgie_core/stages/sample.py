@@ -21,15 +21,15 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from ..config import SampleConfig
+from ..config import TILE_ABOVE, SampleConfig
 from ..errors import InputError
 from ..runtime.progress import ProgressCallback, report
+from .finite import check_finite
 from .imagine import Imagination
 from .schedulers import make_scheduler
 
 logger = logging.getLogger(__name__)
 Generators = torch.Generator | Sequence[torch.Generator] | None
-TILE_ABOVE = 1024  # px: longer sides above this are encoded and decoded in tiles (vae_tiling="auto")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def sample(
     scheduler_config: Mapping[str, Any],
     pixels: torch.Tensor,
     imagination: Imagination,
-    config: SampleConfig = SampleConfig(),
+    config: SampleConfig,
     generator: Generators = None,
     callback: ProgressCallback | None = None,
     *,
@@ -106,8 +106,8 @@ def sample(
         report(callback, i + 1, len(timesteps))
 
     # 6. decode
-    raw = latents / vae.config.scaling_factor
-    decoded = decode_latents(vae, raw, tiled)
+    raw = check_finite(latents, "the denoising (UNet)", dtype) / vae.config.scaling_factor
+    decoded = check_finite(decode_latents(vae, raw, tiled), "the VAE's decoding", vae.dtype)
     images = (decoded.float() / 2 + 0.5).clamp(0, 1)
     if mask is not None:  # 7. outside the mask, the input's own pixels
         inside = feather(mask).to(images.device)

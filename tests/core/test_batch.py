@@ -14,8 +14,9 @@ import pytest
 from conftest import accelerate_launch, make_image
 from PIL import Image
 
-from mgie_core.frontends.batch import Item, batches, deal, plan_images, plan_manifest
 from mgie_core.frontends.cli import main
+from mgie_core.frontends.plan import Item, check_inputs, plan_images, plan_manifest
+from mgie_core.frontends.shares import batches, deal
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--steps", "3", "--max-new-tokens", "40", "--quiet"]
@@ -35,12 +36,12 @@ def files(folder: Path) -> dict[str, bytes]:
 def test_a_folder_or_a_glob_plans_one_output_each_and_refuses_shared_names(tmp_path):
     source = pictures(tmp_path / "in", 3)
     (source / "notes.txt").write_text("not a picture")
-    plan = plan_images(str(source), "make it red", tmp_path / "out", 7)
+    plan = check_inputs(plan_images(str(source), "make it red", tmp_path / "out", 7))
     assert [i.out.name for i in plan.items] == ["p0.png", "p1.png", "p2.png"] and not plan.refused
     assert {i.seed for i in plan.items} == {7}
     assert [i.out.name for i in plan_images(str(source / "p[01].png"), "x", tmp_path, 0).items] == ["p0.png", "p1.png"]
     make_image(8, 8).save(source / "p1.jpg")  # p1.png and p1.jpg would both write p1.png
-    plan = plan_images(str(source), "make it red", tmp_path / "out", 7)
+    plan = check_inputs(plan_images(str(source), "make it red", tmp_path / "out", 7))
     assert [i.out.name for i in plan.items] == ["p0.png", "p2.png"]
     assert len(plan.refused) == 2 and all("its output p1.png is also another item's" in r for r in plan.refused)
 
@@ -58,7 +59,7 @@ def test_a_manifest_is_untrusted(tmp_path):
              {"image": "p0.png", "instruction": "y", "out": "same.png"}]
     manifest = tmp_path / "data" / "edits.jsonl"
     manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n\nnot json\n")
-    plan = plan_manifest(manifest, tmp_path / "out", seed=13331)
+    plan = check_inputs(plan_manifest(manifest, tmp_path / "out", seed=13331))
     assert [(i.where, i.out, i.seed) for i in plan.items] == [("edits.jsonl:1", tmp_path / "out" / "a" / "b.png", 3)]
     refused = {r.split(": ", 1)[0]: r.split(": ", 1)[1] for r in plan.refused}
     for line, said in [(2, "image '../secret.png' leaves the manifest's folder"), (3, "leaves the manifest's folder"),
@@ -72,7 +73,7 @@ def test_a_manifest_is_untrusted(tmp_path):
 
 
 def test_batches_have_fixed_boundaries_and_are_dealt_round_robin():
-    items = [Item(str(i), Path(f"{i}.png"), "x", Path(f"o{i}.png")) for i in range(7)]
+    items = [Item(str(i), Path(f"{i}.png"), ("x",), (Path(f"o{i}.png"),)) for i in range(7)]
     assert [[i.where for i in b] for b in batches(items, 3)] == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
     work = batches(items, 2)  # 4 batches over 3 processes: two rounds, the second with one batch
     dealt = [list(deal(work, rank, 3)) for rank in range(3)]
@@ -160,10 +161,10 @@ def test_two_processes_under_accelerate_write_what_one_writes(tiny_root, tmp_pat
     edit = ["-m", "mgie_core", "edit", "--model", str(tiny_root), "--image", str(source), "--instruction", "make it red",
             "--batch-size", "2", "--device", "cpu", *FAST]
     one = subprocess.run([sys.executable, *edit, "--out", str(tmp_path / "one")], env=env, capture_output=True,
-                         text=True, timeout=300)
+                         text=True)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([*accelerate_launch(2), *edit, "--out", str(tmp_path / "two")], env=env, capture_output=True,
-                         text=True, timeout=300)
+                         text=True)
     assert two.returncode == 0, two.stderr
     assert files(tmp_path / "two") == files(tmp_path / "one") and len(files(tmp_path / "one")) == 5
     assert two.stdout.count("done 5, skipped 0 (already there), failed 0") == 1  # the main process's summary only

@@ -17,7 +17,7 @@ import torch
 from conftest import make_image
 from PIL import Image
 
-from mgie_core import CheckpointError, Edit, InputError, MGIEPipeline, SampleConfig, load_model
+from mgie_core import CheckpointError, Edit, EditSettings, InputError, MGIEPipeline, load_model
 from mgie_core.formats.bundle import save_bundle
 from mgie_core.formats.lora import read_lora, save_lora
 from mgie_core.frontends.cli import main
@@ -132,7 +132,7 @@ def test_a_seed_out_of_range_is_refused_before_the_model_loads(tmp_path, image_p
 
 def test_the_largest_seed_edits(tiny_model, image):
     pipe = MGIEPipeline(tiny_model, "cpu", "fp32")
-    pipe(image, "make it red", sample_config=SampleConfig(num_inference_steps=1), seed=2**64 - 1)
+    pipe(image, "make it red", EditSettings(num_inference_steps=1), seed=2**64 - 1)
     with pytest.raises(InputError, match="seed must be an integer from 0"):
         Edit.of(image, "x", seed=-1)
 
@@ -217,12 +217,12 @@ def test_a_file_named_like_a_glob_is_one_picture(tiny_root, tmp_path, capsys):
                                         ({"image": "p.png", "instruction": "x", "seed": "7"}, "seed must be an integer"),
                                         ({"image": "p.png", "instruction": "x", "seed": 2**64}, "from 0 to 2^64-1")])
 def test_manifest_fields_of_the_wrong_type_are_named(tmp_path, line, said):
-    from mgie_core.frontends.batch import plan_manifest
+    from mgie_core.frontends.plan import check_inputs, plan_manifest
 
     make_image().save(tmp_path / "p.png")
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps(line) + "\n")
-    plan = plan_manifest(manifest, tmp_path / "out", seed=1)
+    plan = check_inputs(plan_manifest(manifest, tmp_path / "out", seed=1))
     assert not plan.items and said in plan.refused[0], plan.refused
 
 

@@ -133,9 +133,11 @@ def test_latents_decode_back_to_the_images(tiny_model):
 
 def test_bad_inputs(tiny_model):
     with pytest.raises(InputError, match="not a multiple of 2"):
-        sample(tiny_model.unet, tiny_model.vae, tiny_model.scheduler_config, torch.rand(1, 3, 15, 16), conditioning())
+        sample(tiny_model.unet, tiny_model.vae, tiny_model.scheduler_config, torch.rand(1, 3, 15, 16), conditioning(),
+               SampleConfig())
     with pytest.raises(InputError, match="2 imaginations cannot condition 3 images"):
-        sample(tiny_model.unet, tiny_model.vae, tiny_model.scheduler_config, torch.rand(3, 3, 16, 16), conditioning(2))
+        sample(tiny_model.unet, tiny_model.vae, tiny_model.scheduler_config, torch.rand(3, 3, 16, 16), conditioning(2),
+               SampleConfig())
     with pytest.raises(InputError, match="scheduler must be one of euler_ancestral, .*, got 'nope'"):
         SampleConfig(scheduler="nope")
     with pytest.raises(InputError, match="num_inference_steps must be from 1 to 1000, got 0"):
