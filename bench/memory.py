@@ -23,18 +23,20 @@ import time
 import torch
 from PIL import Image
 
-from mgie_core.config import DeriveConfig, SampleConfig
+from mgie_core.config import PlacementSettings
+from mgie_core.frontends.flags import add_settings
+from mgie_core.config import EditSettings
 from mgie_core.frontends.pipeline import MGIEPipeline
 from mgie_core.images import clip_pixel_values
 from mgie_core.runner import Edit, run_edit
 from mgie_core.runtime.devices import DTYPES, resolve_device, resolve_dtype
-from mgie_core.runtime.placement import Placement
+from mgie_core.runtime.placement import CANDIDATES, Placement
 from mgie_core.stages.derive import Derivation, select_visual_tokens
 
 from . import publish
 from .random_model import PRESETS, build_random_model
 
-MODES = {"resident": ("none", False), "staged": ("none", True), "int8": ("int8", True), "int4": ("int4", True)}
+MODES = CANDIDATES  # the placements an edit's memory plan chooses from, by the plan's names
 INSTRUCTION = "make it look like winter"
 
 
@@ -65,15 +67,15 @@ class Peaks:
         return torch.cuda.max_memory_allocated(self.device), torch.cuda.max_memory_reserved(self.device)
 
 
-def measure(base, mode: str, device: torch.device, dtype: torch.dtype, image: Image.Image, derive: DeriveConfig,
-            sample: SampleConfig, reference: Derivation | None = None) -> tuple[dict, Derivation]:
+def measure(base, mode: str, device: torch.device, dtype: torch.dtype, image: Image.Image, settings: EditSettings,
+            reference: Derivation | None = None) -> tuple[dict, Derivation]:
     """One mode: load peak, per-stage peaks, seconds per edit; and the edit itself (for the quality columns)."""
     quant, staged = MODES[mode]
     peaks, row = Peaks(device), {}
     peaks.reset()
     pipe = MGIEPipeline(copy.deepcopy(base), placement=Placement(device, dtype, quant, staged))
     row["load"] = peaks.read()
-    pipe(image, INSTRUCTION, derive, sample, seed=0)  # warm-up: kernels, cuBLAS handles, allocator pools
+    pipe(image, INSTRUCTION, settings)  # warm-up: kernels, cuBLAS handles, allocator pools
     if device.type == "cuda":
         torch.cuda.empty_cache()
     peaks.reset()
@@ -84,7 +86,8 @@ def measure(base, mode: str, device: torch.device, dtype: torch.dtype, image: Im
             peaks.reset()
 
     start = time.perf_counter()
-    out = run_edit(pipe, Edit.of(image, INSTRUCTION, seed=0), derive, sample, stage_starts)[0]
+    out = run_edit(pipe, Edit.of(image, INSTRUCTION, seed=settings.seed), settings.derive_config(),
+                   pipe.sample_config(settings), stage_starts)[0]
     derivation = out.derivation
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -140,8 +143,7 @@ def table(rows: dict[str, dict], header: str, cuda: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=list(PRESETS), default="tiny")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
+    add_settings(parser, PlacementSettings, only=("device", "dtype"))
     parser.add_argument("--modes", default="resident,staged,int8,int4", help="comma-separated, from " + ", ".join(MODES))
     parser.add_argument("--steps", type=int, help="denoising steps (preset default)")
     parser.add_argument("--size", type=int, help="image side (preset default)")
@@ -163,11 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.empty_cache()
     print(f"built the {args.preset} model in {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
     image = Image.new("RGB", (size, size), (120, 90, 60))
-    derive, sample = DeriveConfig(max_new_tokens=args.answer_tokens + 8), SampleConfig(num_inference_steps=steps)
+    settings = EditSettings(seed=0, num_inference_steps=steps, max_new_tokens=args.answer_tokens + 8)
     rows, reference = {}, None
     for mode in sorted(modes, key=lambda m: m != "resident"):  # the baseline first: the others compare with it
         try:
-            rows[mode], derivation = measure(base, mode, device, dtype, image, derive, sample, reference)
+            rows[mode], derivation = measure(base, mode, device, dtype, image, settings, reference)
         except Exception as error:  # one mode failing (e.g. int4 without its kernel) must not lose the others
             print(f"{mode}: failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
             continue

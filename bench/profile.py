@@ -15,7 +15,9 @@ import torch
 from PIL import Image
 from torch.profiler import ProfilerActivity, profile
 
-from mgie_core.config import DeriveConfig, SampleConfig
+from mgie_core.config import PlacementSettings
+from mgie_core.frontends.flags import add_settings
+from mgie_core.config import EditSettings
 from mgie_core.images import clip_pixel_values, pil_to_tensor
 from mgie_core.runtime.compiled import compile_unet
 from mgie_core.runtime.devices import DTYPES, resolve_device, resolve_dtype
@@ -30,9 +32,7 @@ from .random_model import PRESETS, build_random_model
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=list(PRESETS), default="tiny")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
-    parser.add_argument("--compile", action="store_true")
+    add_settings(parser, PlacementSettings, only=("device", "dtype", "compile"))
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rows", type=int, default=15)
@@ -50,11 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     width = model.unet.config.cross_attention_dim
     conditioning = Imagination(torch.randn(1, 77, width, device=device, dtype=dtype),
                                torch.randn(1, 77, width, device=device, dtype=dtype))
+    settings = EditSettings(max_new_tokens=args.tokens, num_inference_steps=args.steps)
+    derive_config, sample_config = settings.derive_config(), settings.sample_config(model.recommended_sampling)
     halves = {
-        f"decode ({args.tokens} tokens)": lambda: greedy_generate(model, ids, embeds, DeriveConfig(max_new_tokens=args.tokens),
-                                                                  compiled=args.compile),
+        f"decode ({args.tokens} tokens)": lambda: greedy_generate(model, ids, embeds, derive_config, compiled=args.compile),
         f"denoise ({args.steps} steps)": lambda: sample(unet, model.vae, model.scheduler_config, pil_to_tensor([image]),
-                                                        conditioning, SampleConfig(num_inference_steps=args.steps)),
+                                                        conditioning, sample_config),
     }
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"

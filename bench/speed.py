@@ -24,7 +24,9 @@ import torch
 from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 
-from mgie_core.config import DeriveConfig, SampleConfig
+from mgie_core.config import PlacementSettings
+from mgie_core.frontends.flags import add_settings
+from mgie_core.config import EditSettings
 from mgie_core.images import clip_pixel_values, pil_to_tensor
 from mgie_core.model.mgie import MGIEModel
 from mgie_core.runtime.compiled import compile_unet
@@ -72,7 +74,7 @@ def run_ours(model: MGIEModel, images: list[Image.Image], instruction: str, toke
              compiled: bool = False) -> dict[str, float]:
     """Our stages; ``compiled``: the compiled decode step, and ``unet`` (a compiled UNet) denoises."""
     spec, unet = model.spec, unet or model.unet
-    config = DeriveConfig(max_new_tokens=tokens + spec.num_visual_tokens)
+    config = EditSettings(max_new_tokens=tokens + spec.num_visual_tokens).derive_config()
     ids = torch.tensor([model.tokenizer.encode(build_prompt(instruction, spec))], device=device)
     out: dict[str, float] = {}
     pixels = torch.stack([clip_pixel_values(im, model.clip_image_config) for im in images])
@@ -103,7 +105,7 @@ def run_ours(model: MGIEModel, images: list[Image.Image], instruction: str, toke
     pix = pil_to_tensor(images)
     with torch.no_grad():
         _, out["VAE encode"], _ = timed(device, lambda: model.vae.encode((pix * 2 - 1).to(device, model.vae.dtype)), repeat)
-    cfg, m = SampleConfig(num_inference_steps=steps), model
+    cfg, m = EditSettings(num_inference_steps=steps).sample_config(model.recommended_sampling), model
     res, out["denoise total (incl. VAE)"], out["peak diffusion"] = timed(
         device, lambda: sample(unet, m.vae, m.scheduler_config, pix, imagination, cfg, torch.Generator().manual_seed(0)),
         repeat)
@@ -227,8 +229,7 @@ def bench_batch(model: MGIEModel, images: list[Image.Image], args: argparse.Name
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=list(PRESETS), default="tiny")
-    parser.add_argument("--device", default="auto", help="default: cuda if there is one, else cpu")
-    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="default: fp16 on CUDA, else fp32")
+    add_settings(parser, PlacementSettings, only=("device", "dtype"))
     parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--steps", type=int, help="denoising steps (preset default: 100 full, 20 tiny)")
     parser.add_argument("--size", type=int, help="image side (preset default: 512 full, 128 tiny)")

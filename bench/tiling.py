@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from mgie_core.config import PlacementSettings
+from mgie_core.frontends.flags import add_settings
 from mgie_core.formats import load_model
 from mgie_core.images import pil_to_tensor
 from mgie_core.model.mgie import move
@@ -55,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--random-sd", action="store_true", help="SD1.5's VAE shape with random weights (memory only)")
     parser.add_argument("--image", default=str(EXAMPLE))
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
+    add_settings(parser, PlacementSettings, only=("device", "dtype"))
     parser.add_argument("--out", help="append the table to this markdown file")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)

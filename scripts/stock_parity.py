@@ -1,6 +1,6 @@
 """MGIE Sampler against ComfyUI's stock path (DualCFGGuider + SamplerCustomAdvanced) in a real ComfyUI.
 
-    python scripts/stock_parity.py prompt --model tiny --sampler euler --scheduler normal --steps 100 > p.json
+    python scripts/stock_parity.py prompt --model tiny --sampler euler --scheduler normal --denoising-steps 100 > p.json
     python3 ../shared/tools/comfy/run_workflow.py --project . --workflow p.json --input-image images/scene.png \
         --extra-model-paths extra_model_paths.yaml --expect-images 2 > run.json
     python scripts/stock_parity.py compare run.json       # max and mean difference, in 1/255
@@ -14,9 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository root
+
+from mgie_core.config import SETTINGS, EditSettings  # noqa: E402
+
+PAPER = EditSettings().sample_config()  # what MGIE Sampler's 0 / auto resolve to for MGIE-7B: the paper's values
 
 
 def prompt(model: str, sampler: str, scheduler: str, steps: int, text: float, image: float, seed: int) -> dict:
@@ -25,9 +32,10 @@ def prompt(model: str, sampler: str, scheduler: str, steps: int, text: float, im
                 "scheduler": mgie_scheduler, "max_side": 0}
     return {
         "1": {"class_type": "LoadImage", "inputs": {"image": "scene.png"}},
-        "2": {"class_type": "MGIELoader", "inputs": {"model": model, "precision": "fp32", "memory": "auto"}},
+        "2": {"class_type": "MGIELoader", "inputs": {"model": model, "dtype": "fp32", "memory": "auto"}},
         "3": {"class_type": "MGIEDeriveInstruction", "inputs": {"mgie_model": ["2", 0], "image": ["1", 0],
-              "instruction": "make the biggest shape red", "max_new_tokens": 96, "expressive_override": ""}},
+              "instruction": "make the biggest shape red", "max_new_tokens": SETTINGS["max_new_tokens"].default,
+              "expressive_override": ""}},
         "4": {"class_type": "MGIEVisualImagination", "inputs": {"derivation": ["3", 0]}},
         "5": {"class_type": "MGIESampler", "inputs": {"mgie_model": ["2", 0], "image": ["1", 0], "positive": ["4", 0],
               "negative": ["4", 1], **sampling}},
@@ -61,15 +69,16 @@ def main() -> int:
     p.add_argument("--model", default="mgie-mini (embedded)")
     p.add_argument("--sampler", default="euler", help="ComfyUI's sampler name (default: %(default)s)")
     p.add_argument("--scheduler", default="normal", help="ComfyUI's scheduler name (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--guidance", type=float, default=7.5, help="text guidance (default: %(default)s)")
-    p.add_argument("--image-guidance", type=float, default=1.5, help="image guidance (default: %(default)s)")
+    p.add_argument("--denoising-steps", type=int, default=PAPER.num_inference_steps, help="(default: %(default)s)")
+    p.add_argument("--guidance", type=float, default=PAPER.guidance_scale, help="text guidance (default: %(default)s)")
+    p.add_argument("--image-guidance", type=float, default=PAPER.image_guidance_scale,
+                   help="image guidance (default: %(default)s)")
     p.add_argument("--seed", type=int, default=7)
     c = sub.add_parser("compare", help="compare the two images of a run_workflow.py JSON summary")
     c.add_argument("summary")
     args = parser.parse_args()
     if args.command == "prompt":
-        print(json.dumps(prompt(args.model, args.sampler, args.scheduler, args.steps, args.guidance,
+        print(json.dumps(prompt(args.model, args.sampler, args.scheduler, args.denoising_steps, args.guidance,
                                 args.image_guidance, args.seed), indent=1))
     else:
         print(compare(json.loads(open(args.summary).read())))

@@ -2,8 +2,8 @@
 
 The same check for every way of training (an fp32 base, an int8 one, ...), so their LoRAs compare side by side:
 each held-out input is edited by the base model and by the base with the LoRA merged, with the same seed and
-sampler, at the training size; the figure is the mean absolute pixel difference (0-1) to the target, and how
-much of the base's distance the LoRA closed.
+settings (the model's own guidance, as its edits have), at the training size; the figure is the mean absolute pixel
+difference (0-1) to the target, and how much of the base's distance the LoRA closed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mgie_core import DeriveConfig, MGIEPipeline, SampleConfig, load_model
+from mgie_core import EditSettings, MGIEPipeline, load_model
 from mgie_core.formats.lora import apply_lora
 
 from .data import Triplet, center_square
@@ -39,8 +39,8 @@ def edit_distance(pipe: MGIEPipeline, triplets: list[Triplet], resolution: int, 
     for t in triplets:
         source = center_square(Image.open(t.input).convert("RGB")).resize(size, Image.Resampling.BICUBIC)
         target = center_square(Image.open(t.target).convert("RGB")).resize(size, Image.Resampling.BICUBIC)
-        result = pipe(source, t.instruction, DeriveConfig(max_new_tokens=48), SampleConfig(num_inference_steps=steps),
-                      seed=seed, expressive=t.expressive)
+        settings = EditSettings(seed=seed, num_inference_steps=steps)
+        result = pipe(source, t.instruction, settings, expressive=t.expressive)
         edited = np.asarray(result.images[0].resize(size, Image.Resampling.BICUBIC), np.float32)
         distances.append(float(np.abs(edited - np.asarray(target, np.float32)).mean() / 255.0))
     return float(np.mean(distances))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import shutil
 import time
@@ -14,8 +15,8 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 
-from mgie_core import DeriveConfig, SampleConfig
-from mgie_core.config import NO_LIMIT
+from mgie_core.config import NO_LIMIT, EditSettings
+from mgie_core.errors import NonFiniteError
 from mgie_core.files import atomic_write
 from mgie_core.formats.lora import save_lora
 from mgie_core.images import save_image_atomic
@@ -63,16 +64,24 @@ def sample_edit(trainable: Trainable, example: Sample, config: TrainConfig, path
     model.eval()
     size = (config.resolution, config.resolution)
     source = center_square(example.source).resize(size)
-    edit = Edit.of(source, example.instruction, seed=config.seed)
-    sampling = SampleConfig(num_inference_steps=config.sample_steps, max_side=NO_LIMIT)
+    settings = preview_settings(config)
+    edit = Edit.of(source, example.instruction, seed=settings.seed)
+    sampling = settings.sample_config(model.recommended_sampling)  # the model's guidance, as its edits will have
     with visiting(model.vae, next(model.unet.parameters()).device):  # off the GPU when the latents are cached
-        result = run_edit(AsIs(model), edit, DeriveConfig(max_new_tokens=config.max_new_tokens), sampling)[-1]
+        result = run_edit(AsIs(model), edit, settings.derive_config(), sampling)[-1]
     panels = [source, result.images[0], center_square(example.target).resize(size)]
     grid = Image.new("RGB", (3 * size[0], size[1]))
     for i, panel in enumerate(panels):
         grid.paste(panel, (i * size[0], 0))
     save_image_atomic(grid, path)
     return result.expressive_instructions[0]
+
+
+def preview_settings(config: TrainConfig) -> EditSettings:
+    """The settings of the sample edits: the run's seed and token budget, ``sample_steps``, and everything else
+    resolved as an edit of the trained model resolves it (at the training size, which may exceed the model's)."""
+    return EditSettings(seed=config.seed, num_inference_steps=config.sample_steps, max_new_tokens=config.max_new_tokens,
+                        max_side=NO_LIMIT)
 
 
 @contextmanager
@@ -144,6 +153,10 @@ def train(config: TrainConfig, model: MGIEModel | None = None) -> Path:
     for step in range(start, config.max_steps):
         ins, edit = train_step(run, step)
         done = step + 1
+        if not math.isfinite(ins) or not math.isfinite(edit):  # before its checkpoint: the last one saved is sound
+            raise NonFiniteError(f"the training diverged at step {done}: its loss is NaN or infinite (L_ins {ins:.3g}, "
+                                 f"L_edit {edit:.3g}); lower --learning-rate (it is {config.learning_rate:g}) and start "
+                                 "again, or --resume from an earlier checkpoint")
         bar.update(1)
         bar.set_postfix(loss_ins=f"{ins:.3g}", loss_edit=f"{edit:.3g}",
                         steps_per_s=f"{(done - start) / (time.time() - began):.2f}")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from mgie_core import DeriveConfig, MGIEPipeline, SampleConfig, default_model_path, load_model
+from mgie_core import EditSettings, MGIEPipeline, default_model_path, load_model
 from mgie_core.runtime.devices import DTYPES
 from train.mini import world
 from train.mini.evaluate import HELD_OUT_SEED
@@ -67,9 +67,9 @@ def _edits_on_both(dtype: str):
     """Four held-out edits on the CPU in fp32 and on CUDA in ``dtype``, with the deterministic Euler sampler."""
     edits = [e for e in world.edits(HELD_OUT_SEED + 1, 40) if e.family in ("recolour", "global")][:4]
     images, texts = [world.images(e)[0] for e in edits], [e.instruction for e in edits]
-    derive, sample = DeriveConfig(max_new_tokens=48), SampleConfig(num_inference_steps=20, scheduler="euler")
-    cpu = MGIEPipeline(load_model(), "cpu", "fp32")(images, texts, derive, sample, seed=3)
-    gpu = MGIEPipeline(load_model(), "cuda", dtype)(images, texts, derive, sample, seed=3)
+    settings = EditSettings(max_new_tokens=48, num_inference_steps=20, scheduler="euler", seed=3)
+    cpu = MGIEPipeline(load_model(), "cpu", "fp32")(images, texts, settings)
+    gpu = MGIEPipeline(load_model(), "cuda", dtype)(images, texts, settings)
     return cpu, gpu
 
 

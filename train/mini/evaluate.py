@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from mgie_core import SCHEDULER_NAMES, DeriveConfig, MGIEPipeline, SampleConfig, load_model, make_generator, sample
-from mgie_core.errors import InputError
+from mgie_core import EditSettings, MGIEPipeline, SampleConfig, load_model, make_generator, sample
+from mgie_core.errors import InputError, MGIEError
 from mgie_core.files import atomic_write
+from mgie_core.frontends.flags import add_settings, settings_from
 from mgie_core.images import pil_to_tensor, tensor_to_pil
 from mgie_core.stages.imagine import Imagination
 
@@ -54,18 +55,18 @@ class Result:
     edit_ok: bool
 
 
-def evaluate_mgie(model, edits: list[world.Edit], config: SampleConfig, seed: int, batch: int = 25,
+def evaluate_mgie(model, edits: list[world.Edit], settings: EditSettings, batch: int = 25,
                   given_expressive: bool = False) -> list[Result]:
-    """Derive and edit; ``given_expressive`` teacher-forces the true expressive instruction instead (the
-    [IMG] tokens still come from the model): what the diffusion side does when the MLLM reads right."""
+    """Derive and edit with ``settings`` (its seed draws every batch's noise); ``given_expressive`` teacher-forces
+    the true expressive instruction instead (the [IMG] tokens still come from the model): what the diffusion side
+    does when the MLLM reads right."""
     pipe = MGIEPipeline(model, "cpu", "fp32")
     results = []
     for start in range(0, len(edits), batch):
         chunk = edits[start : start + batch]
         pairs = [world.images(e) for e in chunk]
         given = [e.expressive for e in chunk] if given_expressive else None
-        out = pipe([p[0] for p in pairs], [e.instruction for e in chunk], DeriveConfig(max_new_tokens=48), config,
-                   seed=seed, expressive=given)
+        out = pipe([p[0] for p in pairs], [e.instruction for e in chunk], settings, expressive=given)
         for e, (before, target), text, image in zip(chunk, pairs, out.expressive_instructions, out.images):
             results.append(Result(e, text, image, expressive_ok(e, text), edit_ok(e, before, image, target).ok))
     return results
@@ -259,14 +260,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=200, help="held-out scenes (default: %(default)s)")
     parser.add_argument("--family", action="append", choices=world.FAMILIES,
                         help="only this family's scenes (repeat for several; default: all, in turn)")
-    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="the scenes' seed (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=SampleConfig.num_inference_steps, help="default: %(default)s")
-    parser.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=SampleConfig.scheduler,
-                        help="the sampler (default: %(default)s, as MGIE was released)")
-    parser.add_argument("--guidance-scale", type=float, default=SampleConfig.guidance_scale,
-                        help="text (imagination) guidance (default: the paper's %(default)s; mgie-mini recommends 2)")
-    parser.add_argument("--image-guidance-scale", type=float, default=SampleConfig.image_guidance_scale,
-                        help="default: %(default)s")
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED,
+                        help="the scenes' seed, and the noise's (default: %(default)s)")
+    add_settings(parser, EditSettings, only=("preset", "num_inference_steps", "scheduler", "guidance_scale",
+                                             "image_guidance_scale", "max_new_tokens"))
     parser.add_argument("--grid", help="write a picture grid here (.png)")
     parser.add_argument("--json", help="write the figures here (with each scene's outcome)")
     parser.add_argument("--against", metavar="FILE.json[:COLUMN]",
@@ -275,14 +272,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace, edits: list[world.Edit], config: SampleConfig,
+def run(args: argparse.Namespace, edits: list[world.Edit], model, settings: EditSettings,
         earlier: list[Result] | None) -> tuple[dict, list[Result]]:
     """Every column the arguments ask for, on ``edits``: (the figures, MGIE-mini's results)."""
-    model = load_model(args.model)
-    results = evaluate_mgie(model, edits, config, args.seed)
+    config = settings.sample_config(model.recommended_sampling)
+    results = evaluate_mgie(model, edits, settings)
     columns: dict[str, list[Result]] = {}
     if args.given_expressive:
-        columns["given_expressive"] = evaluate_mgie(model, edits, config, args.seed, given_expressive=True)
+        columns["given_expressive"] = evaluate_mgie(model, edits, settings, given_expressive=True)
     if args.twin:
         columns["ip2p_twin"] = evaluate_twin(load_twin(args.twin), edits, config, args.seed)
     columns["vae_ceiling"] = evaluate_ceiling(model.vae, edits)
@@ -320,17 +317,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     edits = world.edits(args.seed, args.count, tuple(args.family or world.FAMILIES))
-    config = SampleConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                          image_guidance_scale=args.image_guidance_scale, scheduler=args.scheduler)
-    settings = {"families": args.family or list(world.FAMILIES), "count": args.count, "seed": args.seed,
-                "steps": args.steps, "scheduler": config.scheduler, "guidance_scale": config.guidance_scale,
-                "image_guidance_scale": config.image_guidance_scale}
     try:
+        chosen = settings_from(args, EditSettings).replace(seed=args.seed)
+        model = load_model(args.model)
+        config = chosen.sample_config(model.recommended_sampling)
+        settings = {"families": args.family or list(world.FAMILIES), "count": args.count, "seed": args.seed,
+                    "steps": config.num_inference_steps, "scheduler": config.scheduler,
+                    "guidance_scale": config.guidance_scale, "image_guidance_scale": config.image_guidance_scale}
         earlier = stored(edits, args.against, settings) if args.against else None
-    except InputError as err:
+    except MGIEError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    figures, results = run(args, edits, config, earlier)
+    figures, results = run(args, edits, model, chosen, earlier)
     print(report(figures, settings, config))
     if args.grid:
         print("grid:", draw_grid(results, Path(args.grid)))
