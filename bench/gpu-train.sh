@@ -30,4 +30,4 @@ sizes=()
 if [ -n "${RESOLUTION:-}" ]; then sizes+=(--resolution "$RESOLUTION"); fi
 if [ -n "${ACCUMULATION:-}" ]; then sizes+=(--accumulation "$ACCUMULATION"); fi
 timeout 510 python3 -m bench.train_memory "${model[@]}" "${sizes[@]}" --device "${DEVICE:-cuda}" --settings plans \
-    --steps "${STEPS:-8}" --timeout 240 --json "$out/train.json" --out "$out/train.md" 2>&1 | tee "$out/train.log"
+    --max-steps "${STEPS:-8}" --timeout 240 --json "$out/train.json" --out "$out/train.md" 2>&1 | tee "$out/train.log"

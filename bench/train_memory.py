@@ -1,8 +1,8 @@
 """Peak memory, time per step and losses of fine-tuning, per memory option or per memory plan.
 
-    python -m bench.train_memory --model mini --settings options --steps 3             # CPU: each option's effect
+    python -m bench.train_memory --model mini --settings options --max-steps 3             # CPU: each option's effect
     python -m bench.train_memory --preset small --settings options --accumulation 1    # a mid-size random model
-    python -m bench.train_memory --preset full --device cuda --settings plans --steps 10 --json OUT/train.json
+    python -m bench.train_memory --preset full --device cuda --settings plans --max-steps 10 --json OUT/train.json
 
 ``options``: the fastest settings (fp32 or the plan's half precision base, no recomputation, AdamW, latents
 encoded every step), then each of ``--llm-quant int8``, ``--gradient-checkpointing``, ``--optimizer adamw8bit``,
@@ -136,7 +136,7 @@ def child(spec: dict) -> dict:
 
 # -- the parent: one child per setting -------------------------------------------------------------
 def measure(name: str, settings: dict, args: argparse.Namespace, data: Path, work: Path) -> dict | None:
-    spec = {"model": args.model, "preset": args.preset, "device": args.device, "steps": args.steps, "data": str(data),
+    spec = {"model": args.model, "preset": args.preset, "device": args.device, "steps": args.max_steps, "data": str(data),
             "output": str(work / name.replace(" ", "_").replace("-", "")), "settings": settings,
             "resolution": args.resolution, "gradient_accumulation": args.accumulation}
     done = subprocess.run([sys.executable, "-m", "bench.train_memory", "--child", json.dumps(spec)], capture_output=True,
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--settings", choices=("options", "plans"), default="options")
     parser.add_argument("--only", help="comma-separated setting names to run (default: all of --settings)")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--max-steps", type=int, default=3, help="optimizer steps per setting (default: %(default)s)")
     parser.add_argument("--resolution", type=int, help="training size (default: the model's)")
     parser.add_argument("--accumulation", type=int, help="micro-batches a step (default: the model's)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per setting")
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = "reserved" in first["peak"]
     model = f"preset {args.preset}" if args.preset else args.model
     header = (f"### fine-tuning memory, {model}: {first['config']['resolution']} px, batch 1 x "
-              f"{first['config']['gradient_accumulation']} micro-batch(es), {args.steps} steps, "
+              f"{first['config']['gradient_accumulation']} micro-batch(es), {args.max_steps} steps, "
               f"{first['config']['mixed_precision']} mixed precision on {first['device']} ({torch.get_num_threads()} threads)"
               f"\n\n`python -m bench.train_memory {' '.join(argv if argv is not None else sys.argv[1:])}`")
     text = table(rows, header, cuda)

@@ -1,7 +1,7 @@
 """Does a LoRA trained on a quantized base edit as well as one trained on the fp32 base? The held-out check, side by
 side.
 
-    python -m bench.train_quality --steps 60 --out bench/RESULTS.md
+    python -m bench.train_quality --max-steps 60 --out bench/RESULTS.md
 
 Fine-tunes mgie-mini on the sepia pairs (bench/train_pairs.py) once per setting, with the same seed, data and
 steps: the fp32 base with AdamW, and the low-memory settings (an int8 LLM, gradient checkpointing, 8-bit AdamW,
@@ -72,7 +72,7 @@ def table(rows: list[dict], header: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--max-steps", type=int, default=60, help="optimizer steps per setting (default: %(default)s)")
     parser.add_argument("--pairs", type=int, default=8, help="training pairs")
     parser.add_argument("--held-out", type=int, default=6, help="held-out pairs")
     parser.add_argument("--learning-rate", type=float, default=3e-3)
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="append the table to this markdown file")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mgie-train-quality-") as work:
-        rows = run(Path(work), args.steps, args.pairs, args.held_out, args.learning_rate, args.rank, args.sample_steps)
-    header = (f"### fine-tuning on a quantized base, held out: mgie-mini, {args.pairs} sepia pairs, {args.steps} steps, "
+        rows = run(Path(work), args.max_steps, args.pairs, args.held_out, args.learning_rate, args.rank, args.sample_steps)
+    header = (f"### fine-tuning on a quantized base, held out: mgie-mini, {args.pairs} sepia pairs, {args.max_steps} steps, "
               f"rank {args.rank}, lr {args.learning_rate:g}, {args.held_out} held-out pairs at {args.sample_steps} "
               f"denoising steps, fp32 on cpu ({torch.get_num_threads()} threads)\n\n"
               f"`python -m bench.train_quality {' '.join(argv if argv is not None else sys.argv[1:])}`. Distance: mean "

@@ -4,7 +4,7 @@ The twin is the paper's baseline in miniature: mgie-mini's UNet and VAE conditio
 of the *brief* instruction, no MLLM, trained on the same edit stream with the same batch. Trained for as many
 UNet steps as the shipped model's (21,600), on its VAE, it is what the model card compares mgie-mini with.
 
-    python -m train.mini.twin --out runs/ip2p-twin.safetensors [--vae BUNDLE] [--steps 21600]
+    python -m train.mini.twin --out runs/ip2p-twin.safetensors [--vae BUNDLE] [--max-steps 21600]
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae", help="the mgie-mini bundle whose VAE the twin trains on and decodes with "
                                       "(default: the embedded mgie-mini)")
     parser.add_argument("--out", default="runs/ip2p-twin.safetensors", help="default: %(default)s")
-    parser.add_argument("--steps", type=int, default=21600,
+    parser.add_argument("--max-steps", type=int, default=21600,
                         help="default: %(default)s, the shipped model's UNet steps (2,000 InstructPix2Pix + 19,600 joint)")
     parser.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=5e-4, help="default: %(default)s")
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     began = time.time()
-    train_twin(twin, args.steps, args.batch_size, args.lr, args.seed, out.with_suffix(".log.jsonl"))
+    train_twin(twin, args.max_steps, args.batch_size, args.lr, args.seed, out.with_suffix(".log.jsonl"))
     save_twin(twin, out)
     logger.info("wrote %s after %.1f minutes", out, (time.time() - began) / 60)
     return 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The small-GPU modes measured on one lent GPU, in one run of under 8 minutes:
-#   bash bench/gpu-lowvram.sh OUT_DIR
+#   bash bench/gpu-placements.sh OUT_DIR
 # Needs torchao made for that machine's torch; when .whl/ holds a torchao wheel (carried with the tree) it is
 # installed from there first, as the device README describes.
 # 1. the GPU and library versions (OUT_DIR/gpu.txt);
@@ -8,7 +8,7 @@
 #    reserved memory per stage, time per edit, visual-token and imagination error against the resident fp16 edit;
 # 3. VAE tiling at 2048 px (SD1.5-shaped VAE, random weights): memory and time, whole against tiled.
 set -uo pipefail
-out=${1:?usage: bash bench/gpu-lowvram.sh OUT_DIR}
+out=${1:?usage: bash bench/gpu-placements.sh OUT_DIR}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 if ls .whl/torchao-*.whl >/dev/null 2>&1; then
