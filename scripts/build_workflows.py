@@ -2,10 +2,12 @@
 
     python scripts/build_workflows.py          # rewrites workflows/*.json
 
-ComfyUI lists them under Templates > Extensions, titled by their file names. Widget values are listed in
-the order ComfyUI lays the widgets out (required inputs as declared, then optional ones; a seed is followed
-by its control_after_generate value). tests/nodes/test_workflows.py checks every file against the node
-schemas, so a node change that breaks a workflow fails CI, and checks that no two nodes overlap.
+ComfyUI lists them under Templates > Extensions, titled by their file names. The MGIE nodes' widget values come
+from their schemas (the pack loaded on tests/comfy_stub, as ComfyUI loads it): every widget at its declared default
+unless a workflow sets it by name, in the order ComfyUI lays the widgets out (required inputs as declared, then
+optional ones; a seed is followed by its control_after_generate value). tests/nodes/test_workflows.py checks every
+file against the node schemas, so a node change that breaks a workflow fails CI, and checks that no two nodes
+overlap.
 
 Layouts: each size is at least what ComfyUI 0.19.3's frontend gives the node (MIN_SIZES in the test), and the
 MGIE nodes, which show their text on the node after a run, get room for a few lines of it; the frontend draws a
@@ -17,17 +19,49 @@ each graph after a run (scripts/browser_check.py --thumbnails).
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+import tempfile
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "workflows"
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "workflows"
 MODEL = "mgie-mini (embedded)"
-LOADER = [MODEL, "auto", "auto", "none", 1.0, False]  # model, precision, memory, lora, lora_strength, compile
-# seed, control, steps, scales, scheduler, max_side: 0 and auto leave them to the preset (steps, scheduler) and to
-# the loaded model (mgie-mini: 2 / 1.5 and 64 px; MGIE-7B: the paper's 7.5 / 1.5 and 1024 px)
-SAMPLING = [13331, "fixed", 0, 0, 0, "auto", 0]
-PRESET = "paper"
+
+
+@functools.cache
+def schemas() -> dict:
+    """The MGIE nodes' schemas, from the pack loaded the way ComfyUI loads it (on the tests' stand-ins)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        import comfy_harness as harness
+
+        with tempfile.TemporaryDirectory() as base:
+            harness.install_stub(Path(base))
+            try:
+                return {node_id: cls.define_schema() for node_id, cls in harness.load_pack(Path(base) / "nodes").items()}
+            finally:
+                harness.remove_stub()
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+
+
+def widgets(node_type: str, **values) -> list:
+    """An MGIE node's widget values: each widget's declared default (0 / auto: the model's or the preset's choice),
+    unless given here by name; a seed's control value after it."""
+    out = []
+    for widget in schemas()[node_type].widget_order():
+        out.append(values.pop(widget.id, widget.default))
+        if widget.extra.get("control_after_generate"):
+            out.append("fixed")
+    if values:
+        raise KeyError(f"{node_type} has no widget {', '.join(values)}")
+    return out
+
+
+def loader() -> list:
+    return widgets("MGIELoader", model=MODEL)
 
 # node type -> (socket inputs [(name, type, optional)], outputs [(name, type)], size)
 NODE_IO = {
@@ -107,10 +141,11 @@ class Graph:
 def basic_edit() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
-    model = g.add("MGIELoader", (0, 400), LOADER)
-    derive = g.add("MGIEDeriveInstruction", (380, 0), ["make the biggest shape red", 96, ""])
+    model = g.add("MGIELoader", (0, 400), loader())
+    derive = g.add("MGIEDeriveInstruction", (380, 0),
+                   widgets("MGIEDeriveInstruction", instruction="make the biggest shape red"))
     imagine = g.add("MGIEVisualImagination", (380, 370))
-    sampler = g.add("MGIESampler", (780, 0), [*SAMPLING, PRESET])
+    sampler = g.add("MGIESampler", (780, 0), widgets("MGIESampler"))
     save = g.add("SaveImage", (1150, 0), ["mgie/edit"])
     g.link(model, 0, derive, "mgie_model")
     g.link(image, 0, derive, "image")
@@ -126,8 +161,8 @@ def basic_edit() -> Graph:
 def quick_edit() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
-    model = g.add("MGIELoader", (0, 400), LOADER)
-    edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, "", PRESET])
+    model = g.add("MGIELoader", (0, 400), loader())
+    edit = g.add("MGIEEdit", (380, 0), widgets("MGIEEdit", instruction="make the biggest shape red"))
     save = g.add("SaveImage", (780, 0), ["mgie/quick"])
     g.link(model, 0, edit, "mgie_model")
     g.link(image, 0, edit, "image")
@@ -138,8 +173,8 @@ def quick_edit() -> Graph:
 def edit_then_upscale() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
-    model = g.add("MGIELoader", (0, 400), LOADER)
-    edit = g.add("MGIEEdit", (380, 0), ["make it look like sunset", *SAMPLING, "", PRESET])
+    model = g.add("MGIELoader", (0, 400), loader())
+    edit = g.add("MGIEEdit", (380, 0), widgets("MGIEEdit", instruction="make it look like sunset"))
     upscale = g.add("ImageScaleBy", (780, 0), ["lanczos", 2.0], title="Upscale x2")
     save = g.add("SaveImage", (1120, 0), ["mgie/upscaled"])
     g.link(model, 0, edit, "mgie_model")
@@ -152,9 +187,9 @@ def edit_then_upscale() -> Graph:
 def multi_turn() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
-    model = g.add("MGIELoader", (0, 400), LOADER)
-    first = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, "", PRESET], title="Turn 1")
-    second = g.add("MGIEEdit", (780, 0), ["make it night", *SAMPLING, "", PRESET], title="Turn 2")
+    model = g.add("MGIELoader", (0, 400), loader())
+    first = g.add("MGIEEdit", (380, 0), widgets("MGIEEdit", instruction="make the biggest shape red"), title="Turn 1")
+    second = g.add("MGIEEdit", (780, 0), widgets("MGIEEdit", instruction="make it night"), title="Turn 2")
     preview = g.add("PreviewImage", (780, 570), title="After turn 1")
     save = g.add("SaveImage", (1180, 0), ["mgie/two_turns"])
     g.link(model, 0, first, "mgie_model")
@@ -182,8 +217,9 @@ def stock_sampler(masked: bool = False) -> Graph:
     """MGIE's conditioning on ComfyUI's stock samplers; ``masked``: through Set Latent Noise Mask."""
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene-masked.png" if masked else "scene.png", "image"])
-    model = g.add("MGIELoader", (0, 400), LOADER)
-    derive = g.add("MGIEDeriveInstruction", (380, 0), ["make the biggest shape red", 96, ""])
+    model = g.add("MGIELoader", (0, 400), loader())
+    derive = g.add("MGIEDeriveInstruction", (380, 0),
+                   widgets("MGIEDeriveInstruction", instruction="make the biggest shape red"))
     imagine = g.add("MGIEVisualImagination", (380, 370))
     ip2p = g.add("InstructPixToPixConditioning", (780, 0))
     guider = g.add("DualCFGGuider", (780, 170), GUIDANCE)
@@ -229,8 +265,8 @@ def stock_sampler(masked: bool = False) -> Graph:
 def masked_edit() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene-masked.png", "image"])
-    model = g.add("MGIELoader", (0, 400), LOADER)
-    edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red", *SAMPLING, "", PRESET])
+    model = g.add("MGIELoader", (0, 400), loader())
+    edit = g.add("MGIEEdit", (380, 0), widgets("MGIEEdit", instruction="make the biggest shape red"))
     save = g.add("SaveImage", (780, 0), ["mgie/masked"])
     g.add("Note", (780, 410), ["Paint where to edit in Load Image's mask editor (right click > Open in MaskEditor). "
                                "Outside the mask the pixels stay the input's. An empty mask returns the image "
@@ -245,8 +281,8 @@ def masked_edit() -> Graph:
 def multi_step() -> Graph:
     g = Graph()
     image = g.add("LoadImage", (0, 0), ["scene.png", "image"])
-    model = g.add("MGIELoader", (0, 400), LOADER)
-    edit = g.add("MGIEEdit", (380, 0), ["make the biggest shape red\nmake it night", *SAMPLING, "", PRESET],
+    model = g.add("MGIELoader", (0, 400), loader())
+    edit = g.add("MGIEEdit", (380, 0), widgets("MGIEEdit", instruction="make the biggest shape red\nmake it night"),
                  title="MGIE Edit: one instruction per line")
     save = g.add("SaveImage", (780, 0), ["mgie/multi_step"])
     g.link(model, 0, edit, "mgie_model")

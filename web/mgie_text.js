@@ -5,7 +5,7 @@
 //   and an unchanged graph re-runs nothing, and not saved among the widget values (serialize = false).
 // - The text is kept in the node's properties: it survives a tab switch, a reload and a saved workflow.
 // - The node grows to hold the text, but never over a node below it: past that the box scrolls.
-// Only the frontend's public extension API is used: app.registerExtension and node.addDOMWidget.
+// Only the frontend's public API is used: app.registerExtension, node.addDOMWidget and graph.nodes.
 import { app } from "../../scripts/app.js";
 
 const PLACEHOLDERS = {
@@ -67,7 +67,7 @@ function roomBelow(node) {
   const [x, y] = node.pos;
   const right = x + node.size[0];
   let room = Infinity;
-  for (const other of node.graph?._nodes ?? node.graph?.nodes ?? []) {
+  for (const other of node.graph?.nodes ?? []) {
     if (other === node || other.pos[1] <= y) continue;
     if (other.pos[0] >= right || other.pos[0] + other.size[0] <= x) continue;
     room = Math.min(room, other.pos[1] - title - GAP_PX - y);

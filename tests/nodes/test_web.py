@@ -48,17 +48,17 @@ out.shown = {base: !!n.base, widgets: n.widgets.length, value: n.widgets[0].valu
              prompt: prompt(n), saved: saved(n)};
 
 const long = Array(40).fill('turn the large green triangle red.').join(' ');
-const free = new Node(); free.graph = {_nodes: [free]};
+const free = new Node(); free.graph = {nodes: [free]};
 free.onExecuted({text: [long]});
 const lines = Math.ceil(long.length * 11 * 0.6 / 300);  // at the full node width: fewer lines than it takes
 out.grown = {box: free.widgets[0].boxHeight, atLeast: lines * 15, height: free.size[1]};
 
 const tight = new Node(); const below = new Node(); below.pos = [100, 300];
-tight.graph = {_nodes: [tight, below]};
+tight.graph = {nodes: [tight, below]};
 tight.onExecuted({text: [long]});
 out.tight = {height: tight.size[1], limit: 300 - 30 - 10, box: tight.widgets[0].boxHeight};
 
-const restored = new Node(); restored.graph = {_nodes: [restored]};
+const restored = new Node(); restored.graph = {nodes: [restored]};
 restored.configure = function (info) { this.properties = info.properties; this.onConfigure?.(info); };
 restored.configure({properties: {mgie_text: 'kept across a reload'}});
 setTimeout(() => {
@@ -73,7 +73,7 @@ NODE_IDS = ["MGIEDeriveInstruction", "MGIEEdit", "MGIESampler"]
 
 def run_mock(node_id: str) -> dict:
     done = subprocess.run(["node", "-e", SCRIPT, str(harness.ROOT / "web" / "mgie_text.js"), node_id],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
