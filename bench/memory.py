@@ -23,13 +23,12 @@ import time
 import torch
 from PIL import Image
 
-from mgie_core.config import PlacementSettings
+from mgie_core.config import EditSettings, PlacementSettings
 from mgie_core.frontends.flags import add_settings
-from mgie_core.config import EditSettings
 from mgie_core.frontends.pipeline import MGIEPipeline
 from mgie_core.images import clip_pixel_values
 from mgie_core.runner import Edit, run_edit
-from mgie_core.runtime.devices import DTYPES, resolve_device, resolve_dtype
+from mgie_core.runtime.devices import resolve_device, resolve_dtype
 from mgie_core.runtime.placement import CANDIDATES, Placement
 from mgie_core.stages.derive import Derivation, select_visual_tokens
 

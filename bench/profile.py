@@ -15,12 +15,11 @@ import torch
 from PIL import Image
 from torch.profiler import ProfilerActivity, profile
 
-from mgie_core.config import PlacementSettings
+from mgie_core.config import EditSettings, PlacementSettings
 from mgie_core.frontends.flags import add_settings
-from mgie_core.config import EditSettings
 from mgie_core.images import clip_pixel_values, pil_to_tensor
 from mgie_core.runtime.compiled import compile_unet
-from mgie_core.runtime.devices import DTYPES, resolve_device, resolve_dtype
+from mgie_core.runtime.devices import resolve_device, resolve_dtype
 from mgie_core.stages.decode import greedy_generate
 from mgie_core.stages.imagine import Imagination
 from mgie_core.stages.prompt import build_prompt

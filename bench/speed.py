@@ -24,13 +24,12 @@ import torch
 from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 
-from mgie_core.config import PlacementSettings
+from mgie_core.config import EditSettings, PlacementSettings
 from mgie_core.frontends.flags import add_settings
-from mgie_core.config import EditSettings
 from mgie_core.images import clip_pixel_values, pil_to_tensor
 from mgie_core.model.mgie import MGIEModel
 from mgie_core.runtime.compiled import compile_unet
-from mgie_core.runtime.devices import DTYPES, resolve_device, resolve_dtype
+from mgie_core.runtime.devices import resolve_device, resolve_dtype
 from mgie_core.stages.decode import greedy_generate
 from mgie_core.stages.derive import Derivation
 from mgie_core.stages.imagine import imagine

@@ -21,11 +21,11 @@ import torch
 from PIL import Image
 
 from mgie_core.config import PlacementSettings
-from mgie_core.frontends.flags import add_settings
 from mgie_core.formats import load_model
+from mgie_core.frontends.flags import add_settings
 from mgie_core.images import pil_to_tensor
 from mgie_core.model.mgie import move
-from mgie_core.runtime.devices import DTYPES, resolve_device, resolve_dtype
+from mgie_core.runtime.devices import resolve_device, resolve_dtype
 from mgie_core.stages.sample import vae_tiles
 
 from . import publish

@@ -69,26 +69,31 @@ def check_writable(path: Path, what: str, folder: bool = False, needed: int = 0)
             raise InputError(f"{what}: the name {part[:40]}... is {len(part.encode())} bytes long; this file system "
                              f"takes at most {limit}: choose a shorter name")
     if folder and path.exists() and not path.is_dir():
-        raise InputError(f"{what} {path} is a file; editing several pictures writes into a folder: give a folder name")
+        raise InputError(f"{what} {path} is a file; it writes into a folder: give a folder name")
     if not folder and path.is_dir():
         raise InputError(f"{what} {path} is a folder; give a file name, such as {path / 'edited.png'}")
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir():
         raise InputError(f"{what} {path}: cannot write in {existing} (not a writable folder); choose another place")
-    if existing == place:
-        _probe(place, what, path)
+    missing = existing != place  # folders the output needs that do not exist yet: made in ``existing`` when it runs
+    try:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+        _probe(existing, path)
+    except OSError as err:
+        reason = "the disk is full" if err.errno == errno.ENOSPC else err.strerror
+        if missing:
+            raise InputError(f"{what} {path}: the folder {place} does not exist, and it cannot be made in {existing} "
+                             f"({reason}); create it, or choose another place") from None
+        raise InputError(f"{what} {path}: cannot write in {existing} ({reason}); choose another place") from None
     free = shutil.disk_usage(existing).free
     if free < needed:
         raise InputError(f"{what} {path}: only {free / 2**20:.1f} MiB free on that disk, and the output needs about "
                          f"{needed / 2**20:.1f} MiB; free some space or choose another place")
 
 
-def _probe(folder: Path, what: str, path: Path) -> None:
+def _probe(folder: Path, path: Path) -> None:
     """Create and remove a temporary file in ``folder``: a read-only file system refuses it here, not after the edit."""
-    try:
-        fd, tmp = _create_temporary(folder / (path.name or "probe"))
-    except OSError as err:
-        reason = "the disk is full" if err.errno == errno.ENOSPC else err.strerror
-        raise InputError(f"{what} {path}: cannot write in {folder} ({reason}); choose another place") from None
+    fd, tmp = _create_temporary(folder / (path.name or "probe"))
     os.close(fd)
     tmp.unlink(missing_ok=True)
 

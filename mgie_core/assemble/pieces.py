@@ -16,10 +16,10 @@ from typing import Any
 
 from ..errors import CheckpointError
 from ..files import read_json
+from ..formats.keys import IGNORED_SUFFIXES
 from ..images import ClipImageConfig
 from ..model.mgie import IM_END, IM_PATCH, IM_START
 from ..model.tokenizer import LegacyLlamaTokenizer
-from ..formats.keys import IGNORED_SUFFIXES
 from .delta import PROJECTOR_KEYS, apply_delta, check_delta_fits
 from .sources import TensorRef, folder_refs
 

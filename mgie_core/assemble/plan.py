@@ -18,12 +18,12 @@ from types import SimpleNamespace
 import torch
 
 from ..errors import CheckpointError
+from ..formats import keys
+from ..formats.bundle import PARTS, SP_MODEL_KEY, bundle_metadata
 from ..model.build import ModelConfigs, build_model
 from ..model.edit_head import EditHeadConfig
 from ..model.mgie import MGIEModel, compute_fingerprint, visual_token_names
 from ..runtime.devices import DTYPES
-from ..formats import keys
-from ..formats.bundle import PARTS, SP_MODEL_KEY, bundle_metadata
 from .pieces import ClipPiece, DiffusionPiece, LLaVAPiece
 from .sources import TensorRef, meta_tensor, pickle_refs
 

@@ -195,28 +195,39 @@ def lora_targets(model: MGIEModel, lora: LoraFile) -> dict[str, nn.Module]:
     return targets
 
 
+MAX_CHANGE = 1e3  # a trained LoRA changes a layer by a fraction of its size; a thousand times its size is damage
+
+
 def _check_merged(model: MGIEModel, targets: dict[str, nn.Module], lora: LoraFile, strength: float) -> None:
-    """Refuse a LoRA whose merged weights would not fit the model's precision (an fp16 weight past 65504 is
-    infinite, and every edit black): layer by layer, nothing kept."""
+    """Refuse a LoRA that would wreck the model, layer by layer, before any weight changes: merged weights the
+    model's precision cannot hold (an fp16 weight past 65504 is infinite, and every edit black), or a change of a
+    layer :data:`MAX_CHANGE` times its own size (finite, but every edit noise: a damaged file, or a strength far too
+    high)."""
     for key, layer in targets.items():
         weight = layer.weight
-        dtype = _stored_dtype(model, layer)
         base = weight.dequantize(torch.float32) if is_quantized(layer) else weight.float()
         down, up = lora.tensors[key], lora.tensors[key.replace(".lora_A.", ".lora_B.")]
-        merged = base + lora_delta(down, up, weight.shape).to(base.device) * (strength * lora.scale)
-        if not bool(torch.isfinite(merged).all()) or float(merged.abs().max()) > torch.finfo(dtype).max:
-            raise _overflow(lora, strength, key.removesuffix(".lora_A.weight"), dtype)
+        delta = lora_delta(down, up, weight.shape).to(base.device) * (strength * lora.scale)
+        _check_change(lora, strength, key.removesuffix(".lora_A.weight"), base, base + delta,
+                      _stored_dtype(model, layer))
     for table, index, trained in _full_tensors(model, lora):
-        blended = _blend(table[index].float(), trained.float(), strength)
-        if not bool(torch.isfinite(blended).all()) or float(blended.abs().max()) > torch.finfo(table.dtype).max:
-            raise _overflow(lora, strength, "the edit head or the [IMG] rows", table.dtype)
+        base = table[index].float()
+        _check_change(lora, strength, "the edit head or the [IMG] rows", base,
+                      _blend(base, trained.float().to(base.device), strength), table.dtype)
 
 
-def _overflow(lora: LoraFile, strength: float, where: str, dtype: torch.dtype) -> CheckpointError:
+def _check_change(lora: LoraFile, strength: float, where: str, base: torch.Tensor, merged: torch.Tensor,
+                  dtype: torch.dtype) -> None:
     name = str(dtype).removeprefix("torch.")
-    return CheckpointError(f"{lora.path} at strength {strength:g} takes {where} past what {name} holds (its merged "
-                           "weights overflow): the LoRA is damaged or its strength too high; lower the strength, or "
-                           "use an earlier checkpoint's LoRA")
+    if not bool(torch.isfinite(merged).all()) or float(merged.abs().max()) > torch.finfo(dtype).max:
+        raise CheckpointError(f"{lora.path} at strength {strength:g} takes {where} past what {name} holds (its merged "
+                              "weights overflow): the LoRA is damaged or its strength too high; lower the strength, or "
+                              "use an earlier checkpoint's LoRA")
+    change = float((merged - base).norm() / base.norm().clamp_min(1e-12))
+    if change > MAX_CHANGE:
+        raise CheckpointError(f"{lora.path} at strength {strength:g} would change {where} by {change:.0e} times its own "
+                              "size (a trained LoRA changes a layer by a fraction of it): the file is damaged or the "
+                              "strength far too high; use an earlier checkpoint's LoRA or a lower strength")
 
 
 def _stored_dtype(model: MGIEModel, layer: nn.Module) -> torch.dtype:

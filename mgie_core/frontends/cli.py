@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 from ..config import SETTINGS, EditSettings, PlacementSettings
 from ..errors import MGIEError
-from .assemble_cli import add_assemble_command
 from ..runtime.devices import DTYPES
+from .assemble_cli import add_assemble_command
 from .check import add_check_command
 from .flags import add_settings, settings_from
 

@@ -7,6 +7,7 @@ matched here through the base class it shares with every input error, ValueError
 from __future__ import annotations
 
 import importlib.util
+import logging
 import subprocess
 import sys
 
@@ -352,3 +353,20 @@ def test_edit_node_step_errors(comfy, instruction, extra, message):
     with pytest.raises(ValueError, match=message):
         nodes["MGIEEdit"].execute(mgie_model=load(nodes), image=comfy_image((16, 16)), instruction=instruction,
                                   **EDIT, **extra)
+
+
+@pytest.mark.parametrize("memory", ["1", "2", "auto"])
+def test_the_node_and_the_command_line_place_the_same_memory_answer_alike(comfy, tiny_root, image_path, tmp_path, caplog,
+                                                                          memory):
+    """A card of 1 GB fits the tiny model only with its LLM in int8, staged; 2 GB whole; auto on a CPU: as loaded."""
+    from mgie_core.frontends.cli import main
+
+    handle = load(comfy[0], memory=memory if memory == "auto" else f"{memory} GB")
+    with caplog.at_level(logging.INFO, logger="mgie_core"):
+        assert main(["edit", "--model", str(tiny_root), "--image", str(image_path), "--instruction", "make it red",
+                     "--out", str(tmp_path / "o.png"), "--memory", memory, "--dtype", "fp32", "--device", "cpu",
+                     "--steps", "1", "--max-new-tokens", "8"]) == 0
+    said = next(r.message for r in caplog.records if r.message.startswith("placement: "))
+    assert said == f"placement: {handle.placement.describe()}"
+    expected = {"1": ("int8", True), "2": ("none", False), "auto": ("none", False)}[memory]
+    assert (handle.placement.llm_quant, handle.placement.staged) == expected
