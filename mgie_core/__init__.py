@@ -17,7 +17,7 @@ This package never imports ComfyUI.
 from . import quiet  # noqa: F401  (first: before any module imports diffusers)
 from .config import DEFAULT_SEED, DeriveConfig, EditSettings, PlacementSettings, SampleConfig
 from .errors import CheckpointError, EditCancelled, InputError, MGIEError, SettingError
-from .formats import default_model_path, load_model
+from .formats import default_model_path, example_image, load_model
 from .frontends.pipeline import MGIEPipeline
 from .model.mgie import MGIEModel
 from .runner import Edit, EditResult, make_generator, run_edit
@@ -50,6 +50,7 @@ __all__ = [
     "SampleOutput",
     "SettingError",
     "default_model_path",
+    "example_image",
     "derive",
     "imagine",
     "load_model",

@@ -90,7 +90,8 @@ def range_words(meta: Mapping[str, Any], resolved: bool) -> str:
     if meta["low"] is None:
         return ""
     up_to = meta["auto"] and not resolved and meta["low"] == 0  # 0 is auto, not the lowest value
-    words = [f"up to {meta['high']:g}" if up_to else f"from {meta['low']:g} to {meta['high']:g}"]
+    low, high = (f"{v:,}" if isinstance(v, int) else f"{v:g}" for v in (meta["low"], meta["high"]))
+    words = [f"up to {high}" if up_to else f"from {low} to {high}"]
     if meta["auto"] and not resolved:
         words.append("0 (auto)")
     if meta["no_limit"]:
@@ -228,12 +229,49 @@ class PlacementSettings:
         return front_names(cls, front)
 
 
+SETTINGS = {f.name: f for cls in (EditSettings, PlacementSettings) for f in fields(cls)}
+TRACKERS = ("none", "tensorboard", "wandb", "trackio", "all")  # accelerate's trackers that fine-tuning offers
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The settings of fine-tuning that ``train/finetune.py`` and the Train MGIE LoRA node share (the others are
+    ``train/config.py``'s own): declared here, so both are made from one declaration."""
+
+    max_steps: int = setting(500, "Optimizer steps of the run, {range} (default: {default}).", low=1, high=1_000_000,
+                             widget="training_steps")
+    learning_rate: float = setting(1e-4, "Peak learning rate of AdamW, {range} (default: {default}).", low=1e-7,
+                                   high=1.0, step=1e-5)
+    lora_rank: int = setting(16, "Rank of the LoRA adapters on the UNet and the LLM, {range} (default: {default}).",
+                             low=1, high=1024)
+    seed: int = like(SETTINGS["seed"], 0, "Seed of the adapters' initialisation, the data order, the noise and "
+                     "the sample edits, {range} (default: {default}).")
+    memory: str = like(SETTINGS["memory"], help=SETTINGS["memory"].metadata["help"] + " For "
+                       "fine-tuning, the plan also decides gradient checkpointing, 8-bit optimizer states and cached "
+                       "latents, and is printed at the start.")
+    sample_every: int = setting(100, "Edit the first training input with the weights so far every this many steps "
+                                "(and at the end), {range} (default: {default}).", low=1, high=1_000_000)
+    sample_steps: int = like(SETTINGS["num_inference_steps"], 20, "Denoising steps of those sample edits, "
+                             "{range} (default: {default}); their guidance and size are the model's, as an edit's.")
+    report_to: str = setting("none", "Also log the losses, the learning rate and the sample edits as the run goes to "
+                             "TensorBoard (in OUTPUT/logs), Weights & Biases or Trackio, with accelerate's trackers (the "
+                             "tracker's package installed); every run writes losses.jsonl and losses.png anyway.",
+                             choices=TRACKERS)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @classmethod
+    def named(cls, front: str) -> dict[str, str]:
+        return front_names(cls, front)
+
+
 def front_names(cls: type, front: str) -> dict[str, str]:
     """Field name -> the name a front end ("flag" or "widget") gives it, where that differs."""
     return {f.name: f.metadata[front] for f in fields(cls) if f.metadata[front]}
 
 
-SETTINGS = {f.name: f for cls in (EditSettings, PlacementSettings) for f in fields(cls)}
+TRAIN_SETTINGS = {f.name: f for f in fields(TrainSettings)}
 
 
 def check_fields(settings: object) -> None:

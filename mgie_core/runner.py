@@ -180,8 +180,8 @@ def size_notices(size: tuple[int, int], edited: tuple[int, int], model: MGIEMode
         return []
     return [f"the picture is edited at {edited[0]}x{edited[1]} ({edited[0] * edited[1] / 1e6:.1f} megapixels), "
             f"{ratio:.0f} times the pixels of this model's {side}x{side} working size: expect at least {ratio:.0f} "
-            "times as long as an edit at that size, and more memory (lower max_side, or leave it at auto, to edit "
-            "faster)"]
+            "times as long as an edit at that size, and more memory; lower max_side, or leave it at auto, to edit "
+            "faster."]
 
 
 def run_edit(placed: Placed, edit: Edit, derive_config: DeriveConfig, sample_config: SampleConfig,

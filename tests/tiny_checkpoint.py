@@ -109,27 +109,35 @@ def train_llm(llm, head, tokenizer: LegacyLlamaTokenizer, spec: ModelSpec, patch
     """Teach the 2-layer LLaMA the BEHAVIOURS answers (cross-entropy on the answer tokens only)."""
     llm.train().requires_grad_(True)
     head.requires_grad_(True)
-    batch = []
+    rows, starts = [], []
     for instruction, answer in BEHAVIOURS.items():
-        prompt_len = len(tokenizer.encode(build_prompt(instruction, spec)))
-        ids = tokenizer.encode(build_prompt(instruction, spec) + " " + answer)
-        batch.append((torch.tensor(ids), prompt_len))
+        starts.append(len(tokenizer.encode(build_prompt(instruction, spec))))
+        rows.append(tokenizer.encode(build_prompt(instruction, spec) + " " + answer))
+    # one right-padded batch: causal attention never looks ahead, so the padding changes no answer token's logits
+    ids = torch.tensor([r + [0] * (max(map(len, rows)) - len(r)) for r in rows])
+    labels = torch.full_like(ids, -100)
+    for i, (row, start) in enumerate(zip(rows, starts)):
+        labels[i, start : len(row)] = ids[i, start : len(row)]
     params = list(llm.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=3e-3, weight_decay=0.0)
     for _ in range(steps):
-        loss = sum(_sequence_loss(llm, head, ids, n, spec, patch_feature) for ids, n in batch) / len(batch)
+        loss = _answer_loss(llm, head, ids, labels, spec, patch_feature)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return llm.eval(), head.eval(), float(loss.detach())
 
 
-def _sequence_loss(llm, head, ids, prompt_len, spec, patch_feature):
-    embeds = llm.embed_tokens(ids[None])  # (1, T, H)
-    mask = (ids == spec.im_patch_token_id)[None, :, None]
+def _answer_loss(llm, head, ids, labels, spec, patch_feature):
+    """Cross-entropy on the answer tokens, averaged per answer (each behaviour counts alike, whatever its length)."""
+    embeds = llm.embed_tokens(ids)  # (B, T, H)
+    mask = (ids == spec.im_patch_token_id)[..., None]
     embeds = torch.where(mask, patch_feature.to(embeds.dtype), embeds)
-    logits = head(llm(inputs_embeds=embeds).last_hidden_state)[0]  # (T, V)
-    return torch.nn.functional.cross_entropy(logits[prompt_len - 1 : -1], ids[prompt_len:])
+    logits = head(llm(inputs_embeds=embeds).last_hidden_state)[:, :-1]  # (B, T-1, V)
+    targets = labels[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    counted = (targets != -100).float()
+    return ((per_token * counted).sum(1) / counted.sum(1)).mean()
 
 
 def tiny_clip_config() -> CLIPConfig:
@@ -190,7 +198,7 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2))
 
 
-def build_tiny_checkpoint(root: str | Path, train_steps: int = 400) -> Path:
+def build_tiny_checkpoint(root: str | Path, train_steps: int = 200) -> Path:
     """Write the tiny checkpoint under ``root`` and return ``root``."""
     root = Path(root)
     llava, mgie, ip2p, clip = root / "LLaVA-7B-v1", root / "mgie_7b", root / "instruct-pix2pix", root / "clip-vit-large-patch14"

@@ -2,12 +2,13 @@
 
 from .apple import is_apple_layout, load_apple_checkpoint
 from .bundle import load_bundle, save_bundle
-from .loader import default_model_path, is_embedded, load_model
+from .loader import default_model_path, example_image, is_embedded, load_model
 from .lora import apply_lora, read_lora, save_lora
 
 __all__ = [
     "apply_lora",
     "default_model_path",
+    "example_image",
     "is_apple_layout",
     "is_embedded",
     "load_apple_checkpoint",

@@ -24,6 +24,14 @@ def default_model_path() -> Path:
     return Path(__file__).resolve().parents[1] / "assets" / "mgie-mini.safetensors"
 
 
+def example_image():
+    """The example picture shipped with the library (images/scene.png of the repository: a 64 px scene of flat shapes,
+    mgie-mini's world), wherever the library is installed: for the README's snippet and your first edit."""
+    from ..images import load_image
+
+    return load_image(default_model_path().parent / "scene.png")
+
+
 def is_embedded(path: str | Path | None) -> bool:
     return path is None or Path(path).expanduser().resolve() == default_model_path()
 

@@ -210,20 +210,20 @@ def _check_merged(model: MGIEModel, targets: dict[str, nn.Module], lora: LoraFil
         delta = lora_delta(down, up, weight.shape).to(base.device) * (strength * lora.scale)
         _check_change(lora, strength, key.removesuffix(".lora_A.weight"), base, base + delta,
                       _stored_dtype(model, layer))
-    for table, index, trained in _full_tensors(model, lora):
+    for table, index, trained in _full_tensors(model, lora):  # trained values, not changes: only what fits the dtype
         base = table[index].float()
         _check_change(lora, strength, "the edit head or the [IMG] rows", base,
-                      _blend(base, trained.float().to(base.device), strength), table.dtype)
+                      _blend(base, trained.float().to(base.device), strength), table.dtype, relative=False)
 
 
 def _check_change(lora: LoraFile, strength: float, where: str, base: torch.Tensor, merged: torch.Tensor,
-                  dtype: torch.dtype) -> None:
+                  dtype: torch.dtype, relative: bool = True) -> None:
     name = str(dtype).removeprefix("torch.")
     if not bool(torch.isfinite(merged).all()) or float(merged.abs().max()) > torch.finfo(dtype).max:
         raise CheckpointError(f"{lora.path} at strength {strength:g} takes {where} past what {name} holds (its merged "
                               "weights overflow): the LoRA is damaged or its strength too high; lower the strength, or "
                               "use an earlier checkpoint's LoRA")
-    change = float((merged - base).norm() / base.norm().clamp_min(1e-12))
+    change = float((merged - base).norm() / base.norm().clamp_min(1e-12)) if relative else 0.0
     if change > MAX_CHANGE:
         raise CheckpointError(f"{lora.path} at strength {strength:g} would change {where} by {change:.0e} times its own "
                               "size (a trained LoRA changes a layer by a fraction of it): the file is damaged or the "

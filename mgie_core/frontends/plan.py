@@ -177,10 +177,10 @@ def check_item(item: Item, overwrite: bool = False, out_flag: str = "out") -> li
     """One item's check (raises :class:`InputError`); returns its notices. ``out_flag``: what the output is called
     in messages (``--out`` for the command's one picture, ``out`` for a manifest's lines)."""
     picture, frames = read_picture(item.image)
-    notices = [f"the picture is animated ({frames} frames): its first frame is edited"] if frames > 1 else []
+    notices = [f"the picture is animated ({frames} frames): its first frame is edited."] if frames > 1 else []
     if item.mask is not None and float(load_mask(item.mask).max()) <= 0:
         notices.append(f"the mask {item.mask.name} is empty (nothing marked to edit): the picture comes back "
-                       "unchanged")
+                       "unchanged.")
     check_seed(item.seed)
     for text in (*item.chain, *([item.expressive] if item.expressive else [])):
         check_text(text, "instruction" if text in item.chain else "expressive")

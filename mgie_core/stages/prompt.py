@@ -60,14 +60,14 @@ def language_notices(text: str, model) -> list[str]:
     foreign = sorted({c for c in text if c.isalpha() and not unicodedata.name(c, "").startswith("LATIN")})
     if foreign:
         return [f'"{text}" is not in English, the only language {model_name(model)} was trained on: it may not '
-                "understand it (write the instruction in English)"]
+                "understand it; write the instruction in English."]
     if model.world is None:
         return []
     unknown = [w for w in dict.fromkeys(re.findall(r"[A-Za-z]+", text)) if not model.tokenizer.is_word(w.lower())]
     if not unknown:
         return []
-    return [f'{model_name(model)} knows only the words of its world of flat shapes, and not: {", ".join(unknown)} '
-            "(it understands English instructions about shapes, colours and light)"]
+    return [f'{model_name(model)} knows only the words of its world of flat shapes, and not: {", ".join(unknown)}; '
+            "it understands English instructions about shapes, colours and light."]
 
 
 def model_name(model) -> str:

@@ -224,3 +224,42 @@ def main_error(argv: list[str], capsys) -> str:
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     return err
+
+
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import mgie_core.frontends.batch as batch
+from mgie_core.frontends.cli import main
+save, written = batch.save_image_atomic, []
+
+def save_then_die(picture, path):  # killed in the middle of the second batch: its first picture written, no record
+    save(picture, path)
+    written.append(path)
+    if len(written) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+batch.save_image_atomic = save_then_die
+sys.exit(main({argv!r}))
+"""
+
+
+def test_a_run_killed_in_the_middle_of_its_second_batch_ends_with_the_files_of_an_uninterrupted_run(tmp_path, capsys):
+    """SIGKILL right after the first picture of batch 2 is written: the rerun edits batch 2 again, whole, and every
+    file is the uninterrupted run's, byte for byte (on mgie-mini, the embedded model; the killed process with as many
+    threads as this one)."""
+    import torch
+
+    source = pictures(tmp_path / "in", 6, size=(64, 64))
+    edit = ["edit", "--image", str(source), "--instruction", "make it red", "--batch-size", "2", *FAST]
+    assert main([*edit, "--out", str(tmp_path / "whole")]) == 0
+    argv = [*edit, "--out", str(tmp_path / "killed")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    killed = subprocess.run([sys.executable, "-c", KILLER.format(root=str(ROOT), argv=argv)], env=env,
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr  # killed, as planned
+    assert sorted(files(tmp_path / "killed")) == ["p0.png", "p1.png", "p2.png"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "done 4, skipped 2 (already there), failed 0" in capsys.readouterr().out  # batch 2 again, whole, batch 3
+    assert files(tmp_path / "killed") == files(tmp_path / "whole")

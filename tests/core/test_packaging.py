@@ -40,6 +40,15 @@ def test_registry_metadata_is_complete_and_the_icon_ships():
         assert icon.width <= 800 and icon.height <= 400  # the registry's limit
 
 
+def test_the_example_picture_ships_in_the_library_as_in_the_repository():
+    from mgie_core import example_image
+
+    shipped = ROOT / "mgie_core" / "assets" / "scene.png"
+    assert shipped.read_bytes() == (ROOT / "images" / "scene.png").read_bytes()  # the README's picture, both ways
+    assert "assets/*.png" in PYPROJECT["tool"]["setuptools"]["package-data"]["mgie_core"]
+    assert example_image().size == Image.open(shipped).size
+
+
 def test_the_registry_archive_leaves_out_tests_and_benchmarks():
     ignored = (ROOT / ".comfyignore").read_text().split()
     assert {"tests/", "bench/", "scripts/", ".ci/"} <= set(ignored)

@@ -140,7 +140,7 @@ def test_bad_inputs(tiny_model):
                SampleConfig())
     with pytest.raises(InputError, match="scheduler must be one of euler_ancestral, .*, got 'nope'"):
         SampleConfig(scheduler="nope")
-    with pytest.raises(InputError, match="num_inference_steps must be from 1 to 1000, got 0"):
+    with pytest.raises(InputError, match="num_inference_steps must be from 1 to 1,000, got 0"):
         SampleConfig(num_inference_steps=0)
 
 
