@@ -16,7 +16,9 @@ from PIL import Image
 from train.mini import world
 
 INSTRUCTION = "make it look like an old photograph"
-EXPRESSIVE = "tone the whole picture sepia, like an old photograph."
+# In mgie-mini's words (it has none for sepia, old or photograph): an answer it can learn to write in a hundred steps,
+# where one spelt in byte pieces it never saw stays garbled (L_ins 3.4 after 100 steps, against 0.29).
+EXPRESSIVE = "turn the whole picture a dim yellow."
 # the classic sepia matrix: output RGB = SEPIA @ input RGB
 SEPIA = np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], np.float32)
 

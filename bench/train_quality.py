@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from mgie_core.formats.pairs import read_triplets
 from train.config import TrainConfig
-from train.data import read_triplets
 from train.heldout import held_out_check
 from train.loop import train
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mgie_core.config import SETTINGS, check_setting, like
+from mgie_core.config import SETTINGS, TRAIN_SETTINGS, check_setting, like
 from mgie_core.errors import InputError, SettingError
 from mgie_core.model.mgie import MGIEModel
 
@@ -33,7 +33,9 @@ def option(default: Any, help: str) -> Any:  # noqa: A002 - argparse's name
     return field(default=default, metadata={"help": help})
 
 
-SHARED = ("memory", "llm_quant", "seed", "sample_steps", "max_new_tokens")  # checked by their declarations
+def declared(f) -> bool:
+    """A setting declared in mgie_core/config.py (shared with editing or the node): checked and flagged from there."""
+    return "low" in f.metadata
 
 
 @dataclass(frozen=True)
@@ -41,16 +43,16 @@ class TrainConfig:
     model: str | None = option(None, "Apple's MGIE root folder or an MGIE bundle (default: the embedded mgie-mini)")
     data: str = option("", "a .jsonl manifest, or a folder of input/NAME.png, target/NAME.png and NAME.txt (required)")
     output: str = option("", "the folder for lora.safetensors, checkpoints, samples and losses (required)")
-    max_steps: int = option(500, "optimizer steps")
+    max_steps: int = like(TRAIN_SETTINGS["max_steps"])
     batch_size: int = option(1, "samples per micro-batch")
     gradient_accumulation: int | None = option(
         None, "micro-batches per optimizer step (default: 1 for a model with a working size, such as mgie-mini; "
               "4 for MGIE-7B)")
-    learning_rate: float = option(1e-4, "peak learning rate (AdamW)")
+    learning_rate: float = like(TRAIN_SETTINGS["learning_rate"])
     warmup_steps: int = option(20, "steps of linear warmup to the peak rate")
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm")
-    lora_rank: int = option(16, "LoRA rank")
+    lora_rank: int = like(TRAIN_SETTINGS["lora_rank"])
     lora_alpha: float = option(16.0, "LoRA alpha (the adapters are scaled by alpha / rank)")
     lora_unet_convs: bool = option(False, "also adapt the UNet's ResNet convolutions")
     lora_llm: bool = option(True, "adapt the LLM's attention projections")
@@ -63,11 +65,8 @@ class TrainConfig:
     edit_loss_weight: float = option(0.5, "L = L_ins + weight x L_edit (the paper's 0.5)")
     condition_dropout: float = option(0.05, "p of dropping both conditions (the reference: 2p drop the text, 2p the "
                                             "image, p both)")
-    seed: int = like(SETTINGS["seed"], 0, "Seed of the adapters' initialisation, the data order, the noise and the sample "
-                                          "edits, {range} (default: {default}).")
-    memory: str = like(SETTINGS["memory"], help="Your GPU's memory in GB (any whole number), or auto: this GPU's (on a "
-                       "CPU, no limit). The fastest memory plan whose estimate, from the model's shapes, fits it fills "
-                       "the five settings below that are not given, and is printed at the start.")
+    seed: int = like(TRAIN_SETTINGS["seed"])
+    memory: str = like(TRAIN_SETTINGS["memory"])
     mixed_precision: str | None = option(None, "no, fp16 (GPU only) or bf16: the frozen base's precision and "
                                                "autocast (default: the memory plan's: bf16, or fp16 where the GPU "
                                                "lacks bf16; no on a CPU)")
@@ -82,9 +81,9 @@ class TrainConfig:
     cache_latents: bool | None = option(None, "encode every input and target with the VAE once, before the first "
                                               "step, then keep the VAE off the GPU (default: the memory plan's)")
     save_every: int = option(100, "write a checkpoint every this many steps (and at the end)")
-    sample_every: int = option(100, "edit the first training input every this many steps (and at the end)")
-    sample_steps: int = like(SETTINGS["num_inference_steps"], 20, "Denoising steps of those sample edits, {range} "
-                             "(default: {default}); their guidance and size are the model's, as an edit's.")
+    sample_every: int = like(TRAIN_SETTINGS["sample_every"])
+    sample_steps: int = like(TRAIN_SETTINGS["sample_steps"])
+    report_to: str = like(TRAIN_SETTINGS["report_to"])
     resume: str | None = option(None, "a checkpoint folder, or 'latest' (the newest under OUTPUT/checkpoints) "
                                           "(default: start afresh)")
     device: str = option("auto", "cpu or auto (accelerate's choice: the GPU of this process)")
@@ -94,13 +93,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if f.name in SHARED:
+            if declared(f):
                 try:
                     object.__setattr__(self, f.name, check_setting(f, getattr(self, f.name)))
                 except SettingError as err:
                     raise err.named({f.name: f"--{_flag(f.name)}"}) from None
-        for name in ("max_steps", "batch_size", "gradient_accumulation", "lora_rank", "resolution", "save_every",
-                     "sample_every", "clip_resolution"):
+        for name in ("batch_size", "gradient_accumulation", "resolution", "save_every", "clip_resolution"):
             value = getattr(self, name)
             if value is None and name in FROM_MODEL:
                 continue
@@ -108,8 +106,8 @@ class TrainConfig:
                 raise InputError(f"--{_flag(name)} must be a positive integer, got {value!r}")
         if self.resolution is not None and self.resolution % 8:
             raise InputError(f"--resolution must be a multiple of 8, got {self.resolution}")
-        if self.learning_rate <= 0 or self.lora_alpha <= 0:
-            raise InputError("--learning-rate and --lora-alpha must be positive")
+        if self.lora_alpha <= 0:
+            raise InputError(f"--lora-alpha must be positive, got {self.lora_alpha}")
         if not 0 <= self.condition_dropout <= 1 / 3:
             raise InputError(f"--condition-dropout must be in [0, 1/3], got {self.condition_dropout}")
         for name, choices in (("mixed_precision", MIXED_PRECISION), ("optimizer", OPTIMIZERS)):
@@ -148,7 +146,7 @@ def parser() -> argparse.ArgumentParser:
                                 description="End-to-end LoRA fine-tuning of MGIE on (input, instruction, target) triplets.")
     p.add_argument("--config", help="a JSON file with any of the options below (command-line values win)")
     for f in fields(TrainConfig):
-        if f.name in SHARED:
+        if declared(f):
             add_setting(p, f)
             continue
         text = f.metadata["help"]

@@ -17,8 +17,9 @@ from PIL import Image
 
 from mgie_core import EditSettings, MGIEPipeline, load_model
 from mgie_core.formats.lora import apply_lora
+from mgie_core.formats.pairs import Triplet
 
-from .data import Triplet, center_square
+from .data import center_square
 
 
 @dataclass(frozen=True)

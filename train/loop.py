@@ -7,10 +7,12 @@ import logging
 import math
 import re
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from PIL import Image
@@ -19,6 +21,7 @@ from mgie_core.config import NO_LIMIT, EditSettings
 from mgie_core.errors import NonFiniteError
 from mgie_core.files import atomic_write
 from mgie_core.formats.lora import save_lora
+from mgie_core.formats.run import LORA, LOSSES, sample_path
 from mgie_core.images import save_image_atomic
 from mgie_core.model.mgie import MGIEModel, move
 from mgie_core.runner import AsIs, Edit, run_edit
@@ -27,6 +30,7 @@ from .adapters import Trainable
 from .config import TrainConfig
 from .data import center_square
 from .objective import Sample, Share, collate, mgie_loss
+from .plot import write_loss_plot
 from .setup import Run, prepare
 from .state import find_checkpoint, load_checkpoint, save_checkpoint
 
@@ -56,25 +60,24 @@ def sync_rows(trainable: Trainable) -> None:
 
 
 @torch.no_grad()
-def sample_edit(trainable: Trainable, example: Sample, config: TrainConfig, path: Path) -> str:
+def sample_edit(trainable: Trainable, example: Sample, config: TrainConfig, path: Path) -> tuple[str, Image.Image]:
     """Edit the first training input with the current weights, by the one edit runner; save input | edit | target
     side by side."""
     model = trainable.model
     sync_rows(trainable)
-    model.eval()
     size = (config.resolution, config.resolution)
     source = center_square(example.source).resize(size)
     settings = preview_settings(config)
     edit = Edit.of(source, example.instruction, seed=settings.seed)
     sampling = settings.sample_config(model.recommended_sampling)  # the model's guidance, as its edits will have
-    with visiting(model.vae, next(model.unet.parameters()).device):  # off the GPU when the latents are cached
+    with evaluating(model), visiting(model.vae, next(model.unet.parameters()).device):  # VAE off the GPU when cached
         result = run_edit(AsIs(model), edit, settings.derive_config(), sampling)[-1]
     panels = [source, result.images[0], center_square(example.target).resize(size)]
     grid = Image.new("RGB", (3 * size[0], size[1]))
     for i, panel in enumerate(panels):
         grid.paste(panel, (i * size[0], 0))
     save_image_atomic(grid, path)
-    return result.expressive_instructions[0]
+    return result.expressive_instructions[0], grid
 
 
 def preview_settings(config: TrainConfig) -> EditSettings:
@@ -82,6 +85,21 @@ def preview_settings(config: TrainConfig) -> EditSettings:
     resolved as an edit of the trained model resolves it (at the training size, which may exceed the model's)."""
     return EditSettings(seed=config.seed, num_inference_steps=config.sample_steps, max_new_tokens=config.max_new_tokens,
                         max_side=NO_LIMIT)
+
+
+@contextmanager
+def evaluating(model: MGIEModel):
+    """Every module in eval mode for the block, and back in its own mode after. Only the modes: the adapters keep
+    their gradients (``MGIEModel.eval`` also freezes, which would end the training at the first sample edit)."""
+    modules = [m for part in model.modules().values() for m in part.modules()]
+    modes = [m.training for m in modules]
+    for module in modules:
+        module.training = False
+    try:
+        yield model
+    finally:
+        for module, mode in zip(modules, modes):
+            module.training = mode
 
 
 @contextmanager
@@ -139,7 +157,11 @@ def average_gradients(accelerator: Accelerator, params: list[torch.nn.Parameter]
 
 
 def train(config: TrainConfig, model: MGIEModel | None = None) -> Path:
-    """Fine-tune (``model``: a base already in memory instead of ``config.model``); return the LoRA file's path."""
+    """Fine-tune (``model``: a base already in memory instead of ``config.model``); return the LoRA file's path.
+
+    The run writes, as it goes, one line of losses a step (``losses.jsonl``), ``losses.png`` and a checkpoint at each
+    save, a sample edit grid at each sample (``samples/``), and what ``--report-to`` names, so a person (or the Train
+    MGIE LoRA node, which runs this in a child process) can watch it."""
     run = prepare(config, model)
     config, output, main = run.config, run.output, run.accelerator.is_main_process
     start = _resume(config, output, run.trainable, run.optimizer, run.scheduler)
@@ -148,8 +170,9 @@ def train(config: TrainConfig, model: MGIEModel | None = None) -> Path:
     logger.info("training %d steps from step %d at %d px, %d micro-batch(es) of %d x %d process(es) a step: %s "
                 "trainable parameters", config.max_steps, start, config.resolution, config.gradient_accumulation,
                 config.batch_size, run.accelerator.num_processes, f"{sum(p.numel() for p in run.params):,}")
-    bar = _progress(config.max_steps, start, shown=main)
-    began = time.time()
+    if config.report_to != "none":
+        run.accelerator.init_trackers("mgie", config=tracker_config(config))
+    bar = StepBar(config.max_steps, start, shown=main)
     for step in range(start, config.max_steps):
         ins, edit = train_step(run, step)
         done = step + 1
@@ -157,23 +180,67 @@ def train(config: TrainConfig, model: MGIEModel | None = None) -> Path:
             raise NonFiniteError(f"the training diverged at step {done}: its loss is NaN or infinite (L_ins {ins:.3g}, "
                                  f"L_edit {edit:.3g}); lower --learning-rate (it is {config.learning_rate:g}) and start "
                                  "again, or --resume from an earlier checkpoint")
-        bar.update(1)
-        bar.set_postfix(loss_ins=f"{ins:.3g}", loss_edit=f"{edit:.3g}",
-                        steps_per_s=f"{(done - start) / (time.time() - began):.2f}")
+        bar.update(done, ins, edit)
+        run.accelerator.log({"loss_ins": ins, "loss_edit": edit, "loss": ins + config.edit_loss_weight * edit,
+                             "learning_rate": run.scheduler.get_last_lr()[0]}, step=done)
         if main:  # one process writes the losses, checkpoints, samples and the LoRA
             _log_losses(output, done, ins, edit)
             if done % config.save_every == 0 or done == config.max_steps:
                 save_checkpoint(output, done, run.trainable.trainable_state(), run.optimizer.state_dict(),
                                 run.scheduler.state_dict(), config.to_dict())
+                write_loss_plot(output)
             if done % config.sample_every == 0 or done == config.max_steps:
-                text = sample_edit(run.trainable, run.samples[0], config, output / "samples" / f"step-{done:06d}.png")
+                text, grid = sample_edit(run.trainable, run.samples[0], config, sample_path(output, done))
+                log_sample(run.accelerator, grid, done)
                 logger.info("step %d sample: %s", done, text)
     bar.close()
-    path = output / "lora.safetensors"
+    path = output / LORA
     if main:
         write_lora(run.trainable, config, path)
     run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
     return path
+
+
+def tracker_config(config: TrainConfig) -> dict:
+    """The run's options as trackers take them: plain numbers, text and flags (an unset one as "auto")."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else "auto" if v is None else str(v)
+            for k, v in config.to_dict().items()}
+
+
+def log_sample(accelerator: Accelerator, grid: Image.Image, step: int) -> None:
+    """The sample edit grid to each tracker that takes pictures (TensorBoard's add_images wants the layout named)."""
+    for tracker in accelerator.trackers:
+        if hasattr(tracker, "log_images"):
+            kwargs = {"dataformats": "NHWC"} if tracker.name == "tensorboard" else {}
+            tracker.log_images({"sample_edit": np.asarray(grid)[None]}, step=step, **kwargs)  # (1, H, W, 3)
+
+
+class StepBar:
+    """Training's progress: a bar in a terminal; with no terminal (a log file, a pipe, the node's child process) a
+    plain line every twentieth of the run, with no cursor control."""
+
+    LINES = 20
+
+    def __init__(self, total: int, start: int, shown: bool = True):
+        from tqdm.auto import tqdm
+
+        self.total, self.start, self.began, self.shown = total, start, time.time(), shown
+        self.terminal = sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=start, desc="[mgie] train", unit="step", file=sys.stderr,
+                        disable=not (shown and self.terminal))
+
+    def update(self, done: int, ins: float, edit: float) -> None:
+        rate = (done - self.start) / max(time.time() - self.began, 1e-9)
+        self.bar.update(1)
+        self.bar.set_postfix(loss_ins=f"{ins:.3g}", loss_edit=f"{edit:.3g}", steps_per_s=f"{rate:.2f}")
+        every = max(1, self.total // self.LINES)
+        if self.shown and not self.terminal and (done % every == 0 or done == self.total):
+            print(f"[mgie] train: step {done}/{self.total}, L_ins {ins:.3g}, L_edit {edit:.3g}, {rate:.2f} steps/s",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def write_lora(trainable: Trainable, config: TrainConfig, path: Path) -> Path:
@@ -198,12 +265,6 @@ def _resume(config: TrainConfig, output: Path, trainable: Trainable, optimizer, 
     return step
 
 
-def _progress(total: int, start: int, shown: bool = True):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc="[mgie] train", unit="step", disable=not shown)
-
-
 def clean_up(output: Path, start: int) -> None:
     """Remove the temporary checkpoint folders a killed run left, and keep ``losses.jsonl`` to one record per step
     up to ``start`` (the steps after it are trained again)."""
@@ -212,7 +273,7 @@ def clean_up(output: Path, start: int) -> None:
         for entry in folder.iterdir():
             if entry.is_dir() and re.match(r"^\.step-\d+\.", entry.name):
                 shutil.rmtree(entry, ignore_errors=True)
-    losses = output / "losses.jsonl"
+    losses = output / LOSSES
     if not losses.is_file():
         return
     kept: dict[int, str] = {}
@@ -228,5 +289,5 @@ def clean_up(output: Path, start: int) -> None:
 
 
 def _log_losses(output: Path, step: int, ins: float, edit: float) -> None:
-    with open(output / "losses.jsonl", "a") as handle:
+    with open(output / LOSSES, "a") as handle:
         handle.write(json.dumps({"step": step, "loss_ins": ins, "loss_edit": edit}) + "\n")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mgie_core.config import AUTO
+from mgie_core.errors import InputError
 from mgie_core.model.mgie import MGIEModel
 from mgie_core.runtime.memory import TRAIN_WORKSPACE, budget_text, memory_budget, size_text
 from mgie_core.runtime.quant import llm_bytes
@@ -174,9 +175,9 @@ def apply_plan(model: MGIEModel, config: TrainConfig, device: torch.device, dtyp
     logger.info("estimated device memory: %s (frozen weights %s, trained parameters with gradients and optimizer "
                 "states %s, activations %s, working memory %s)", size_text(guess.total), size_text(guess.frozen),
                 size_text(guess.trained), size_text(guess.activations), size_text(TRAIN_WORKSPACE))
-    if limit is not None and guess.total > limit:
-        logger.warning("no plan fits %s of the card by this estimate (%s): lower --resolution or --batch-size if it "
-                       "runs out of memory", size_text(limit), size_text(guess.total))
+    if limit is not None and guess.total > limit:  # it would run out of memory after minutes of loading: say it now
+        raise InputError(f"no memory plan fits {card} by its estimate: the leanest needs {size_text(guess.total)}; "
+                         "lower --resolution or --batch-size, or give the size of a larger card (--memory)")
     return dataclasses.replace(config, llm_quant=plan.llm_quant, gradient_checkpointing=plan.gradient_checkpointing,
                                optimizer=plan.optimizer, cache_latents=plan.cache_latents)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
+from accelerate.utils import ProjectConfiguration
 from diffusers import DDPMScheduler
 
 from mgie_core import EditSettings, derive, load_model
@@ -18,6 +19,7 @@ from mgie_core.config import AUTO
 from mgie_core.errors import InputError
 from mgie_core.files import atomic_write, check_writable
 from mgie_core.formats.loader import check_model
+from mgie_core.formats.pairs import Triplet, read_triplets
 from mgie_core.images import load_image
 from mgie_core.model.mgie import MGIEModel, move
 from mgie_core.runtime.devices import DTYPES
@@ -26,7 +28,7 @@ from mgie_core.runtime.quant import check_llm_quant
 
 from .adapters import Trainable
 from .config import TrainConfig, resumed
-from .data import Triplet, diffusion_pixels, read_triplets
+from .data import diffusion_pixels
 from .memory import apply_plan, plan_mixed_precision
 from .objective import Sample, encode_latents
 from .quantized import freeze_quantized, make_optimizer
@@ -78,7 +80,10 @@ def prepare(config: TrainConfig, model: MGIEModel | None = None) -> Run:
     # steps once per optimizer step, whatever the number of processes).
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu",
                               gradient_accumulation_steps=config.gradient_accumulation,
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+                              dataloader_config=DataLoaderConfiguration(split_batches=True),
+                              log_with=None if config.report_to == "none" else config.report_to,
+                              project_config=ProjectConfiguration(project_dir=str(output),
+                                                                  logging_dir=str(output / "logs")))
     if accelerator.is_main_process:
         with atomic_write(output / "config.json") as handle:
             handle.write(json.dumps(config.to_dict(), indent=2).encode())
@@ -104,8 +109,19 @@ def prepare(config: TrainConfig, model: MGIEModel | None = None) -> Run:
                DDPMScheduler.from_config(base.scheduler_config))
 
 
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
 def check_device_options(config: TrainConfig, device: torch.device) -> None:
-    """What this device cannot run, refused before gigabytes load."""
+    """What this machine cannot run, refused before gigabytes load: a tracker whose package is missing, a 4-bit LLM
+    off CUDA, fp16 on a CPU."""
+    import accelerate.utils as available
+
+    name = config.report_to  # "all": the trackers accelerate finds installed
+    if name in TRACKER_PACKAGES and not getattr(available, f"is_{name}_available")():
+        raise InputError(f"--report-to {name} needs the {TRACKER_PACKAGES[name]} package, which is not installed: "
+                         f"pip install {TRACKER_PACKAGES[name]} (or leave --report-to out: losses.jsonl and losses.png "
+                         "are written anyway)")
     if config.llm_quant != AUTO:
         check_llm_quant(config.llm_quant, device)
     if config.mixed_precision == "fp16" and device.type == "cpu":

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import accelerate_launch, make_image
+from conftest import make_image
 from PIL import Image, ImageOps
 
 from mgie_core import CheckpointError, EditSettings, InputError, MGIEPipeline, load_model
 from mgie_core.formats.lora import apply_lora, read_lora, save_lora
+from mgie_core.formats.pairs import read_triplets
 from train.adapters import Trainable
 from train.config import TrainConfig, config_from_args
-from train.data import read_triplets
 from train.loop import train, write_lora
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,6 +147,19 @@ def test_resume_continues_exactly(tiny_root, tmp_path):
     assert any(not torch.equal(mid[k], a[k]) for k in a)  # the second half really trained
 
 
+def test_sample_edits_change_nothing_in_the_training(tiny_root, tmp_path):
+    """A sample edit at every step trains the same LoRA as none (a sample once froze the adapters for good)."""
+    from mgie_core.formats.weights import read_state_dict
+
+    data = make_folder_data(tmp_path / "data")
+    quiet = train(config(tmp_path / "quiet", tiny_root, data, max_steps=3, sample_every=1000))
+    watched = train(config(tmp_path / "watched", tiny_root, data, max_steps=3, sample_every=1))
+    assert len(list((watched.parent / "samples").glob("step-*.png"))) == 3
+    a, b = read_state_dict(quiet), read_state_dict(watched)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
 def test_both_data_formats(tmp_path):
     folder = make_folder_data(tmp_path / "data")
     manifest = tmp_path / "data" / "train.jsonl"
@@ -193,7 +203,8 @@ def test_missing_expressive_is_derived_once_and_cached(trained):
     assert len(cache) == 2 and all(v == "turn the apple red." for v in cache.values())  # s0 had its own
 
 
-def test_finetune_script_with_a_config_file(tiny_root, tmp_path):
+def test_finetune_script_with_a_config_file(tiny_root, tmp_path, capsys):
+    from train.finetune import main
     data = make_folder_data(tmp_path / "data", count=2)
     cfg = tmp_path / "train.json"
     cfg.write_text(json.dumps({"model": str(tiny_root), "data": str(data), "max-steps": 2, "batch_size": 1,
@@ -201,10 +212,8 @@ def test_finetune_script_with_a_config_file(tiny_root, tmp_path):
                                "save_every": 1, "sample_every": 100, "max_new_tokens": 40,
                                "no_gradient_checkpointing": None} | {}))
     cfg.write_text(json.dumps({k: v for k, v in json.loads(cfg.read_text()).items() if v is not None}))
-    done = subprocess.run([sys.executable, "train/finetune.py", "--config", str(cfg), "--output", str(tmp_path / "o"),
-                           "--lora-rank", "2"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert Path(done.stdout.strip().splitlines()[-1]) == tmp_path / "o" / "lora.safetensors"
+    assert main(["--config", str(cfg), "--output", str(tmp_path / "o"), "--lora-rank", "2"]) == 0
+    assert Path(capsys.readouterr().out.strip().splitlines()[-1]) == tmp_path / "o" / "lora.safetensors"
     assert read_lora(tmp_path / "o" / "lora.safetensors").meta["rank"] == 2
     assert sorted(p.name for p in (tmp_path / "o" / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
     assert json.loads((tmp_path / "o" / "checkpoints" / "step-000002" / "config.json").read_text())["lora_rank"] == 2
@@ -215,7 +224,7 @@ def test_config_errors(tmp_path):
         config_from_args(["--output", str(tmp_path)])
     with pytest.raises(InputError, match="resolution must be a multiple of 8"):
         config_from_args(["--data", "d", "--output", "o", "--resolution", "30"])
-    with pytest.raises(InputError, match="^--max-steps must be a positive integer, got 0$"):  # named by its flag
+    with pytest.raises(InputError, match="^--max-steps must be from 1 to 1,000,000, got 0$"):  # named by its flag
         config_from_args(["--data", "d", "--output", "o", "--max-steps", "0"])
     (tmp_path / "c.json").write_text('{"bogus": 1}')
     with pytest.raises(InputError, match="unknown option"):
@@ -277,33 +286,6 @@ def test_shared_prompt_prefix_runs_once_with_the_same_states_and_gradients(tiny_
     assert len(shared_grads) == len(full_grads) > 10
     for a, b in zip(shared_grads, full_grads):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
-
-
-def test_two_processes_train_what_one_trains_with_the_same_total_batch_and_resume_with_one(tiny_root, tmp_path):
-    """Two processes of batch 1 against one of batch 2: the same samples, noise and timesteps each step; the
-    gradients differ only in how the instruction loss averages tokens over the two halves of a batch, and in
-    rounding (measured: 0.08% of what training changed; allowed: 1%)."""
-    data = make_folder_data(tmp_path / "data", count=4)
-    settings = dict(max_steps=3, learning_rate=3e-3, lora_rank=4, lora_alpha=4.0, save_every=2, device="cpu")
-    train(config(tmp_path / "one", tiny_root, data, batch_size=2, **settings))
-    (tmp_path / "two.json").write_text(json.dumps(asdict(config(tmp_path / "two", tiny_root, data, batch_size=1,
-                                                                **settings))))
-    done = subprocess.run([*accelerate_launch(2), "train/finetune.py", "--config", str(tmp_path / "two.json")], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    one, two = (read_lora(tmp_path / n / "out" / "lora.safetensors") for n in ("one", "two"))
-    assert one.tensors.keys() == two.tensors.keys()
-    start = Trainable(load_model(tiny_root).to(dtype=torch.float32), config(tmp_path, tiny_root, tmp_path)).export_lora()
-    for key, tensor in one.tensors.items():
-        moved = (tensor - start[key]).abs().max()  # B starts at 0 and A random: compare what training changed
-        assert (two.tensors[key] - tensor).abs().max() <= 0.01 * moved + 1e-6, key
-    out = tmp_path / "two" / "out"  # written once: a folder per checkpoint, one LoRA, a line of losses per step
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
-    assert len((out / "losses.jsonl").read_text().splitlines()) == 3
-    # the two processes' checkpoint taken up by one
-    train(config(tmp_path / "two", tiny_root, data, batch_size=2, **{**settings, "max_steps": 4},
-                 resume=str(out / "checkpoints" / "step-000002")))
-    assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "step-000004"
 
 
 def test_a_rerun_after_a_kill_keeps_each_step_once_and_removes_half_written_checkpoints(tmp_path):

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from test_finetune import ROOT, SETTINGS, config, edit, make_folder_data
 from mgie_core import InputError, MGIEPipeline, load_model
 from mgie_core.formats.lora import apply_lora, read_lora
 from mgie_core.formats.weights import read_state_dict
+from train.adapters import Trainable
 from train.loop import train
 
 # Every memory option at once. Rank 64: the tiny LLM's LoRA factors (64 x 64) reach the 4096 values from which
@@ -136,33 +136,45 @@ def test_resume_continues_exactly_with_every_option(tiny_root, tmp_path):
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
 
 
-def test_two_processes_train_with_every_option_and_one_resumes_them(tiny_root, tmp_path):
+def test_two_processes_train_what_one_trains_with_every_option_and_one_resumes_them(tiny_root, tmp_path):
+    """Two processes of batch 1 against one of batch 2, with every memory option: the same samples, noise and
+    timesteps each step; the gradients differ only in how the instruction loss averages tokens over the two halves
+    of a batch, and in rounding, which the 8-bit moments round further (measured: 1.2% of what training changed;
+    0.08% without the options; allowed: 2%)."""
     data = make_folder_data(tmp_path / "data", count=4)
-    settings = dict(max_steps=2, save_every=2, device="cpu", **LOW)
+    settings = dict(max_steps=3, learning_rate=3e-3, save_every=2, device="cpu", **LOW)
     one = read_lora(train(config(tmp_path / "one", tiny_root, data, batch_size=2, **settings)))
     (tmp_path / "two.json").write_text(json.dumps(asdict(config(tmp_path / "two", tiny_root, data, batch_size=1,
                                                                 **settings))))
-    done = subprocess.run([*accelerate_launch(2), "train/finetune.py", "--config", str(tmp_path / "two.json")],
-                          cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run([*accelerate_launch(2), "train/finetune.py", "--config", str(tmp_path / "two.json")], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "two" / "out"
     two = read_lora(out / "lora.safetensors")
-    for key, tensor in one.tensors.items():  # the same batches; gradients equal up to rounding
-        torch.testing.assert_close(two.tensors[key], tensor, rtol=0.05, atol=2e-3)
-    train(config(tmp_path / "two", tiny_root, data, batch_size=2, **{**settings, "max_steps": 3},
+    assert one.tensors.keys() == two.tensors.keys()
+    start = Trainable(load_model(tiny_root).to(dtype=torch.float32),
+                      config(tmp_path, tiny_root, tmp_path, lora_rank=64, lora_alpha=64.0)).export_lora()
+    for key, tensor in one.tensors.items():
+        moved = (tensor - start[key]).abs().max()  # B starts at 0 and A random: compare what training changed
+        assert (two.tensors[key] - tensor).abs().max() <= 0.02 * moved + 1e-6, key
+    # written once: a folder per checkpoint, one LoRA, a line of losses per step
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    assert len((out / "losses.jsonl").read_text().splitlines()) == 3
+    # the two processes' checkpoint (8-bit moments included) taken up by one
+    train(config(tmp_path / "two", tiny_root, data, batch_size=2, **{**settings, "max_steps": 4},
                  resume=str(out / "checkpoints" / "step-000002")))
-    assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "step-000003"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "step-000004"
 
 
-def test_4_bits_on_a_cpu_are_refused_in_one_line_before_loading(tmp_path):
+def test_4_bits_on_a_cpu_are_refused_in_one_line_before_loading(tmp_path, capsys):
+    from train.finetune import main
+
     data = make_folder_data(tmp_path / "data", count=1)
-    done = subprocess.run([sys.executable, "train/finetune.py", "--model", str(tmp_path / "no-such-model"), "--data",
-                           str(data), "--output", str(tmp_path / "o"), "--llm-quant", "int4", "--device", "cpu"],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == ("error: the 4-bit LLM needs a CUDA GPU (torchao's int4 kernel has "
-                                                    "no CPU path here); use int8 on this machine")
+    assert main(["--model", str(tmp_path / "no-such-model"), "--data", str(data), "--output", str(tmp_path / "o"),
+                 "--llm-quant", "int4", "--device", "cpu"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said == ("error: the 4-bit LLM needs a CUDA GPU (torchao's int4 kernel has no CPU path here); use int8 on "
+                    "this machine")
     with pytest.raises(InputError, match="--optimizer must be one of adamw, adamw8bit"):
         config(tmp_path, tmp_path, data, optimizer="sgd")
 
@@ -170,11 +182,11 @@ def test_4_bits_on_a_cpu_are_refused_in_one_line_before_loading(tmp_path):
 def test_on_mgie_mini_the_int8_base_lora_moves_held_out_edits_toward_their_targets(tmp_path):
     """mgie-mini learns a style it never saw (sepia, bench/train_pairs.py) on an int8 LLM with every option; on
     held-out scenes, edited at mgie-mini's own guidance, its LoRA, merged into the unquantized model, lands nearer the
-    targets than the base model (measured: 39% of the distance closed; bench/train_quality.py sets it beside an
+    targets than the base model (measured: 25% of the distance closed on these four; bench/train_quality.py sets it beside an
     fp32-base LoRA's)."""
     from bench.train_pairs import write_pairs
+    from mgie_core.formats.pairs import read_triplets
     from train.config import TrainConfig
-    from train.data import read_triplets
     from train.heldout import held_out_check
 
     data, held_out = write_pairs(tmp_path / "train", 8, seed=1), write_pairs(tmp_path / "held-out", 4, seed=2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -58,7 +59,7 @@ def test_resume_without_a_run_to_go_on_from_is_one_line(tmp_path, capsys):
 
 
 def test_pairs_of_different_shapes_are_named_and_refused_and_sizes_of_one_shape_resized(tmp_path, caplog):
-    from train.data import read_triplets
+    from mgie_core.formats.pairs import read_triplets
 
     data = make_folder_data(tmp_path / "data", count=3)
     Image.new("RGB", (100, 37)).save(data / "target" / "s1.png")  # a 40x32 input's target: another shape
@@ -86,3 +87,48 @@ def test_the_memory_plan_says_its_sizes_readably(tiny_root, tmp_path, caplog):
     line = next(r.message for r in caplog.records if r.message.startswith("estimated device memory"))
     figures = re.findall(r"([\d.]+) (GiB|MiB|KiB)", line)
     assert len(figures) == 5 and all(float(value) >= 1 for value, _ in figures), line  # no "0.0 GiB" for a tiny model
+
+
+def test_a_card_no_plan_fits_is_refused_before_training(tiny_root):
+    import torch
+
+    from mgie_core import load_model
+    from mgie_core.errors import InputError
+    from train.config import TrainConfig
+    from train.memory import apply_plan
+
+    config = TrainConfig(data="d", output="o", resolution=512, batch_size=64, memory="1")
+    with pytest.raises(InputError, match="no memory plan fits a 1 GB card .* the leanest needs .*lower --resolution"):
+        apply_plan(load_model(tiny_root), config, torch.device("cpu"), torch.float32)
+
+
+def test_a_run_draws_its_losses_and_tensorboard_reads_what_report_to_wrote(tmp_path, capsys):
+    """Every run writes losses.png at each save; --report-to tensorboard writes event files TensorBoard reads: both
+    losses and the learning rate at every step, and the sample edits."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    pairs = Path(__file__).resolve().parents[2] / "images" / "sepia-pairs"
+    out = tmp_path / "run"
+    code, err = run(capsys, "--data", str(pairs), "--output", str(out), "--max-steps", "4", "--save-every", "2",
+                    "--sample-every", "2", "--sample-steps", "1", "--device", "cpu", "--report-to", "tensorboard")
+    assert code == 0, err
+    plot = Image.open(out / "losses.png")
+    assert plot.size == (720, 524) and len(set(plot.getdata())) > 3  # two panels, drawn
+    events = EventAccumulator(str(out / "logs" / "mgie"), size_guidance={"images": 0})
+    events.Reload()
+    assert {"loss_ins", "loss_edit", "loss", "learning_rate"} <= set(events.Tags()["scalars"])
+    losses = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
+    assert [(e.step, round(e.value, 5)) for e in events.Scalars("loss_ins")] == \
+           [(r["step"], round(r["loss_ins"], 5)) for r in losses]
+    assert [(i.step, i.width, i.height) for i in events.Images("sample_edit")] == [(2, 192, 64), (4, 192, 64)]
+
+
+def test_report_to_a_tracker_that_is_not_installed_is_one_line_before_loading(tmp_path, capsys, monkeypatch):
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    monkeypatch.setattr("train.setup.load_model", lambda *a: pytest.fail("the model was loaded"))
+    pairs = Path(__file__).resolve().parents[2] / "images" / "sepia-pairs"
+    code, err = run(capsys, "--data", str(pairs), "--output", str(tmp_path / "run"), "--report-to", "wandb")
+    assert code == 2 and "--report-to wandb needs the wandb package, which is not installed: pip install wandb" in err
