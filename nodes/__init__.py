@@ -11,9 +11,11 @@ from .imagine import MGIEVisualImagination
 from .loader import MGIELoader
 from .runtime import register_model_folder
 from .sampler import MGIESampler
+from .training import MGIESaveLoRA, MGIETrainingPairs, MGIETrainLoRA
 
 NODES: list[type[io.ComfyNode]] = [titled_errors(node) for node in (
-    MGIELoader, MGIEDeriveInstruction, MGIEVisualImagination, MGIESampler, MGIEEdit)]
+    MGIELoader, MGIEDeriveInstruction, MGIEVisualImagination, MGIESampler, MGIEEdit, MGIETrainingPairs, MGIETrainLoRA,
+    MGIESaveLoRA)]
 
 register_model_folder()
 

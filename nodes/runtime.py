@@ -123,6 +123,7 @@ class MGIEHandle:
 
     model: MGIEModel
     name: str
+    source: Path | None  # the file or folder it was loaded from (None: the embedded mgie-mini)
     placement: Placement
     patchers: dict[str, comfy.model_patcher.ModelPatcher]  # stage -> the ModelPatcher of its parts
     compiled_unet: nn.Module | None = None
@@ -180,7 +181,8 @@ def make_handle(name: str, settings: PlacementSettings, lora: str = NO_LORA) -> 
         return reused
     lora_reuse.forget()
     load, offload = mm.get_torch_device(), mm.unet_offload_device()
-    model = load_model(resolve_model(name))
+    source = resolve_model(name)
+    model = load_model(source)
     model.fingerprint()  # of the weights as loaded, before the cast: a LoRA names its base model by it
     model.to("cpu")
     if isinstance(placement, PendingPlacement) and placement.memory_gb is None:  # auto: the card ComfyUI sees
@@ -197,7 +199,7 @@ def make_handle(name: str, settings: PlacementSettings, lora: str = NO_LORA) -> 
         return comfy.model_patcher.ModelPatcher(resident, load_device=load, offload_device=offload,
                                                 size=storage_bytes(resident))
 
-    handle = MGIEHandle(model=prepared, name=name, placement=placement,
+    handle = MGIEHandle(model=prepared, name=name, source=source, placement=placement,
                         patchers={stage: patcher(parts) for stage, parts in STAGES.items()},
                         loras=loras, lora=(lora_file, settings.lora_strength))
     return lora_reuse.keep(choices, handle)

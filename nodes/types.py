@@ -11,6 +11,8 @@ from .runtime import MGIEHandle
 
 MGIEModelLink = io.Custom("MGIE_MODEL")  # carries a runtime.MGIEHandle (not mgie_core.MGIEModel)
 MGIEDerivation = io.Custom("MGIE_DERIVATION")
+MGIEPairsLink = io.Custom("MGIE_PAIRS")  # carries a pairs.TrainingPairs
+MGIELoraLink = io.Custom("MGIE_LORA")  # carries a mgie_core.formats.lora.LoraFile (read-only: the cache holds it)
 
 # For the nodes that show text on the node (web/mgie_text.js): ComfyUI (0.19+) then sends a node's text again when
 # a run takes the node from its cache without running it (a new graph with the same inputs). 0.3.54 has no such field.

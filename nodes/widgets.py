@@ -9,16 +9,22 @@ from dataclasses import fields
 from comfy_api.latest import io
 
 from ..mgie_core import EditSettings, SettingError
-from ..mgie_core.config import AUTO, NO_LIMIT, SETTINGS, PlacementSettings
+from ..mgie_core.config import AUTO, NO_LIMIT, SETTINGS, PlacementSettings, TrainSettings
 
-WIDGETS = EditSettings.named("widget") | PlacementSettings.named("widget")  # fields whose widget has another name
+# fields whose widget has another name (num_inference_steps: steps, max_steps: training_steps)
+WIDGETS = EditSettings.named("widget") | PlacementSettings.named("widget") | TrainSettings.named("widget")
 SAMPLING = ("seed", "num_inference_steps", "guidance_scale", "image_guidance_scale", "scheduler", "max_side")
 LEGACY_PRESET = "as set"  # saved workflows from before presets had "auto": their steps and scheduler widgets rule
 
 
 def setting_input(name: str, optional: bool = False):
-    """The widget of one declared setting."""
-    declared = SETTINGS[name]
+    """The widget of one declared setting of an edit or a placement."""
+    return field_input(SETTINGS[name], optional)
+
+
+def field_input(declared, optional: bool = False):
+    """The widget of a declared field (mgie_core.config): its name, default, range or choices and tooltip."""
+    name = declared.name
     meta, widget = declared.metadata, WIDGETS.get(name, name)
     common = {"default": declared.default, "tooltip": meta["help"], "optional": optional}
     if declared.type == "bool":
@@ -30,7 +36,9 @@ def setting_input(name: str, optional: bool = False):
     label = {"display_name": f"{widget} ({', '.join(words)})"} if words else {}
     low = NO_LIMIT if meta["no_limit"] else 0 if meta["auto"] else meta["low"]
     if declared.type == "int":
-        extra = {"control_after_generate": True} if name == "seed" else {}
+        # an edit's noise seed gets the frontend's control after generate; fine-tuning's seed none (the frontend
+        # would add one to any "seed", randomizing it, and so training again, at every Queue)
+        extra = {"control_after_generate": declared is SETTINGS["seed"]} if name == "seed" else {}
         return io.Int.Input(widget, min=int(low), max=int(meta["high"]), step=int(meta["step"] or 1), **label,
                             **extra, **common)
     return io.Float.Input(widget, min=float(low), max=float(meta["high"]), step=meta["step"], **label, **common)

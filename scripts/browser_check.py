@@ -33,9 +33,9 @@ from PIL import Image
 sys.path.insert(0, str(ROOT))
 from mgie_core.files import atomic_write  # noqa: E402
 
-MUST_RUN = ["MGIE quick edit", "MGIE edit in stages", "MGIE multi-step edit"]
+MUST_RUN = ["MGIE quick edit", "MGIE edit in stages", "MGIE multi-step edit", "MGIE fine-tune then edit"]
 LEAST_SIZES: dict[str, list[int]] = {}  # node type -> the least size the frontend gives it (computeSize)
-TEXTS_JS = """return app.graph._nodes.filter((n) => n.widgets?.some((w) => w.name === 'mgie_text'))
+TEXTS_JS = """return app.graph.nodes.filter((n) => n.widgets?.some((w) => w.name === 'mgie_text'))
   .map((n) => [n.title, n.widgets.find((w) => w.name === 'mgie_text').value]);"""
 
 
@@ -87,7 +87,7 @@ def run_and_check(page: Page, name: str, checks: Checks) -> dict:
     page.command("Comfy.NewBlankWorkflow")
     page.command("Workspace.PreviousOpenedWorkflow")
     checks.check(f"{name}: the text is still there after a tab switch", page.run(TEXTS_JS) == texts)
-    save = page.run("return app.graph._nodes.find((n) => n.type === 'SaveImage')?.id")
+    save = page.run("return app.graph.nodes.find((n) => n.type === 'SaveImage')?.id")
     if save is not None:
         page.run("const w = app.graph.getNodeById(arguments[0]).widgets.find((w) => w.name === 'filename_prefix');"
                  "w.value = w.value + '_renamed';", save)
@@ -117,12 +117,12 @@ def check_template(page: Page, name: str, run: bool, args: argparse.Namespace, c
         return {}
     page.load(workflow)
     if args.steps:
-        page.run("for (const n of app.graph._nodes) for (const w of n.widgets ?? []) if (w.name === 'steps') "
+        page.run("for (const n of app.graph.nodes) for (const w of n.widgets ?? []) if (w.name === 'steps') "
                  "w.value = arguments[0];", args.steps)
-    count = page.run("return app.graph._nodes.length")
+    count = page.run("return app.graph.nodes.length")
     checks.check(f"{name}: opens from the Templates address", count == len(workflow["nodes"]), f"{count} nodes")
     checks.check(f"{name}: no two nodes overlap when it opens", not page.overlaps(), page.overlaps())
-    sizes = page.run("return app.graph._nodes.map((n) => [n.id, n.type, [...n.size], n.computeSize()]);")
+    sizes = page.run("return app.graph.nodes.map((n) => [n.id, n.type, [...n.size], n.computeSize()]);")
     grown = [(kind, size) for node_id, kind, size, _ in sizes
              if any(abs(a - b) > 0.5 for a, b in zip(size, next(n["size"] for n in workflow["nodes"] if n["id"] == node_id)))]
     checks.check(f"{name}: every node opens at its saved size", not grown, grown)
@@ -155,14 +155,14 @@ def templates_dialog(page: Page, args: argparse.Namespace, checks: Checks) -> No
     print(f"  screenshot: {page.screenshot(args.out / 'templates-dialog.png')}")
     page.run(click, MUST_RUN[0])
     time.sleep(4)
-    types = page.run("return app.graph._nodes.map((n) => n.type)")
+    types = page.run("return app.graph.nodes.map((n) => n.type)")
     checks.check(f"a click on {MUST_RUN[0]!r} opens it", "MGIEEdit" in types, types)
 
 
 def error_as_read(page: Page, args: argparse.Namespace, checks: Checks) -> None:
     print("An error, as the artist reads it", flush=True)
     page.load(json.loads(page.fetch(template_path(MUST_RUN[0], ".json"))["body"]))
-    page.run("app.graph._nodes.find((n) => n.type === 'MGIEEdit').widgets.find((w) => w.name === 'instruction').value = ' ';")
+    page.run("app.graph.nodes.find((n) => n.type === 'MGIEEdit').widgets.find((w) => w.name === 'instruction').value = ' ';")
     page.queue()
     time.sleep(2)
     shown = page.run("return Array.from(document.querySelectorAll('body *')).filter((e) => e.childElementCount === 0"
@@ -189,7 +189,7 @@ def translated(page: Page, args: argparse.Namespace, checks: Checks) -> None:
         time.sleep(3)
         page.escape()
         page.load(json.loads(page.fetch(template_path(MUST_RUN[0], ".json"))["body"]))
-        titles = page.run("return app.graph._nodes.map((n) => n.title)")
+        titles = page.run("return app.graph.nodes.map((n) => n.title)")
         checks.check(f"the nodes read in {lang}", title in titles, titles)
         page.graph_shot().save(args.out / f"locale-{lang}.png")
         print(f"  screenshot: {args.out / f'locale-{lang}.png'}")

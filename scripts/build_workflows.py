@@ -95,6 +95,13 @@ NODE_IO = {
                     [("image", "IMAGE"), ("latent", "LATENT")], (330, 400)),
     "MGIEEdit": ([("mgie_model", "MGIE_MODEL", False), ("image", "IMAGE", False), ("mask", "MASK", True)],
                  [("image", "IMAGE"), ("expressive_instruction", "STRING")], (360, 500)),
+    "MGIETrainingPairs": ([("input_images", "IMAGE", True), ("target_images", "IMAGE", True)],
+                          [("pairs", "MGIE_PAIRS")], (320, 230)),
+    "MGIETrainLoRA": ([("mgie_model", "MGIE_MODEL", False), ("pairs", "MGIE_PAIRS", False)],
+                      [("mgie_model", "MGIE_MODEL"), ("MODEL", "MODEL"), ("VAE", "VAE"), ("loss", "LOSS_MAP"),
+                       ("lora", "MGIE_LORA")], (340, 560)),
+    "MGIESaveLoRA": ([("lora", "MGIE_LORA", False)], [], (300, 140)),
+    "LossGraphNode": ([("loss", "LOSS_MAP", False)], [], (420, 330)),
 }
 
 
@@ -291,6 +298,37 @@ def multi_step() -> Graph:
     return g
 
 
+FINE_TUNE_NOTE = (
+    "Fine-tune then edit, all from one Queue. MGIE Training Pairs reads sepia-pairs, the pack's example (6 flat-shape "
+    "scenes and their sepia version, instruction \"make it look like an old photograph\"); give your own folder of "
+    "input/, target/ and NAME.txt inside ComfyUI/input. Train MGIE LoRA runs train/finetune.py on the loaded model "
+    "(here mgie-mini, on any machine; MGIE-7B needs a GPU), shows each sample edit in its progress bar, and hands the "
+    "model with the LoRA to MGIE Edit. Save MGIE LoRA writes models/mgie_loras/sepia.safetensors for Load MGIE."
+)
+
+
+def fine_tune_then_edit() -> Graph:
+    g = Graph()
+    pairs = g.add("MGIETrainingPairs", (0, 0), widgets("MGIETrainingPairs", folder="sepia-pairs"))
+    model = g.add("MGIELoader", (0, 300), loader())
+    train = g.add("MGIETrainLoRA", (380, 0), widgets("MGIETrainLoRA", training_steps=100, learning_rate=0.003,
+                                                     lora_rank=8, sample_every=25))
+    plot = g.add("LossGraphNode", (760, 0), ["mgie/sepia_loss"])
+    save = g.add("MGIESaveLoRA", (760, 400), widgets("MGIESaveLoRA", name="sepia"))
+    image = g.add("LoadImage", (0, 600), ["scene.png", "image"])
+    edit = g.add("MGIEEdit", (380, 630), widgets("MGIEEdit", instruction="make it look like an old photograph"))
+    result = g.add("SaveImage", (780, 630), ["mgie/sepia"])
+    g.add("Note", (1220, 0), [FINE_TUNE_NOTE], title="Fine-tune then edit")
+    g.link(pairs, 0, train, "pairs")
+    g.link(model, 0, train, "mgie_model")
+    g.link(train, 3, plot, "loss")
+    g.link(train, 4, save, "lora")
+    g.link(train, 0, edit, "mgie_model")
+    g.link(image, 0, edit, "image")
+    g.link(edit, 0, result, "images")
+    return g
+
+
 # file name (the title the Templates browser shows) -> graph
 WORKFLOWS = {
     "MGIE quick edit.json": quick_edit,
@@ -301,6 +339,7 @@ WORKFLOWS = {
     "MGIE edit then upscale.json": edit_then_upscale,
     "MGIE on ComfyUI samplers.json": stock_sampler,
     "MGIE masked, ComfyUI samplers.json": lambda: stock_sampler(masked=True),
+    "MGIE fine-tune then edit.json": fine_tune_then_edit,
 }
 
 

@@ -26,7 +26,7 @@ CHROME = (80, 110, 40, 90)  # left, top, right, bottom margins the frontend's ba
 
 # the page's nodes as boxes (title bar included) and the pairs that overlap
 OVERLAPS_JS = """
-const T = LiteGraph.NODE_TITLE_HEIGHT, nodes = app.graph._nodes, box = (n) =>
+const T = LiteGraph.NODE_TITLE_HEIGHT, nodes = app.graph.nodes, box = (n) =>
   [n.pos[0], n.pos[1] - T, n.pos[0] + n.size[0], n.pos[1] + n.size[1]];
 const pairs = [];
 for (let i = 0; i < nodes.length; i++) for (let j = i + 1; j < nodes.length; j++) {
@@ -157,7 +157,7 @@ class Page:
     def graph_shot(self, pad: int = 24) -> Image.Image:
         """The whole graph on screen at a scale that fits it (at most 1), cropped to it: what an artist sees."""
         self.call("await app.extensionManager.setting.set('Comfy.RightSidePanel.IsOpen', false); return true;")
-        bounds = self.run("const T = LiteGraph.NODE_TITLE_HEIGHT, n = app.graph._nodes; return ["
+        bounds = self.run("const T = LiteGraph.NODE_TITLE_HEIGHT, n = app.graph.nodes; return ["
                           "Math.min(...n.map(x => x.pos[0])), Math.min(...n.map(x => x.pos[1] - T)),"
                           "Math.max(...n.map(x => x.pos[0] + x.size[0])), Math.max(...n.map(x => x.pos[1] + x.size[1]))];")
         left, top, right, bottom = bounds[0] - pad, bounds[1] - pad, bounds[2] + pad, bounds[3] + pad

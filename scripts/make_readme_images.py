@@ -1,6 +1,8 @@
-"""Draw the README's pictures: the before/after edit on the embedded mgie-mini, and the icon.
+"""Draw the README's pictures: the before/after edit on the embedded mgie-mini, the icon, and a fine-tuning run's
+loss plot and last sample edit.
 
-    python scripts/make_readme_images.py          # rewrites docs/before-after.png and docs/icon.png
+    python scripts/make_readme_images.py          # rewrites docs/before-after.png, docs/icon.png and
+                                                  # docs/fine-tuning-losses.png, docs/fine-tuning-sample.png
 
 The edit is the README's first command (images/scene.png, "make the biggest shape red", the default seed, the
 model's recommended settings). The workflows' thumbnails are screenshots of ComfyUI's real frontend
@@ -9,7 +11,9 @@ model's recommended settings). The workflows' thumbnails are screenshots of Comf
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -58,6 +62,22 @@ def icon(before: Image.Image, after: Image.Image, out: Path) -> Path:
     return _save(canvas, out)
 
 
+def fine_tuning(docs: Path) -> None:
+    """Train mgie-mini on the example sepia pairs for 100 steps, as the template does (``train/finetune.py``), and
+    keep the run's ``losses.png`` and its last sample edit (shown 3x, pixels kept sharp)."""
+    from mgie_core.formats.run import PLOT, latest_sample
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        subprocess.run([sys.executable, str(ROOT / "train" / "finetune.py"), "--data", str(ROOT / "images" / "sepia-pairs"),
+                        "--output", str(run), "--max-steps", "100", "--learning-rate", "0.003", "--lora-rank", "8",
+                        "--sample-every", "25", "--seed", "0"], check=True)
+        _save(Image.open(run / PLOT).convert("RGB"), docs / "fine-tuning-losses.png")
+        sample = Image.open(latest_sample(run)).convert("RGB")
+        _save(sample.resize((sample.width * 3, sample.height * 3), Image.Resampling.NEAREST),
+              docs / "fine-tuning-sample.png")
+
+
 def _save(image: Image.Image, out: Path) -> Path:
     from mgie_core.images import save_image_atomic
 
@@ -68,6 +88,7 @@ def _save(image: Image.Image, out: Path) -> Path:
 def main() -> int:
     docs = ROOT / "docs"
     icon(*before_after(docs / "before-after.png"), docs / "icon.png")
+    fine_tuning(docs)
     return 0
 
 

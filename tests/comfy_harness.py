@@ -113,7 +113,7 @@ REAL_ONLY = {
     "InstructPixToPixConditioning": [], "DualCFGGuider": ["cfg_conds", "cfg_cond2_negative", "style"],
     "RandomNoise": ["noise_seed", "noise_seed:control"], "KSamplerSelect": ["sampler_name"],
     "BasicScheduler": ["scheduler", "steps", "denoise"], "SamplerCustomAdvanced": [], "SetLatentNoiseMask": [],
-    "VAEDecode": [], "VAEEncode": [],
+    "VAEDecode": [], "VAEEncode": [], "LossGraphNode": ["filename_prefix"],
 }
 
 

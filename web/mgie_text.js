@@ -12,6 +12,9 @@ const PLACEHOLDERS = {
   MGIEDeriveInstruction: "The expressive instruction appears here after a run.",
   MGIEEdit: "The expressive instruction and the settings used appear here after a run.",
   MGIESampler: "The settings used appear here after a run.",
+  MGIETrainingPairs: "How many pairs were read appears here after a run.",
+  MGIETrainLoRA: "The training's losses appear here after a run.",
+  MGIESaveLoRA: "Where the LoRA was saved appears here after a run.",
 };
 const NAME = "mgie_text"; // the widget's name and the property that keeps the text
 const FONT_PX = 11;

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,16 +102,20 @@ def test_the_decoder_keeps_a_global_edits_tint():
     assert sum(r.edit_ok for r in evaluate_ceiling(load_model().vae, edits)) >= 18
 
 
-def test_the_readmes_first_command_edits_at_the_models_settings_and_says_what_it_can_edit(tmp_path):
+def test_the_readmes_first_command_edits_at_the_models_settings_and_says_what_it_can_edit(tmp_path, monkeypatch,
+                                                                                           capsys, caplog):
+    from mgie_core.frontends.cli import main
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.chdir(ROOT)
     out = tmp_path / "edited.png"
-    done = subprocess.run([sys.executable, "-m", "mgie_core", "edit", "--image", "images/scene.png", "--instruction",
-                           "make the biggest shape red", "--out", str(out), "--steps", "20"],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith('"make the biggest shape red" understood as "turn the large green triangle red."')
-    assert "mgie-mini only recolours, removes or adds flat shapes" in done.stdout and out.is_file()
-    assert "mgie-mini (embedded) edits small flat-shape scenes (64 px); photos need Apple's MGIE-7B" in done.stderr
-    assert "guidance 2 (text) / 1.5 (image), the model's; images up to 64 px, the model's" in done.stderr
+    assert main(["edit", "--image", "images/scene.png", "--instruction", "make the biggest shape red", "--out", str(out),
+                 "--steps", "20"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith('"make the biggest shape red" understood as "turn the large green triangle red."')
+    assert "mgie-mini only recolours, removes or adds flat shapes" in said and out.is_file()
+    assert "mgie-mini (embedded) edits small flat-shape scenes (64 px); photos need Apple's MGIE-7B" in caplog.text
+    assert "guidance 2 (text) / 1.5 (image), the model's; images up to 64 px, the model's" in caplog.text
 
 
 def test_the_shipped_model_recommends_the_guidance_chosen_for_it_and_its_working_size():

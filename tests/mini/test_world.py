@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.data import read_triplets
+from mgie_core.formats.pairs import read_triplets
 from train.mini import world
 from train.mini.checks import edit_ok, expressive_ok
 from train.mini.evaluate import Result, ambiguous_group, paired, sign_test, stored

@@ -46,7 +46,7 @@ def test_a_titled_error_is_still_the_core_error_with_its_fields_and_traceback(co
     core = sys.modules["ComfyUI-MGIE.mgie_core.errors"]  # the pack's own copy of mgie_core
     assert isinstance(error, core.SettingError) and isinstance(error, ValueError)
     assert comfy_title(error) == "MGIE setting error" and error.field == "steps"
-    assert str(error) == "steps must be from 1 to 1000, or 0 (auto), got 1001"
+    assert str(error) == "steps must be from 1 to 1,000, or 0 (auto), got 1001"
     frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
     assert "check_setting" in frames  # the traceback still leads to where the core raised it
 

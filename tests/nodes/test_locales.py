@@ -33,4 +33,4 @@ def test_every_node_input_and_output_is_translated_and_nothing_else(comfy, lang)
 
 @pytest.mark.parametrize("lang", LANGUAGES)
 def test_the_link_types_are_translated(lang):
-    assert set(translations(lang, "main.json")["dataTypes"]) == {"MGIE_MODEL", "MGIE_DERIVATION"}
+    assert set(translations(lang, "main.json")["dataTypes"]) == {"MGIE_MODEL", "MGIE_DERIVATION", "MGIE_PAIRS", "MGIE_LORA"}

@@ -25,6 +25,9 @@ IDS = {
     "MGIEVisualImagination": "Visual Imagination",
     "MGIESampler": "MGIE Sampler",
     "MGIEEdit": "MGIE Edit",
+    "MGIETrainingPairs": "MGIE Training Pairs",
+    "MGIETrainLoRA": "Train MGIE LoRA",
+    "MGIESaveLoRA": "Save MGIE LoRA",
 }
 
 
@@ -70,7 +73,7 @@ def test_comfyui_starts_the_pack_without_a_line_from_optional_parts(tmp_path):
     code = QUIET_START.format(stub=str(harness.STUB), base=str(tmp_path), init=str(harness.ROOT / "__init__.py"))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["5", "True"]  # the nodes are listed, and torchao was imported on the way
+    assert done.stdout.split() == ["8", "True"]  # the nodes are listed, and torchao was imported on the way
     assert done.stderr == ""
 
 
@@ -263,7 +266,7 @@ def test_sampling_widgets_at_zero_take_what_the_model_recommends(comfy):
     assert legacy.ui["text"][0].startswith("euler, 2 steps; ")
     with pytest.raises(ValueError, match="preset must be one of paper, fast, got 'quick'"):
         nodes["MGIESampler"].execute(**args | dict(preset="quick"))
-    with pytest.raises(ValueError, match=r"^steps must be from 1 to 1000, or 0 \(auto\), got 1001$"):  # as on the node
+    with pytest.raises(ValueError, match=r"^steps must be from 1 to 1,000, or 0 \(auto\), got 1001$"):  # as on the node
         nodes["MGIESampler"].execute(**args | dict(steps=1001))
 
 

@@ -68,7 +68,7 @@ setTimeout(() => {
   console.log(JSON.stringify(out));
 }, 5);
 """
-NODE_IDS = ["MGIEDeriveInstruction", "MGIEEdit", "MGIESampler"]
+NODE_IDS = ["MGIEDeriveInstruction", "MGIEEdit", "MGIESampler", "MGIETrainingPairs", "MGIETrainLoRA", "MGIESaveLoRA"]
 
 
 def run_mock(node_id: str) -> dict:

@@ -14,7 +14,7 @@ from PIL import Image
 WORKFLOWS = sorted((harness.ROOT / "workflows").glob("*.json"))
 EXPECTED = {"MGIE quick edit.json", "MGIE edit in stages.json", "MGIE multi-step edit.json", "MGIE two turns.json",
             "MGIE masked edit.json", "MGIE edit then upscale.json", "MGIE on ComfyUI samplers.json",
-            "MGIE masked, ComfyUI samplers.json"}
+            "MGIE masked, ComfyUI samplers.json", "MGIE fine-tune then edit.json"}
 # The least size (width, height below the title) ComfyUI 0.19.3's frontend (1.42.15) gives each node, measured
 # with node.computeSize() in Chromium (scripts/browser_check.py prints them): a smaller size in a workflow grows
 # when it opens, and could grow over its neighbour. The MGIE nodes' minimum includes a two-line text box.
@@ -25,9 +25,11 @@ MIN_SIZES = {
     "InstructPixToPixConditioning": (229, 86), "DualCFGGuider": (218, 166), "RandomNoise": (210, 82),
     "KSamplerSelect": (210, 58), "BasicScheduler": (210, 106), "SamplerCustomAdvanced": (212, 106),
     "VAEDecode": (140, 46), "Note": (281, 88), "SetLatentNoiseMask": (188, 46),
-    "VAEEncode": (140, 46),
+    "VAEEncode": (140, 46), "MGIETrainingPairs": (210, 182), "MGIETrainLoRA": (210, 332), "MGIESaveLoRA": (210, 108),
+    "LossGraphNode": (210, 58),
 }
-TEXT_NODES = {"MGIEDeriveInstruction", "MGIESampler", "MGIEEdit"}  # they show their text on the node after a run
+TEXT_NODES = {"MGIEDeriveInstruction", "MGIESampler", "MGIEEdit", "MGIETrainingPairs", "MGIETrainLoRA",
+              "MGIESaveLoRA"}  # they show their text on the node after a run
 TEXT_ROOM = 30  # px beyond the minimum for those: two more lines of text without growing
 
 
@@ -81,11 +83,13 @@ def test_ui_format_is_consistent(path: Path):
 def test_workflow_runs(comfy, path: Path):
     nodes, tmp_path = comfy[0], comfy[-1]
     prompt = harness.ui_to_api(json.loads(path.read_text()), nodes)
-    for spec in prompt.values():  # the tiny test checkpoint instead of the shipped model; fewer steps
-        if spec["class_type"] == "MGIELoader":
+    trains = any(spec["class_type"] == "MGIETrainLoRA" for spec in prompt.values())
+    for spec in prompt.values():  # the tiny test checkpoint instead of the shipped model (which trains); fewer steps
+        if spec["class_type"] == "MGIELoader" and not trains:
             spec["inputs"]["model"] = "tiny"
-        if "steps" in spec["inputs"]:
-            spec["inputs"]["steps"] = 3
+        for steps in ("steps", "training_steps"):
+            if steps in spec["inputs"]:
+                spec["inputs"][steps] = 3
     ctx = harness.Context(input_dir=tmp_path / "input", output_dir=tmp_path / "output")
     ctx.input_dir.mkdir()
     make_image(48, 32).save(ctx.input_dir / "scene.png")
@@ -93,6 +97,7 @@ def test_workflow_runs(comfy, path: Path):
     painted.putalpha(Image.new("L", (48, 32), 255))
     painted.paste((0, 0, 0, 0), (8, 8, 40, 24))  # the mask editor clears the alpha where the artist paints
     painted.save(ctx.input_dir / "scene-masked.png")
+    prompt = _without(prompt, {"LossGraphNode"})  # ComfyUI's own plot: it runs in a real ComfyUI
     stock = {s["class_type"] for s in prompt.values()} & set(harness.REAL_ONLY)
     if stock:  # ComfyUI's own samplers: only the MGIE nodes run here; the whole graph runs in a real ComfyUI
         _check_stock_wiring(prompt)

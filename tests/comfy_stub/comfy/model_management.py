@@ -53,6 +53,12 @@ def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimu
             events.append(("load", patcher))
 
 
+def unload_all_models():
+    for loaded in list(current_loaded_models):
+        loaded.model_unload()
+    current_loaded_models.clear()
+
+
 def interrupt_current_processing(value=True):
     global _interrupted
     _interrupted = value

@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import model_management
 
 updates: list[tuple[int, int]] = []
+previews: list = []  # the preview pictures sent with updates
 
 
 class ProgressBar:
@@ -17,6 +18,8 @@ class ProgressBar:
         self.current = value
         model_management.throw_exception_if_processing_interrupted()  # what the server's hook does first
         updates.append((value, self.total))
+        if preview is not None:
+            previews.append(preview)
 
     def update(self, value):
         self.update_absolute(self.current + value, self.total)
