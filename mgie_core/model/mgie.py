@@ -145,6 +145,11 @@ class MGIEModel:
             self.info["fingerprint"] = compute_fingerprint(self)
         return self.info["fingerprint"]
 
+    @property
+    def has_lora(self) -> bool:
+        """A LoRA is merged into the weights (its name and strength follow a "+" in the fingerprint)."""
+        return "+" in self.info.get("fingerprint", "")
+
     def weights_changed(self) -> None:
         """Training changed the weights: the next :meth:`fingerprint` is computed from them, not the one carried
         over from the file they were loaded from (a LoRA trained on that file must not pass as this model's)."""

@@ -66,6 +66,9 @@ def language_notices(text: str, model) -> list[str]:
     unknown = [w for w in dict.fromkeys(re.findall(r"[A-Za-z]+", text)) if not model.tokenizer.is_word(w.lower())]
     if not unknown:
         return []
+    if model.has_lora:
+        return [f'{", ".join(unknown)}: not words of {model_name(model)}\'s own world; they work only if its LoRA was '
+                "trained on them."]
     return [f'{model_name(model)} knows only the words of its world of flat shapes, and not: {", ".join(unknown)}; '
             "it understands English instructions about shapes, colours and light."]
 

@@ -99,8 +99,11 @@ def test_training_in_the_graph_gives_the_command_lines_lora_and_edits_with_it(co
     image = torch.from_numpy(np.asarray(Image.open(PAIRS / "input" / "p000.png").convert("RGB"), np.float32) / 255)[None]
     args = dict(image=image, instruction="make it look like an old photograph", seed=1, steps=4, guidance_scale=0,
                 image_guidance_scale=0, scheduler="auto", max_side=0)
-    with_lora = nodes["MGIEEdit"].execute(mgie_model=trained, **args).values[0]
-    without = nodes["MGIEEdit"].execute(mgie_model=mini(nodes), **args).values[0]
+    edited = nodes["MGIEEdit"].execute(mgie_model=trained, **args)
+    plain = nodes["MGIEEdit"].execute(mgie_model=mini(nodes), **args)
+    with_lora, without = edited.values[0], plain.values[0]
+    assert "old, photograph: not words of mgie-mini's own world; they work only if its LoRA" in edited.ui["text"][0]
+    assert "mgie-mini knows only the words of its world of flat shapes, and not: old, photograph" in plain.ui["text"][0]
     assert float((with_lora - without).abs().mean()) > 1e-3
     assert "sepia.safetensors" in sys.modules["ComfyUI-MGIE.nodes.runtime"].list_loras()
 
