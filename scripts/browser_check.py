@@ -146,7 +146,11 @@ def templates_dialog(page: Page, args: argparse.Namespace, checks: Checks) -> No
              " e.textContent.trim() === arguments[0]); if (!el) return false; el.scrollIntoView(); el.click(); return true;")
     opened = page.run(click, "Templates") and (time.sleep(3) or page.run(click, PACK))
     time.sleep(4)
-    shown = dict(page.run("return Array.from(document.querySelectorAll('img')).map((i) => [i.alt, i.naturalWidth]);"))
+    shown, seen = {}, "return Array.from(document.querySelectorAll('img')).map((i) => [i.alt, i.naturalWidth]);"
+    for index in range(len(page.run(seen))):  # a card loads its picture when scrolled to, and may drop it after
+        page.run("const i = document.querySelectorAll('img')[arguments[0]]; if (i) i.scrollIntoView();", index)
+        time.sleep(1)
+        shown.update((alt, width) for alt, width in page.run(seen) if width or alt not in shown)
     names = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
     widths = {name: Image.open(ROOT / "workflows" / f"{name}.jpg").width if (ROOT / "workflows" / f"{name}.jpg").is_file()
               else None for name in names}

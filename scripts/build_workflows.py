@@ -100,7 +100,7 @@ NODE_IO = {
     "MGIETrainLoRA": ([("mgie_model", "MGIE_MODEL", False), ("pairs", "MGIE_PAIRS", False)],
                       [("mgie_model", "MGIE_MODEL"), ("MODEL", "MODEL"), ("VAE", "VAE"), ("loss", "LOSS_MAP"),
                        ("lora", "MGIE_LORA")], (340, 560)),
-    "MGIESaveLoRA": ([("lora", "MGIE_LORA", False)], [], (300, 140)),
+    "MGIESaveLoRA": ([("lora", "MGIE_LORA", False)], [], (300, 160)),
     "LossGraphNode": ([("loss", "LOSS_MAP", False)], [], (420, 330)),
 }
 
@@ -313,7 +313,7 @@ def fine_tune_then_edit() -> Graph:
     model = g.add("MGIELoader", (0, 300), loader())
     train = g.add("MGIETrainLoRA", (380, 0), widgets("MGIETrainLoRA", training_steps=100, learning_rate=0.003,
                                                      lora_rank=8, sample_every=25))
-    plot = g.add("LossGraphNode", (760, 0), ["mgie/sepia_loss"])
+    plot = g.add("LossGraphNode", (760, 0), ["mgie_sepia_loss"])  # no folder: 0.3.54 writes it into temp/ as given
     save = g.add("MGIESaveLoRA", (760, 400), widgets("MGIESaveLoRA", name="sepia"))
     image = g.add("LoadImage", (0, 600), ["scene.png", "image"])
     edit = g.add("MGIEEdit", (380, 630), widgets("MGIEEdit", instruction="make it look like an old photograph"))

@@ -133,16 +133,20 @@ class Page:
 
     def queue(self) -> str:
         """Queue the graph as the Run button does; return the new prompt's id once it has finished."""
-        before = set(json.loads(self.fetch("/api/history")["body"]))
+        before = self.history_ids()
         self.call("await app.queuePrompt(0, 1); return true;")
         while True:
             time.sleep(1)
             queue = json.loads(self.fetch("/api/queue")["body"])
             if queue["queue_running"] or queue["queue_pending"]:
                 continue
-            new = set(json.loads(self.fetch("/api/history")["body"])) - before
+            new = self.history_ids() - before
             if new:
                 return new.pop()
+
+    def history_ids(self) -> set[str]:
+        """The ids of the prompts in the server's history (read whole: the history itself outgrows ``fetch``)."""
+        return set(self.call("const r = await fetch('/api/history'); return Object.keys(await r.json());"))
 
     def history(self, prompt_id: str) -> dict:
         return json.loads(self.fetch(f"/api/history/{prompt_id}")["body"])[prompt_id]

@@ -25,7 +25,7 @@ MIN_SIZES = {
     "InstructPixToPixConditioning": (229, 86), "DualCFGGuider": (218, 166), "RandomNoise": (210, 82),
     "KSamplerSelect": (210, 58), "BasicScheduler": (210, 106), "SamplerCustomAdvanced": (212, 106),
     "VAEDecode": (140, 46), "Note": (281, 88), "SetLatentNoiseMask": (188, 46),
-    "VAEEncode": (140, 46), "MGIETrainingPairs": (210, 182), "MGIETrainLoRA": (210, 332), "MGIESaveLoRA": (210, 108),
+    "VAEEncode": (140, 46), "MGIETrainingPairs": (210, 192), "MGIETrainLoRA": (210, 318), "MGIESaveLoRA": (210, 118),
     "LossGraphNode": (210, 58),
 }
 TEXT_NODES = {"MGIEDeriveInstruction", "MGIESampler", "MGIEEdit", "MGIETrainingPairs", "MGIETrainLoRA",
