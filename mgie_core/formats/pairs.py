@@ -59,8 +59,12 @@ def read_triplets(path: str | Path, strict: bool = False) -> DataReport:
         candidates, problems = _from_manifest(path)
     elif path.is_dir():
         candidates, problems = _from_folder(path)
+    elif not path.exists():
+        raise InputError(f"--data {path}: not found (looked in {path.resolve().parent}); give a folder with input/, "
+                         "target/ and NAME.txt, or a .jsonl manifest")
     else:
-        raise InputError(f"--data {path}: expected a .jsonl manifest or a folder with input/ and target/")
+        raise InputError(f"--data {path} is a file but not a .jsonl manifest; give a folder with input/ and target/, "
+                         "or a .jsonl manifest")
     triplets = []
     for triplet in candidates:
         problem = _check(triplet)

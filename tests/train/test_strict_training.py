@@ -132,3 +132,14 @@ def test_report_to_a_tracker_that_is_not_installed_is_one_line_before_loading(tm
     pairs = Path(__file__).resolve().parents[2] / "images" / "sepia-pairs"
     code, err = run(capsys, "--data", str(pairs), "--output", str(tmp_path / "run"), "--report-to", "wandb")
     assert code == 2 and "--report-to wandb needs the wandb package, which is not installed: pip install wandb" in err
+
+
+def test_data_that_is_not_there_or_not_a_manifest_is_said_as_such(tmp_path):
+    from mgie_core.errors import InputError
+    from mgie_core.formats.pairs import read_triplets
+
+    with pytest.raises(InputError, match=r"--data .*nowhere: not found \(looked in .*\); give a folder"):
+        read_triplets(tmp_path / "nowhere")
+    (tmp_path / "pairs.txt").write_text("a.png b.png")
+    with pytest.raises(InputError, match=r"pairs.txt is a file but not a .jsonl manifest"):
+        read_triplets(tmp_path / "pairs.txt")
